@@ -1,0 +1,347 @@
+//! Checkpoints: one directory per stage run.
+//!
+//! ```text
+//! <dir>/model.safetensors   weights (names documented in `model.rs`)
+//! <dir>/config.json         architecture (`GptConfig`)
+//! <dir>/tokenizer.json      Hugging Face tokenizers format
+//! <dir>/meta.json           stage, step, tokens, parent + hash, resolved config, mix, metrics, version
+//! <dir>/metrics.jsonl       the training log up to this checkpoint
+//! <dir>/state/              optimiser moments + trainer state, for --resume
+//! ```
+//!
+//! Writes are atomic: everything is written and fsynced into `<dir>.partial`, the previous
+//! checkpoint is moved to `<dir>.prev`, the new one renamed into place, then `.prev` removed.
+//! At every instant `<dir>` or `<dir>.prev` is a complete checkpoint, and loading falls back
+//! to `.prev` when a kill left no `<dir>`.
+use crate::model::{Gpt, GptConfig};
+use crate::tokenizer::Tok;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
+
+/// Version of the checkpoint layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A reference to the checkpoint a run started from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ParentRef {
+    /// Directory of the parent checkpoint.
+    pub path: String,
+    /// Stage that wrote it.
+    pub stage: String,
+    /// SHA-256 of its `model.safetensors`.
+    pub weights_sha256: String,
+}
+
+/// Contents of `meta.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    /// `pretrain`, `midtrain`, `sft` or `rl`.
+    pub stage: String,
+    /// Optimizer steps taken in this stage.
+    pub step: u64,
+    /// Steps the stage was configured for.
+    pub total_steps: u64,
+    /// Whether the stage ran to its end (false for periodic and interrupted saves).
+    pub complete: bool,
+    /// Training tokens consumed in this stage.
+    pub tokens_seen: u64,
+    /// Wall-clock seconds spent training in this stage (across resumes).
+    pub train_secs: f64,
+    /// Device it trained on.
+    pub device: String,
+    /// Checkpoint it started from.
+    pub parent: Option<ParentRef>,
+    /// SHA-256 of this checkpoint's `model.safetensors`.
+    pub weights_sha256: String,
+    /// The resolved stage configuration.
+    pub config: serde_json::Value,
+    /// The resolved data mix.
+    pub mix: serde_json::Value,
+    /// Held-out metrics, by name.
+    pub metrics: BTreeMap<String, serde_json::Value>,
+    /// lib2expert version that wrote it.
+    pub version: String,
+    /// Checkpoint layout version.
+    pub format: u32,
+}
+
+impl Meta {
+    /// Metadata for `stage` with everything else empty.
+    pub fn new(stage: &str) -> Self {
+        Meta {
+            stage: stage.to_string(),
+            step: 0,
+            total_steps: 0,
+            complete: false,
+            tokens_seen: 0,
+            train_secs: 0.0,
+            device: "cpu".into(),
+            parent: None,
+            weights_sha256: String::new(),
+            config: serde_json::Value::Null,
+            mix: serde_json::Value::Null,
+            metrics: BTreeMap::new(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            format: FORMAT_VERSION,
+        }
+    }
+}
+
+/// Resumable state saved under `state/`.
+pub struct TrainState {
+    /// Tensors (optimiser moments), written to `state/optimizer.safetensors`.
+    pub tensors: Vec<(String, Tensor)>,
+    /// Everything else (schedule position, data cursor, RNG), written to `state/trainer.json`.
+    pub json: serde_json::Value,
+}
+
+/// What a checkpoint holds once loaded.
+pub struct Loaded {
+    /// Directory it was read from (may be the `.prev` fallback).
+    pub dir: PathBuf,
+    /// Architecture.
+    pub config: GptConfig,
+    /// Tokenizer.
+    pub tok: Tok,
+    /// Metadata.
+    pub meta: Meta,
+    /// Weights, by name, on the CPU.
+    pub weights: Vec<(String, Tensor)>,
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("writing {} (is the disk full?)", path.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
+fn sync_dir(path: &Path) {
+    // Best effort: directory fsync makes the rename durable on Linux.
+    if let Ok(f) = fs::File::open(path) {
+        let _ = f.sync_all();
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+/// Writes a checkpoint atomically into `dir`. `meta.weights_sha256` is filled in.
+pub fn save(
+    dir: &Path,
+    vs: &nn::VarStore,
+    config: &GptConfig,
+    tok: &Tok,
+    meta: &mut Meta,
+    metrics_log: &[serde_json::Value],
+    state: Option<&TrainState>,
+) -> Result<()> {
+    let partial = sibling(dir, ".partial");
+    let prev = sibling(dir, ".prev");
+    if let Some(parent) = dir.parent() {
+        if !parent.as_os_str().is_empty() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+    }
+    if partial.exists() {
+        fs::remove_dir_all(&partial).with_context(|| format!("removing stale {}", partial.display()))?;
+    }
+    fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_device(Device::Cpu).detach()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let weights = partial.join("model.safetensors");
+    Tensor::write_safetensors(&named, &weights)
+        .with_context(|| format!("writing {} (is the disk full?)", weights.display()))?;
+    sync_file(&weights)?;
+    meta.weights_sha256 = sha256_file(&weights)?;
+    meta.format = FORMAT_VERSION;
+    meta.version = env!("CARGO_PKG_VERSION").to_string();
+
+    write_synced(&partial.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
+    write_synced(&partial.join("tokenizer.json"), tok.to_json()?.as_bytes())?;
+    write_synced(&partial.join("meta.json"), serde_json::to_string_pretty(meta)?.as_bytes())?;
+    let mut log = String::new();
+    for line in metrics_log {
+        log.push_str(&serde_json::to_string(line)?);
+        log.push('\n');
+    }
+    write_synced(&partial.join("metrics.jsonl"), log.as_bytes())?;
+    if let Some(state) = state {
+        let sdir = partial.join("state");
+        fs::create_dir_all(&sdir).with_context(|| format!("creating {}", sdir.display()))?;
+        let opt = sdir.join("optimizer.safetensors");
+        let cpu: Vec<(String, Tensor)> =
+            state.tensors.iter().map(|(k, v)| (k.clone(), v.to_device(Device::Cpu))).collect();
+        Tensor::write_safetensors(&cpu, &opt)
+            .with_context(|| format!("writing {} (is the disk full?)", opt.display()))?;
+        sync_file(&opt)?;
+        write_synced(&sdir.join("trainer.json"), serde_json::to_string_pretty(&state.json)?.as_bytes())?;
+        sync_dir(&sdir);
+    }
+    sync_dir(&partial);
+
+    if prev.exists() {
+        fs::remove_dir_all(&prev).with_context(|| format!("removing {}", prev.display()))?;
+    }
+    if dir.exists() {
+        fs::rename(dir, &prev).with_context(|| format!("moving {} aside", dir.display()))?;
+    }
+    fs::rename(&partial, dir).with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent);
+    }
+    if prev.exists() {
+        fs::remove_dir_all(&prev).with_context(|| format!("removing {}", prev.display()))?;
+    }
+    Ok(())
+}
+
+/// The directory holding the last complete checkpoint written to `dir`: `dir` itself, or
+/// `dir.prev` when a kill happened between the two renames of a save.
+pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.join("meta.json").exists() {
+        return Ok(dir.to_path_buf());
+    }
+    let prev = sibling(dir, ".prev");
+    if prev.join("meta.json").exists() {
+        eprintln!("note: {} is missing; using the previous complete save {}", dir.display(), prev.display());
+        return Ok(prev);
+    }
+    if dir.exists() {
+        bail!("{} is not a lib2expert checkpoint (no meta.json); expected a directory written by a stage (e.g. runs/<run>/pretrain)", dir.display());
+    }
+    bail!("checkpoint {} does not exist; run the stage that writes it first, or pass another --init", dir.display())
+}
+
+/// Reads `meta.json` only.
+pub fn read_meta(dir: &Path) -> Result<Meta> {
+    let dir = resolve_dir(dir)?;
+    let path = dir.join("meta.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Loads and checks a checkpoint: architecture, tokenizer against vocabulary, tensor
+/// names, shapes and dtypes. Weights stay on the CPU until [`load_into`].
+pub fn load(dir: &Path) -> Result<Loaded> {
+    let dir = resolve_dir(dir)?;
+    let config = crate::model::read_config(&dir.join("config.json"))?;
+    let tok = Tok::load(&dir.join("tokenizer.json"))?;
+    if tok.vocab_size() as i64 > config.vocab_size {
+        bail!(
+            "{}: tokenizer.json has {} tokens but the model's vocab_size is {}: the tokenizer does not belong to this model",
+            dir.display(),
+            tok.vocab_size(),
+            config.vocab_size
+        );
+    }
+    let meta_path = dir.join("meta.json");
+    let meta: Meta = serde_json::from_str(
+        &fs::read_to_string(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", meta_path.display()))?;
+    let wpath = dir.join("model.safetensors");
+    if !wpath.exists() {
+        bail!("{} is missing: the checkpoint is incomplete", wpath.display());
+    }
+    let weights = Tensor::read_safetensors(&wpath).with_context(|| format!("reading {} (corrupt or truncated?)", wpath.display()))?;
+    Ok(Loaded { dir, config, tok, meta, weights })
+}
+
+/// Copies loaded weights into a model's `VarStore`, checking every name, shape and dtype.
+pub fn load_into(vs: &mut nn::VarStore, weights: &[(String, Tensor)], source: &Path) -> Result<()> {
+    let vars = vs.variables();
+    let given: BTreeMap<&str, &Tensor> = weights.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut problems = Vec::new();
+    for (name, var) in &vars {
+        match given.get(name.as_str()) {
+            None => problems.push(format!("missing tensor {name} (model expects shape {:?})", var.size())),
+            Some(t) if t.size() != var.size() => problems.push(format!(
+                "tensor {name} has shape {:?} in the file but the model expects {:?}",
+                t.size(),
+                var.size()
+            )),
+            Some(t) if t.kind() != var.kind() && !t.is_floating_point() => {
+                problems.push(format!("tensor {name} has dtype {:?}, expected a float dtype", t.kind()))
+            }
+            _ => {}
+        }
+    }
+    for name in given.keys() {
+        if !vars.contains_key(*name) {
+            problems.push(format!("unexpected tensor {name} (not part of this architecture)"));
+        }
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        problems.truncate(8);
+        bail!(
+            "{} does not match the model architecture ({n} problem(s)):\n  {}",
+            source.display(),
+            problems.join("\n  ")
+        );
+    }
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in vars {
+        let src = given[name.as_str()];
+        var.copy_(&src.to_kind(var.kind()).to_device(var.device()));
+    }
+    Ok(())
+}
+
+/// Builds the model of a checkpoint on `device` with its weights.
+pub fn load_model(dir: &Path, device: Device) -> Result<(nn::VarStore, Gpt, Loaded)> {
+    let loaded = load(dir)?;
+    let mut vs = nn::VarStore::new(device);
+    let model = Gpt::new(vs.root(), &loaded.config);
+    load_into(&mut vs, &loaded.weights, &loaded.dir.join("model.safetensors"))?;
+    Ok((vs, model, loaded))
+}
+
+/// Reads `state/` of a checkpoint: optimiser tensors and trainer JSON.
+pub fn load_state(dir: &Path) -> Result<TrainState> {
+    let dir = resolve_dir(dir)?;
+    let sdir = dir.join("state");
+    let opt = sdir.join("optimizer.safetensors");
+    let json_path = sdir.join("trainer.json");
+    if !json_path.exists() {
+        bail!("{} has no resumable state ({} is missing)", dir.display(), json_path.display());
+    }
+    let tensors = Tensor::read_safetensors(&opt).with_context(|| format!("reading {}", opt.display()))?;
+    let json = serde_json::from_str(
+        &fs::read_to_string(&json_path).with_context(|| format!("reading {}", json_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", json_path.display()))?;
+    Ok(TrainState { tensors, json })
+}
+
+/// A reference to `dir` as a parent of a new run.
+pub fn parent_ref(dir: &Path, meta: &Meta) -> ParentRef {
+    ParentRef { path: dir.display().to_string(), stage: meta.stage.clone(), weights_sha256: meta.weights_sha256.clone() }
+}

@@ -1,0 +1,469 @@
+//! Configuration: TOML files validated once into resolved structs, with the common
+//! knobs overridable from the command line.
+//!
+//! Unknown keys are errors that name the key (`#[serde(deny_unknown_fields)]`).
+use crate::device::DeviceChoice;
+use crate::model::GptConfig;
+use crate::optim::AdamWConfig;
+use crate::schedule::{Schedule, ScheduleKind};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Reads a TOML file into `T`; errors are one line: `file:line:col: message`.
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    parse_toml(&text, &path.display().to_string())
+}
+
+/// Parses TOML text into `T`, naming `origin` in errors.
+pub fn parse_toml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(":{line}:{col}")
+            })
+            .unwrap_or_default();
+        anyhow!("{origin}{at}: {}", e.message().trim())
+    })
+}
+
+/// Flags every stage binary takes. Values given here override the config file.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct CommonArgs {
+    /// Stage configuration (TOML). Every key is documented in the default files under configs/.
+    #[arg(long, short = 'c', value_name = "TOML")]
+    pub config: Option<PathBuf>,
+    /// Checkpoint directory to start from (e.g. runs/default/midtrain); overrides `init` in the config.
+    #[arg(long, value_name = "DIR")]
+    pub init: Option<PathBuf>,
+    /// Where to write this stage's checkpoint (default: runs/default/<stage>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Device to train on: auto (CUDA when present), cpu or cuda.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceChoice>,
+    /// Random seed (data order, initialisation, sampling).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Number of optimizer steps (overrides train.steps).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Peak learning rate (overrides train.lr).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Data mix file (overrides data.mix).
+    #[arg(long, value_name = "TOML")]
+    pub mix: Option<PathBuf>,
+    /// Continue from the state saved in --out if there is one (a complete run is left as is).
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the resolved configuration and exit without training.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `[model]`: architecture for a run that starts from scratch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Named preset: tiny, default, d12, d20.
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Overrides of single fields of the preset.
+    pub n_layer: Option<i64>,
+    /// Query heads.
+    pub n_head: Option<i64>,
+    /// Key/value heads.
+    pub n_kv_head: Option<i64>,
+    /// Residual width.
+    pub n_embd: Option<i64>,
+    /// MLP hidden width.
+    pub intermediate_size: Option<i64>,
+    /// Context length.
+    pub max_seq_len: Option<i64>,
+    /// Share input and output embeddings.
+    pub tie_embeddings: Option<bool>,
+}
+
+fn default_preset() -> String {
+    "default".into()
+}
+
+impl ModelSection {
+    /// The architecture for a tokenizer of `vocab_size` ids.
+    pub fn resolve(&self, vocab_size: i64) -> Result<GptConfig> {
+        let mut c = GptConfig::preset(&self.preset, vocab_size)?;
+        if let Some(v) = self.n_layer {
+            c.n_layer = v;
+        }
+        if let Some(v) = self.n_head {
+            c.n_head = v;
+            c.n_kv_head = v;
+        }
+        if let Some(v) = self.n_kv_head {
+            c.n_kv_head = v;
+        }
+        if let Some(v) = self.n_embd {
+            c.n_embd = v;
+        }
+        if let Some(v) = self.intermediate_size {
+            c.intermediate_size = v;
+        }
+        if let Some(v) = self.max_seq_len {
+            c.max_seq_len = v;
+        }
+        if let Some(v) = self.tie_embeddings {
+            c.tie_embeddings = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// `[tokenizer]`: load an existing `tokenizer.json`, or train one on the mix.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSection {
+    /// Path of a `tokenizer.json` to use (when `train` is false).
+    pub path: Option<PathBuf>,
+    /// Train a new BPE on the stage's mix.
+    #[serde(default)]
+    pub train: bool,
+    /// Vocabulary size of a trained tokenizer.
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    /// Megabytes of text to train the tokenizer on.
+    #[serde(default = "default_tok_mb")]
+    pub train_mb: usize,
+}
+
+fn default_vocab() -> usize {
+    4096
+}
+fn default_tok_mb() -> usize {
+    8
+}
+
+/// `[data]`: what the stage reads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Mix file (`configs/mixes/*.toml`).
+    pub mix: PathBuf,
+    /// Tokens per training sequence.
+    #[serde(default = "default_seq_len")]
+    pub seq_len: i64,
+}
+
+fn default_seq_len() -> i64 {
+    256
+}
+
+/// `[train]`: optimisation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per optimizer step (the token batch is `batch_size · seq_len`).
+    #[serde(default = "default_batch")]
+    pub batch_size: i64,
+    /// Sequences per forward/backward pass; gradients accumulate over `batch_size / micro_batch_size` passes.
+    #[serde(default = "default_batch")]
+    pub micro_batch_size: i64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// cosine | wsd | linear | constant.
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    /// Linear warmup steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of the peak.
+    #[serde(default = "default_min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    /// WSD: fraction of steps spent decaying.
+    #[serde(default = "default_decay_fraction")]
+    pub decay_fraction: f64,
+    /// Decoupled weight decay on matrices.
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    /// AdamW beta1.
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// AdamW beta2.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// AdamW epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Clip gradients to this global L2 norm (0 = off).
+    #[serde(default = "default_clip")]
+    pub grad_clip: f64,
+    /// Random seed.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// auto | cpu | cuda.
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// Save a resumable checkpoint every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub save_every: u64,
+}
+
+fn default_batch() -> i64 {
+    16
+}
+fn default_schedule() -> ScheduleKind {
+    ScheduleKind::Cosine
+}
+fn default_min_lr_ratio() -> f64 {
+    0.1
+}
+fn default_decay_fraction() -> f64 {
+    0.2
+}
+fn default_wd() -> f64 {
+    0.1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_seed() -> u64 {
+    1337
+}
+
+impl TrainSection {
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            kind: self.schedule,
+            peak_lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            total_steps: self.steps,
+            min_lr_ratio: self.min_lr_ratio,
+            decay_fraction: self.decay_fraction,
+        }
+    }
+
+    /// AdamW hyper-parameters.
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
+    }
+
+    /// Gradient-accumulation passes per step.
+    pub fn accum_steps(&self) -> i64 {
+        self.batch_size / self.micro_batch_size
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.schedule().validate()?;
+        if self.batch_size <= 0 || self.micro_batch_size <= 0 {
+            bail!("train.batch_size and train.micro_batch_size must be positive");
+        }
+        if self.batch_size % self.micro_batch_size != 0 {
+            bail!(
+                "train.batch_size ({}) must be a multiple of train.micro_batch_size ({})",
+                self.batch_size,
+                self.micro_batch_size
+            );
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                bail!("train.{name} must be in [0, 1), got {b}");
+            }
+        }
+        if !(self.weight_decay >= 0.0) || !(self.grad_clip >= 0.0) || !(self.eps > 0.0) {
+            bail!("train.weight_decay and train.grad_clip must be >= 0 and train.eps > 0");
+        }
+        Ok(())
+    }
+}
+
+/// `[eval]`: held-out evaluation during and after training.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Mix file listing the held-out sources (weights are ignored; each is reported alone).
+    pub mix: Option<PathBuf>,
+    /// Evaluate every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub every: u64,
+    /// Tokens evaluated per held-out source.
+    #[serde(default = "default_eval_tokens")]
+    pub tokens: u64,
+}
+
+fn default_eval_tokens() -> u64 {
+    32_768
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection { mix: None, every: 0, tokens: default_eval_tokens() }
+    }
+}
+
+/// Configuration of a language-modelling stage (pretrain, midtrain, SFT).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmConfig {
+    /// Checkpoint to start from (required by midtrain and SFT; pretrain starts from scratch without it).
+    pub init: Option<PathBuf>,
+    /// Where the checkpoint goes.
+    pub out: Option<PathBuf>,
+    /// Architecture, for runs from scratch.
+    pub model: Option<ModelSection>,
+    /// Tokenizer, for runs from scratch.
+    pub tokenizer: Option<TokenizerSection>,
+    /// Training data.
+    pub data: DataSection,
+    /// Optimisation.
+    pub train: TrainSection,
+    /// Held-out evaluation.
+    #[serde(default)]
+    pub eval: EvalSection,
+}
+
+impl LmConfig {
+    /// Loads `path`, applies the command-line overrides and validates the result.
+    pub fn load(path: &Path, args: &CommonArgs, stage: &str) -> Result<Self> {
+        let mut cfg: LmConfig = load_toml(path)?;
+        cfg.apply(args, stage);
+        cfg.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, args: &CommonArgs, stage: &str) {
+        if let Some(v) = &args.init {
+            self.init = Some(v.clone());
+        }
+        self.out = Some(args.out.clone().or_else(|| self.out.clone()).unwrap_or_else(|| default_out(stage)));
+        if let Some(v) = args.device {
+            self.train.device = v;
+        }
+        if let Some(v) = args.seed {
+            self.train.seed = v;
+        }
+        if let Some(v) = args.steps {
+            self.train.steps = v;
+            self.train.warmup_steps = self.train.warmup_steps.min(v);
+        }
+        if let Some(v) = args.lr {
+            self.train.lr = v;
+        }
+        if let Some(v) = &args.mix {
+            self.data.mix = v.clone();
+        }
+    }
+
+    /// Checks everything that can be checked before reading data.
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        if self.data.seq_len < 2 {
+            bail!("data.seq_len must be at least 2, got {}", self.data.seq_len);
+        }
+        if self.init.is_none() && self.model.is_none() {
+            bail!("no [model] section and no init checkpoint: give --init <checkpoint> or a [model] section");
+        }
+        if let Some(t) = &self.tokenizer {
+            if !t.train && t.path.is_none() {
+                bail!("[tokenizer] needs either `path = \"…/tokenizer.json\"` or `train = true`");
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint directory.
+    pub fn out_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from("runs/default"))
+    }
+}
+
+/// `runs/default/<stage>`.
+pub fn default_out(stage: &str) -> PathBuf {
+    PathBuf::from("runs/default").join(stage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[model]
+preset = "tiny"
+[tokenizer]
+train = true
+vocab_size = 512
+[data]
+mix = "configs/mixes/pretrain.toml"
+seq_len = 64
+[train]
+steps = 10
+lr = 1e-3
+batch_size = 8
+micro_batch_size = 4
+"#;
+
+    #[test]
+    fn good_config_parses_and_cli_overrides_apply() -> Result<()> {
+        let mut cfg: LmConfig = parse_toml(GOOD, "good.toml")?;
+        let args = CommonArgs { steps: Some(3), lr: Some(2e-3), seed: Some(7), ..Default::default() };
+        cfg.apply(&args, "pretrain");
+        cfg.validate()?;
+        assert_eq!(cfg.train.steps, 3);
+        assert_eq!(cfg.train.lr, 2e-3);
+        assert_eq!(cfg.train.seed, 7);
+        assert_eq!(cfg.train.accum_steps(), 2);
+        assert_eq!(cfg.out_dir(), PathBuf::from("runs/default/pretrain"));
+        let model = cfg.model.as_ref().map(|m| m.resolve(512)).transpose()?;
+        assert_eq!(model.map(|m| m.n_layer), Some(2));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let bad = GOOD.replace("seq_len = 64", "seq_len = 64\nseqlen = 3");
+        let err = parse_toml::<LmConfig>(&bad, "bad.toml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `seqlen`"), "{err}");
+        assert!(err.starts_with("bad.toml:10:"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_are_explained() {
+        let bad = GOOD.replace("lr = 1e-3", "lr = \"fast\"");
+        let err = parse_toml::<LmConfig>(&bad, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("t.toml:") && err.contains("string"), "{err}");
+        let mut cfg: LmConfig = parse_toml(GOOD, "g").unwrap_or_else(|e| panic!("{e}"));
+        cfg.train.batch_size = 6;
+        assert!(cfg.validate().unwrap_err().to_string().contains("multiple of train.micro_batch_size"));
+        cfg.train.batch_size = 8;
+        cfg.train.lr = 3.0;
+        assert!(cfg.validate().unwrap_err().to_string().contains("train.lr"));
+        cfg.train.lr = 1e-3;
+        cfg.model = None;
+        assert!(cfg.validate().unwrap_err().to_string().contains("--init"));
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = load_toml::<LmConfig>(Path::new("no/such.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("no/such.toml"));
+    }
+}

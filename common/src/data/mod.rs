@@ -1,0 +1,8 @@
+//! Data: Parquet sources, mix files, and the streaming mixture sampler.
+pub mod mix;
+pub mod parquet;
+pub mod sampler;
+
+pub use mix::{Format, MixConfig, ResolvedMix, ResolvedSource, SourceConfig};
+pub use parquet::{Doc, SourceReader};
+pub use sampler::{Cursor, LmSampler, PackMode, PackedBatch};

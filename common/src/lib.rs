@@ -1,0 +1,14 @@
+//! lib2expert's shared machinery: configuration, devices, the GPT and its KV cache,
+//! the tokenizer and chat template, checkpoints, Parquet data and mixes, the optimiser
+//! and schedules, generation, and progress reporting. Stage binaries stay thin and call
+//! into this crate.
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod model;
+pub mod optim;
+pub mod progress;
+pub mod schedule;
+pub mod testing;
+pub mod tokenizer;

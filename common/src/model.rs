@@ -1,0 +1,562 @@
+//! The GPT: a decoder-only transformer in the Llama layout (RMSNorm, rotary position
+//! embeddings, grouped-query attention through libtorch's `scaled_dot_product_attention`,
+//! a SwiGLU MLP, optionally tied embeddings), with a pre-allocated KV cache.
+//!
+//! Parameter names are the Hugging Face Llama names, so `model.safetensors` is legible
+//! by other tools:
+//!
+//! | name | shape |
+//! | --- | --- |
+//! | `model.embed_tokens.weight` | `[vocab, d]` |
+//! | `model.layers.{i}.input_layernorm.weight` | `[d]` |
+//! | `model.layers.{i}.self_attn.{q,k,v,o}_proj.weight` | `[h*hd, d]`, `[kv*hd, d]`, `[kv*hd, d]`, `[d, h*hd]` |
+//! | `model.layers.{i}.post_attention_layernorm.weight` | `[d]` |
+//! | `model.layers.{i}.mlp.{gate,up,down}_proj.weight` | `[f, d]`, `[f, d]`, `[d, f]` |
+//! | `model.norm.weight` | `[d]` |
+//! | `lm_head.weight` | `[vocab, d]` (absent when embeddings are tied) |
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+/// Architecture of the GPT. Saved as `config.json` beside the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptConfig {
+    /// Size of the vocabulary (rows of the embedding and of the output head).
+    pub vocab_size: i64,
+    /// Number of transformer blocks.
+    pub n_layer: i64,
+    /// Number of query heads.
+    pub n_head: i64,
+    /// Number of key/value heads (grouped-query attention when smaller than `n_head`).
+    pub n_kv_head: i64,
+    /// Width of the residual stream.
+    pub n_embd: i64,
+    /// Hidden width of the SwiGLU MLP.
+    pub intermediate_size: i64,
+    /// Longest sequence the model is trained for (rotary tables and KV cache size).
+    pub max_seq_len: i64,
+    /// Base of the rotary position embedding frequencies.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Epsilon of RMSNorm.
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// Whether the output head shares the input embedding matrix.
+    #[serde(default)]
+    pub tie_embeddings: bool,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+/// Named architecture presets; `vocab_size` is set from the tokenizer.
+pub const PRESETS: &[&str] = &["tiny", "default", "d12", "d20"];
+
+impl GptConfig {
+    /// A named preset: `tiny` (tests, ~50k parameters), `default` (`just pipeline` on a laptop
+    /// CPU, ~5M), `d12` (GPU, GPT-2-small-sized, ~110M), `d20` (GPU, ~500M).
+    pub fn preset(name: &str, vocab_size: i64) -> Result<Self> {
+        let (n_layer, n_head, n_kv_head, n_embd, inter, seq) = match name {
+            "tiny" => (2, 2, 2, 32, 96, 128),
+            "default" => (4, 4, 4, 256, 704, 256),
+            "d12" => (12, 12, 12, 768, 2048, 1024),
+            "d20" => (20, 10, 10, 1280, 3456, 2048),
+            other => bail!("unknown model preset `{other}`: expected one of {}", PRESETS.join(", ")),
+        };
+        Ok(GptConfig {
+            vocab_size,
+            n_layer,
+            n_head,
+            n_kv_head,
+            n_embd,
+            intermediate_size: inter,
+            max_seq_len: seq,
+            rope_theta: default_rope_theta(),
+            norm_eps: default_norm_eps(),
+            tie_embeddings: false,
+        })
+    }
+
+    /// Checks the architecture is buildable; the error names the offending field.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("n_layer", self.n_layer),
+            ("n_head", self.n_head),
+            ("n_kv_head", self.n_kv_head),
+            ("n_embd", self.n_embd),
+            ("intermediate_size", self.intermediate_size),
+            ("max_seq_len", self.max_seq_len),
+        ];
+        for (name, v) in positive {
+            if v <= 0 {
+                bail!("model.{name} must be positive, got {v}");
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            bail!("model.n_embd ({}) must be divisible by model.n_head ({})", self.n_embd, self.n_head);
+        }
+        if self.head_dim() % 2 != 0 {
+            bail!("head dimension n_embd/n_head = {} must be even for rotary embeddings", self.head_dim());
+        }
+        if self.n_head % self.n_kv_head != 0 {
+            bail!("model.n_head ({}) must be a multiple of model.n_kv_head ({})", self.n_head, self.n_kv_head);
+        }
+        if !(self.rope_theta > 0.0) || !(self.norm_eps > 0.0) {
+            bail!("model.rope_theta and model.norm_eps must be positive");
+        }
+        Ok(())
+    }
+
+    /// Dimension of one attention head.
+    pub fn head_dim(&self) -> i64 {
+        self.n_embd / self.n_head
+    }
+
+    /// Number of parameters in total.
+    pub fn num_params(&self) -> i64 {
+        let emb = self.vocab_size * self.n_embd;
+        let head = if self.tie_embeddings { 0 } else { emb };
+        emb + head + self.n_layer * self.block_params() + self.n_embd
+    }
+
+    fn block_params(&self) -> i64 {
+        let d = self.n_embd;
+        let hd = self.head_dim();
+        let attn = d * self.n_head * hd * 2 + d * self.n_kv_head * hd * 2;
+        attn + 3 * d * self.intermediate_size + 2 * d
+    }
+
+    /// Parameters that take part in matrix products per token: every block's matrices and
+    /// the output head, not the input embedding lookup nor the norms. This is the `N` of
+    /// the `6·N` training FLOPs per token.
+    pub fn matmul_params(&self) -> i64 {
+        let d = self.n_embd;
+        self.n_layer * (self.block_params() - 2 * d) + self.vocab_size * d
+    }
+
+    /// Training FLOPs per token: `6·N` plus attention scores and values,
+    /// `6 · n_layer · 2 · seq · d` (forward `2·2·seq·d`, backward twice that) for causal
+    /// attention averaged over positions (`seq/2` keys each, so `6·L·2·(seq/2)·d·2`).
+    pub fn train_flops_per_token(&self, seq_len: i64) -> f64 {
+        6.0 * self.matmul_params() as f64 + 6.0 * (self.n_layer * seq_len * self.n_embd) as f64
+    }
+}
+
+/// Root-mean-square layer norm with a learned gain.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Gain initialised to one.
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        RmsNorm { weight: p.var("weight", &[dim], nn::Init::Const(1.0)), eps }
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let d = *x.size().last().unwrap_or(&1);
+        x.rms_norm([d], Some(&self.weight), self.eps)
+    }
+}
+
+fn linear(p: nn::Path, d_in: i64, d_out: i64, std: f64) -> nn::Linear {
+    let ws = p.var("weight", &[d_out, d_in], nn::Init::Randn { mean: 0.0, stdev: std });
+    nn::Linear { ws, bs: None }
+}
+
+/// Per-layer key/value cache, pre-allocated to `capacity` positions.
+pub struct KvCache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: i64,
+    capacity: i64,
+}
+
+impl KvCache {
+    /// An empty cache for `batch` rows and up to `capacity` positions.
+    pub fn new(cfg: &GptConfig, batch: i64, capacity: i64, kind: Kind, device: Device) -> Self {
+        let shape = [batch, cfg.n_kv_head, capacity, cfg.head_dim()];
+        let layers = (0..cfg.n_layer)
+            .map(|_| (Tensor::zeros(shape, (kind, device)), Tensor::zeros(shape, (kind, device))))
+            .collect();
+        KvCache { layers, len: 0, capacity }
+    }
+
+    /// Positions already held.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions the cache can hold.
+    pub fn capacity(&self) -> i64 {
+        self.capacity
+    }
+
+    /// Keeps only the rows in `index` (e.g. to drop finished sequences).
+    pub fn select_rows(&mut self, index: &Tensor) {
+        for (k, v) in self.layers.iter_mut() {
+            *k = k.index_select(0, index);
+            *v = v.index_select(0, index);
+        }
+    }
+}
+
+/// Per-call position and masking information.
+pub struct Positions<'a> {
+    /// `[B, T]` positions (int64) when rows differ (left padding); `None` = `offset..offset+T`.
+    pub ids: Option<&'a Tensor>,
+    /// Boolean mask `[B, 1, T, T_keys]` (true = may attend); `None` = plain causal.
+    pub mask: Option<&'a Tensor>,
+}
+
+impl Positions<'_> {
+    /// Plain causal attention, positions counted from the cache length.
+    pub const CAUSAL: Positions<'static> = Positions { ids: None, mask: None };
+}
+
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    o_proj: nn::Linear,
+    n_head: i64,
+    n_kv_head: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, cfg: &GptConfig) -> Self {
+        let d = cfg.n_embd;
+        let hd = cfg.head_dim();
+        let std = 0.02;
+        let out_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+        Attention {
+            q_proj: linear(&p / "q_proj", d, cfg.n_head * hd, std),
+            k_proj: linear(&p / "k_proj", d, cfg.n_kv_head * hd, std),
+            v_proj: linear(&p / "v_proj", d, cfg.n_kv_head * hd, std),
+            o_proj: linear(&p / "o_proj", cfg.n_head * hd, d, out_std),
+            n_head: cfg.n_head,
+            n_kv_head: cfg.n_kv_head,
+            head_dim: hd,
+        }
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        pos: &Positions,
+        cache: Option<(&mut (Tensor, Tensor), i64)>,
+    ) -> Tensor {
+        let (b, t, _) = x.size3().expect("attention input is [B, T, D]");
+        let q = self.q_proj.forward(x).view([b, t, self.n_head, self.head_dim]).transpose(1, 2);
+        let k = self.k_proj.forward(x).view([b, t, self.n_kv_head, self.head_dim]).transpose(1, 2);
+        let v = self.v_proj.forward(x).view([b, t, self.n_kv_head, self.head_dim]).transpose(1, 2);
+        let (cos, sin) = rope;
+        let q = apply_rope(&q, cos, sin);
+        let k = apply_rope(&k, cos, sin);
+        let gqa = self.n_kv_head != self.n_head;
+        let y = match cache {
+            None => Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                pos.mask,
+                0.0,
+                pos.mask.is_none(),
+                None,
+                gqa,
+            ),
+            Some(((kc, vc), offset)) => {
+                kc.narrow(2, offset, t).copy_(&k);
+                vc.narrow(2, offset, t).copy_(&v);
+                let total = offset + t;
+                let k_all = kc.narrow(2, 0, total);
+                let v_all = vc.narrow(2, 0, total);
+                // With a cache, queries sit at the end of the keys: causal from the bottom
+                // right. SDPA's `is_causal` aligns top-left, so build the mask unless the
+                // caller gave one or a single query attends everything.
+                let mask_owned;
+                let mask = match pos.mask {
+                    Some(m) => Some(m),
+                    None if t == 1 => None,
+                    None => {
+                        mask_owned = causal_mask(t, total, x.device());
+                        Some(&mask_owned)
+                    }
+                };
+                Tensor::scaled_dot_product_attention(&q, &k_all, &v_all, mask, 0.0, false, None, gqa)
+            }
+        };
+        let y = y.transpose(1, 2).contiguous().view([b, t, self.n_head * self.head_dim]);
+        self.o_proj.forward(&y)
+    }
+}
+
+/// Boolean mask `[1, 1, t, total]` where query `i` (at position `total - t + i`) sees keys `<=` it.
+pub fn causal_mask(t: i64, total: i64, device: Device) -> Tensor {
+    let q = Tensor::arange_start(total - t, total, (Kind::Int64, device)).unsqueeze(1);
+    let k = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0);
+    k.le_tensor(&q).view([1, 1, t, total])
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let x1 = x.narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    Tensor::cat(&[x2.neg(), x1], 3)
+}
+
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+struct Mlp {
+    gate_proj: nn::Linear,
+    up_proj: nn::Linear,
+    down_proj: nn::Linear,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, cfg: &GptConfig) -> Self {
+        let out_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
+        Mlp {
+            gate_proj: linear(&p / "gate_proj", cfg.n_embd, cfg.intermediate_size, 0.02),
+            up_proj: linear(&p / "up_proj", cfg.n_embd, cfg.intermediate_size, 0.02),
+            down_proj: linear(&p / "down_proj", cfg.intermediate_size, cfg.n_embd, out_std),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// The GPT. Build it in a `VarStore` (`Gpt::new(vs.root(), &cfg)`), then call `forward`.
+pub struct Gpt {
+    cfg: GptConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Tensor>,
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+}
+
+impl Gpt {
+    /// Creates the parameters under `p` (use `vs.root()`), initialised GPT-2 style.
+    pub fn new(p: nn::Path, cfg: &GptConfig) -> Self {
+        let model = &p / "model";
+        let embed_tokens = (&model / "embed_tokens").var(
+            "weight",
+            &[cfg.vocab_size, cfg.n_embd],
+            nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        );
+        let layers = (0..cfg.n_layer)
+            .map(|i| {
+                let lp = &model / "layers" / i;
+                Block {
+                    input_layernorm: RmsNorm::new(&lp / "input_layernorm", cfg.n_embd, cfg.norm_eps),
+                    self_attn: Attention::new(&lp / "self_attn", cfg),
+                    post_attention_layernorm: RmsNorm::new(
+                        &lp / "post_attention_layernorm",
+                        cfg.n_embd,
+                        cfg.norm_eps,
+                    ),
+                    mlp: Mlp::new(&lp / "mlp", cfg),
+                }
+            })
+            .collect();
+        let norm = RmsNorm::new(&model / "norm", cfg.n_embd, cfg.norm_eps);
+        let lm_head = (!cfg.tie_embeddings).then(|| {
+            (&p / "lm_head").var(
+                "weight",
+                &[cfg.vocab_size, cfg.n_embd],
+                nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+            )
+        });
+        let (rope_cos, rope_sin) = rope_tables(cfg, p.device());
+        Gpt { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope_cos, rope_sin }
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    /// Logits `[B, T, vocab]` for tokens `[B, T]`. With a cache, the tokens continue what the
+    /// cache holds (prompt first, then one token at a time) and the cache is extended.
+    pub fn forward(&self, tokens: &Tensor, pos: &Positions, cache: Option<&mut KvCache>) -> Tensor {
+        let h = self.hidden(tokens, pos, cache);
+        self.logits(&h)
+    }
+
+    /// Final hidden states `[B, T, d]` (after the last norm).
+    pub fn hidden(&self, tokens: &Tensor, pos: &Positions, mut cache: Option<&mut KvCache>) -> Tensor {
+        let (_, t) = tokens.size2().expect("tokens are [B, T]");
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let rope = match pos.ids {
+            Some(ids) => (
+                self.rope_cos.index_select(0, &ids.flatten(0, -1)).view([ids.size()[0], 1, t, -1]),
+                self.rope_sin.index_select(0, &ids.flatten(0, -1)).view([ids.size()[0], 1, t, -1]),
+            ),
+            None => (self.rope_cos.narrow(0, offset, t), self.rope_sin.narrow(0, offset, t)),
+        };
+        let mut x = self.embed_tokens.embedding(tokens);
+        for (i, block) in self.layers.iter().enumerate() {
+            let c = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
+            let a = block.self_attn.forward(&block.input_layernorm.forward(&x), &rope, pos, c);
+            x = x + a;
+            let m = block.mlp.forward(&block.post_attention_layernorm.forward(&x));
+            x = x + m;
+        }
+        if let Some(c) = cache {
+            c.len = offset + t;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Output head applied to hidden states.
+    pub fn logits(&self, h: &Tensor) -> Tensor {
+        h.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
+    }
+
+    /// A fresh cache sized for this model.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+        KvCache::new(&self.cfg, batch, capacity, self.embed_tokens.kind(), self.embed_tokens.device())
+    }
+}
+
+trait EmbeddingExt {
+    fn embedding(&self, tokens: &Tensor) -> Tensor;
+}
+
+impl EmbeddingExt for Tensor {
+    fn embedding(&self, tokens: &Tensor) -> Tensor {
+        Tensor::embedding(self, tokens, -1, false, false)
+    }
+}
+
+/// Rotary tables `[max_seq_len, head_dim]` (Hugging Face "rotate half" layout).
+fn rope_tables(cfg: &GptConfig, device: Device) -> (Tensor, Tensor) {
+    let hd = cfg.head_dim();
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32)
+        .collect();
+    let inv_freq = Tensor::from_slice(&inv_freq);
+    let t = Tensor::arange(cfg.max_seq_len, (Kind::Float, Device::Cpu));
+    let freqs = t.outer(&inv_freq);
+    let emb = Tensor::cat(&[&freqs, &freqs], 1);
+    (emb.cos().to_device(device), emb.sin().to_device(device))
+}
+
+/// Checks a token id tensor against the vocabulary with a clear error.
+pub fn check_tokens(tokens: &Tensor, vocab_size: i64) -> Result<()> {
+    if tokens.numel() == 0 {
+        return Ok(());
+    }
+    let max = tokens.max().int64_value(&[]);
+    let min = tokens.min().int64_value(&[]);
+    if min < 0 || max >= vocab_size {
+        bail!("token ids span [{min}, {max}] but the model's vocabulary has {vocab_size} entries: tokenizer and model do not match");
+    }
+    Ok(())
+}
+
+/// Reads a `config.json` written by [`GptConfig`] serialisation.
+pub fn read_config(path: &std::path::Path) -> Result<GptConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg: GptConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    cfg.validate().with_context(|| format!("checking {}", path.display()))?;
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> GptConfig {
+        let mut c = GptConfig::preset("tiny", 61).unwrap_or_else(|e| panic!("{e}"));
+        c.n_head = 4;
+        c.n_kv_head = 2;
+        c
+    }
+
+    #[test]
+    fn parameter_names_and_count() -> Result<()> {
+        let cfg = tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = Gpt::new(vs.root(), &cfg);
+        let vars = vs.variables();
+        assert!(vars.contains_key("model.layers.1.self_attn.k_proj.weight"));
+        assert!(vars.contains_key("lm_head.weight"));
+        assert_eq!(vars["model.layers.0.self_attn.k_proj.weight"].size(), vec![16, 32]);
+        let total: i64 = vars.values().map(|t| t.numel() as i64).sum();
+        assert_eq!(total, cfg.num_params());
+        Ok(())
+    }
+
+    #[test]
+    fn kv_cache_matches_full_recompute() -> Result<()> {
+        tch::manual_seed(0);
+        let cfg = tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Gpt::new(vs.root(), &cfg);
+        let _g = tch::no_grad_guard();
+        let tokens = Tensor::randint(cfg.vocab_size, [3, 12], (Kind::Int64, Device::Cpu));
+        let full = m.forward(&tokens, &Positions::CAUSAL, None);
+        let mut cache = m.new_cache(3, 16);
+        // Prompt of 5, then a chunk of 3, then one token at a time.
+        let mut parts = vec![m.forward(&tokens.narrow(1, 0, 5), &Positions::CAUSAL, Some(&mut cache))];
+        parts.push(m.forward(&tokens.narrow(1, 5, 3), &Positions::CAUSAL, Some(&mut cache)));
+        for i in 8..12 {
+            parts.push(m.forward(&tokens.narrow(1, i, 1), &Positions::CAUSAL, Some(&mut cache)));
+        }
+        let cached = Tensor::cat(&parts, 1);
+        let diff = (&full - &cached).abs().max().double_value(&[]);
+        // fp32, same kernels up to summation order: agreement to ~1e-6.
+        assert!(diff < 1e-5, "max |full - cached| = {diff}");
+        assert_eq!(cache.len(), 12);
+        Ok(())
+    }
+
+    #[test]
+    fn tied_embeddings_have_no_head() {
+        let mut cfg = tiny();
+        cfg.tie_embeddings = true;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = Gpt::new(vs.root(), &cfg);
+        assert!(!vs.variables().contains_key("lm_head.weight"));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut cfg = tiny();
+        cfg.n_head = 3;
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("n_head"), "{err}");
+        assert!(GptConfig::preset("huge", 10).unwrap_err().to_string().contains("tiny"));
+    }
+}
