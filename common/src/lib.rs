@@ -3,12 +3,17 @@
 //! and schedules, generation, and progress reporting. Stage binaries stay thin and call
 //! into this crate.
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod model;
 pub mod optim;
+pub mod perf;
 pub mod progress;
+pub mod sampling;
 pub mod schedule;
 pub mod testing;
 pub mod tokenizer;
+pub mod train;
+pub mod verify;

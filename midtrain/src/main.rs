@@ -1,1 +1,27 @@
-fn main() {}
+//! `midtrain`: continues a checkpoint on a mix that upweights high-density sources.
+use clap::Parser;
+use common::config::CommonArgs;
+use common::data::PackMode;
+use common::train::StageSpec;
+use std::process::ExitCode;
+
+/// Midtrain a checkpoint on high-density sources ("reread the best books").
+///
+/// Reads configs/midtrain.toml unless --config is given; starts from --init (e.g.
+/// runs/default/pretrain), trains on the reweighted mix with its own schedule, and writes a
+/// checkpoint to --out (default runs/default/midtrain) with held-out metrics per source,
+/// before and after, in meta.json.
+///
+/// Example: midtrain --init runs/default/pretrain --out runs/default/midtrain
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let spec = StageSpec { stage: "midtrain", pack: PackMode::Stream, assistant_only: false, needs_init: true };
+    common::cli::exit_on_error(|| common::cli::run_lm_main(&spec, &args.common))
+}

@@ -1,0 +1,415 @@
+//! Verifiers: they judge a completion against a task's reference answer.
+//!
+//! Completions are expected to end with a line `Answer: <answer>` (the chat format the
+//! SFT data teaches). Verifiers are a trait; the [`Grader`] routes each task kind to its
+//! verifier and combines correctness, abstention and (opt-in) format into a reward.
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A task with a verifiable answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// The user's question (plain text, no template).
+    pub prompt: String,
+    /// Reference answer ("I don't know" for unanswerable questions).
+    pub answer: String,
+    /// `arithmetic`, `facts`, `program`, `unanswerable`, or another kind (exact match).
+    pub kind: String,
+}
+
+/// What a verifier concluded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Combined reward.
+    pub reward: f64,
+    /// The answer is right (for unanswerable questions: the model abstained).
+    pub correct: bool,
+    /// The model said it does not know.
+    pub abstained: bool,
+    /// The completion has an `Answer:` line.
+    pub formatted: bool,
+    /// A verifier failed (timeout, crash of the checker itself); counted, not hidden.
+    pub errored: bool,
+}
+
+/// Something that scores a completion for a task: 1.0 = right, 0.0 = wrong.
+pub trait Verifier: Send + Sync {
+    /// Name for logs.
+    fn name(&self) -> &'static str;
+    /// Score in [0, 1]; `Err` when the verifier itself failed.
+    fn score(&self, task: &Task, completion: &str) -> Result<f64>;
+}
+
+/// The text after the last `Answer:` (case-insensitive), trimmed; `None` when absent.
+pub fn extract_answer(completion: &str) -> Option<String> {
+    let lower = completion.to_lowercase();
+    let idx = lower.rfind("answer:")?;
+    let rest = completion[idx + "answer:".len()..].trim();
+    let line = rest.lines().next().unwrap_or("").trim();
+    Some(line.to_string())
+}
+
+/// The final answer: the `Answer:` line if any, else the last non-empty line.
+pub fn final_answer(completion: &str) -> String {
+    extract_answer(completion)
+        .unwrap_or_else(|| completion.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string())
+}
+
+/// Lower-case, trimmed, inner whitespace collapsed, trailing punctuation removed.
+pub fn normalize(s: &str) -> String {
+    let s = s.trim().trim_end_matches(['.', '!', '?', ';', ',']).trim();
+    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase().replace('’', "'")
+}
+
+/// First number in `s`, tolerant of `1,234`, `$85`, `85.0`, `-3`.
+pub fn parse_number(s: &str) -> Option<f64> {
+    let cleaned: String = s.chars().filter(|c| *c != ',' && *c != '$').collect();
+    let mut start = None;
+    let chars: Vec<char> = cleaned.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        if c.is_ascii_digit() || (*c == '-' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+            start = Some(i);
+            break;
+        }
+    }
+    let start = start?;
+    let mut end = start + 1;
+    while end < chars.len() && (chars[end].is_ascii_digit() || (chars[end] == '.' && chars.get(end + 1).is_some_and(|d| d.is_ascii_digit()))) {
+        end += 1;
+    }
+    chars[start..end].iter().collect::<String>().parse().ok()
+}
+
+/// Numeric answer: the final answer's number equals the reference's (to 1e-6).
+pub struct NumericAnswer;
+
+impl Verifier for NumericAnswer {
+    fn name(&self) -> &'static str {
+        "numeric"
+    }
+    fn score(&self, task: &Task, completion: &str) -> Result<f64> {
+        let want = parse_number(&task.answer).with_context(|| format!("reference answer `{}` is not a number", task.answer))?;
+        Ok(match parse_number(&final_answer(completion)) {
+            Some(got) if (got - want).abs() <= 1e-6 * want.abs().max(1.0) => 1.0,
+            _ => 0.0,
+        })
+    }
+}
+
+/// Exact match after normalisation.
+pub struct ExactMatch;
+
+impl Verifier for ExactMatch {
+    fn name(&self) -> &'static str {
+        "exact"
+    }
+    fn score(&self, task: &Task, completion: &str) -> Result<f64> {
+        Ok(if normalize(&final_answer(completion)) == normalize(&task.answer) { 1.0 } else { 0.0 })
+    }
+}
+
+/// Format: the completion states its answer on an `Answer:` line.
+pub struct FormatCheck;
+
+impl Verifier for FormatCheck {
+    fn name(&self) -> &'static str {
+        "format"
+    }
+    fn score(&self, _task: &Task, completion: &str) -> Result<f64> {
+        Ok(if extract_answer(completion).is_some_and(|a| !a.is_empty()) { 1.0 } else { 0.0 })
+    }
+}
+
+/// Abstention: the answer says "I don't know" (or an equivalent).
+pub struct Abstention;
+
+/// Whether an answer is an abstention.
+pub fn is_abstention(answer: &str) -> bool {
+    let a = normalize(answer);
+    ["i don't know", "i do not know", "i dont know", "unknown", "i'm not sure", "i am not sure"]
+        .iter()
+        .any(|p| a == *p || a.starts_with(&format!("{p} ")) || a.starts_with(&format!("{p},")))
+}
+
+impl Verifier for Abstention {
+    fn name(&self) -> &'static str {
+        "abstention"
+    }
+    fn score(&self, _task: &Task, completion: &str) -> Result<f64> {
+        Ok(if is_abstention(&final_answer(completion)) { 1.0 } else { 0.0 })
+    }
+}
+
+/// Program execution: runs Python in a subprocess with a wall-clock limit and an address-space
+/// limit. If the completion contains a ```python block, that program is run and its output
+/// compared with the reference; otherwise the program in the prompt is run (the ground truth)
+/// and the completion's final answer compared with its output. A hang, crash or
+/// non-zero exit of the *completion's* program scores zero.
+pub struct ProgramExec {
+    /// Interpreter.
+    pub python: String,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// Address-space limit in megabytes.
+    pub memory_mb: u64,
+}
+
+impl Default for ProgramExec {
+    fn default() -> Self {
+        ProgramExec { python: "python3".into(), timeout: Duration::from_secs(2), memory_mb: 256 }
+    }
+}
+
+/// First fenced ```python (or bare ```) block of `text`.
+pub fn code_block(text: &str) -> Option<String> {
+    let start = text.find("```")?;
+    let after = &text[start + 3..];
+    let body_start = after.find('\n')? + 1;
+    let body = &after[body_start..];
+    let end = body.find("```")?;
+    Some(body[..end].to_string())
+}
+
+/// Outcome of running a program.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// Exited with status 0; its standard output.
+    Ok(String),
+    /// Exited non-zero or was killed by a signal (e.g. the memory limit); its stderr tail.
+    Failed(String),
+    /// Killed at the time limit.
+    TimedOut,
+}
+
+const SANDBOX: &str = "import resource, sys\nlim = int(sys.argv[1]) * 1024 * 1024\nresource.setrlimit(resource.RLIMIT_AS, (lim, lim))\nsrc = sys.stdin.read()\nsys.stdin = open('/dev/null')\nexec(compile(src, '<program>', 'exec'), {'__name__': '__main__'})\n";
+
+impl ProgramExec {
+    /// Runs `source` and returns what happened; never waits longer than the timeout.
+    pub fn run(&self, source: &str) -> Result<RunOutcome> {
+        let mut child = Command::new(&self.python)
+            .args(["-I", "-c", SANDBOX, &self.memory_mb.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} for program execution", self.python))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A program that never reads stdin still gets all of it: it is small.
+            let _ = stdin.write_all(source.as_bytes());
+        }
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        // Read output off the main thread so a chatty program cannot block on a full pipe.
+        let out_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(o) = stdout.as_mut() {
+                let _ = o.take(1 << 20).read_to_end(&mut s);
+            }
+            s
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            if let Some(e) = stderr.as_mut() {
+                let _ = e.take(1 << 16).read_to_end(&mut s);
+            }
+            s
+        });
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break Some(st);
+            }
+            if t0.elapsed() >= self.timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let out = out_reader.join().unwrap_or_default();
+        let err = err_reader.join().unwrap_or_default();
+        Ok(match status {
+            None => RunOutcome::TimedOut,
+            Some(st) if st.success() => RunOutcome::Ok(String::from_utf8_lossy(&out).into_owned()),
+            Some(_) => {
+                let e = String::from_utf8_lossy(&err);
+                RunOutcome::Failed(e.lines().rev().take(3).collect::<Vec<_>>().join(" | "))
+            }
+        })
+    }
+}
+
+impl Verifier for ProgramExec {
+    fn name(&self) -> &'static str {
+        "program"
+    }
+    fn score(&self, task: &Task, completion: &str) -> Result<f64> {
+        let same = |a: &str, b: &str| a.trim_end() == b.trim_end() || normalize(a) == normalize(b);
+        if let Some(code) = code_block(completion) {
+            return Ok(match self.run(&code)? {
+                RunOutcome::Ok(out) if same(&out, &task.answer) => 1.0,
+                _ => 0.0,
+            });
+        }
+        let truth = match code_block(&task.prompt) {
+            Some(code) => match self.run(&code)? {
+                RunOutcome::Ok(out) => out,
+                other => anyhow::bail!("the reference program of the task did not run: {other:?}"),
+            },
+            None => task.answer.clone(),
+        };
+        Ok(if same(&final_answer(completion), &truth) { 1.0 } else { 0.0 })
+    }
+}
+
+/// Reward weights of the [`Grader`].
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardWeights {
+    /// Reward of a correct answer (for unanswerable questions: of abstaining).
+    #[serde(default = "w_correct")]
+    pub correct: f64,
+    /// Reward of "I don't know" on a question that has an answer: less than right,
+    /// more than wrong, so the model learns to abstain rather than make things up.
+    #[serde(default = "w_abstain")]
+    pub abstain: f64,
+    /// Reward of a wrong answer (e.g. negative to punish hallucination harder).
+    #[serde(default)]
+    pub wrong: f64,
+    /// Added when the `Answer:` line is present. Off by default: a format bonus on top of
+    /// correctness made answers long and wrong in open-instruct's experience.
+    #[serde(default)]
+    pub format: f64,
+}
+
+fn w_correct() -> f64 {
+    1.0
+}
+fn w_abstain() -> f64 {
+    0.3
+}
+
+impl Default for RewardWeights {
+    fn default() -> Self {
+        RewardWeights { correct: w_correct(), abstain: w_abstain(), wrong: 0.0, format: 0.0 }
+    }
+}
+
+/// Routes tasks to verifiers and combines their scores.
+pub struct Grader {
+    /// Weights.
+    pub weights: RewardWeights,
+    numeric: NumericAnswer,
+    exact: ExactMatch,
+    format: FormatCheck,
+    abstention: Abstention,
+    program: ProgramExec,
+}
+
+impl Grader {
+    /// A grader with the given weights and program-execution limits.
+    pub fn new(weights: RewardWeights, program: ProgramExec) -> Self {
+        Grader { weights, numeric: NumericAnswer, exact: ExactMatch, format: FormatCheck, abstention: Abstention, program }
+    }
+
+    /// The verifier that decides correctness for `kind`.
+    pub fn verifier_for(&self, kind: &str) -> &dyn Verifier {
+        match kind {
+            "arithmetic" | "math" | "gsm8k" => &self.numeric,
+            "program" | "code" => &self.program,
+            "unanswerable" => &self.abstention,
+            _ => &self.exact,
+        }
+    }
+
+    /// Judges one completion.
+    pub fn grade(&self, task: &Task, completion: &str) -> Verdict {
+        let formatted = self.format.score(task, completion).unwrap_or(0.0) > 0.5;
+        let abstained = self.abstention.score(task, completion).unwrap_or(0.0) > 0.5;
+        let (correct, errored) = match self.verifier_for(&task.kind).score(task, completion) {
+            Ok(s) => (s > 0.5, false),
+            Err(_) => (false, true),
+        };
+        let w = &self.weights;
+        let mut reward = if correct {
+            w.correct
+        } else if abstained {
+            w.abstain
+        } else {
+            w.wrong
+        };
+        if formatted {
+            reward += w.format;
+        }
+        Verdict { reward, correct, abstained, formatted, errored }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(kind: &str, prompt: &str, answer: &str) -> Task {
+        Task { prompt: prompt.into(), answer: answer.into(), kind: kind.into() }
+    }
+
+    #[test]
+    fn numeric_is_tolerant_of_formatting() -> Result<()> {
+        let t = task("arithmetic", "What is 1000 + 234?", "1234");
+        for good in ["Answer: 1234", "so 1,234.\nAnswer: $1,234", "Answer: 1234.0", "1234"] {
+            assert_eq!(NumericAnswer.score(&t, good)?, 1.0, "{good}");
+        }
+        for bad in ["Answer: 1235", "Answer: I don't know", ""] {
+            assert_eq!(NumericAnswer.score(&t, bad)?, 0.0, "{bad}");
+        }
+        assert_eq!(parse_number("-3 apples"), Some(-3.0));
+        Ok(())
+    }
+
+    #[test]
+    fn exact_format_and_abstention() -> Result<()> {
+        let t = task("facts", "In which region is Velmora?", "Northern Reach");
+        assert_eq!(ExactMatch.score(&t, "Velmora lies there.\nAnswer: northern reach.")?, 1.0);
+        assert_eq!(ExactMatch.score(&t, "Answer: Southern Reach")?, 0.0);
+        assert_eq!(FormatCheck.score(&t, "it is the Northern Reach")?, 0.0);
+        assert_eq!(Abstention.score(&t, "Answer: I don't know.")?, 1.0);
+        assert_eq!(Abstention.score(&t, "Answer: Northern Reach")?, 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn grader_prefers_abstaining_to_being_wrong() {
+        let g = Grader::new(RewardWeights::default(), ProgramExec::default());
+        let fact = task("facts", "q", "Tarsk");
+        let right = g.grade(&fact, "Answer: Tarsk");
+        let idk = g.grade(&fact, "Answer: I don't know");
+        let wrong = g.grade(&fact, "Answer: Velmora");
+        assert!(right.reward > idk.reward && idk.reward > wrong.reward);
+        assert!(idk.abstained && !idk.correct);
+        let un = task("unanswerable", "q", "I don't know");
+        assert!(g.grade(&un, "Answer: I don't know").correct);
+        assert!(!g.grade(&un, "Answer: Tarsk").correct);
+    }
+
+    #[test]
+    fn program_execution_runs_and_bounds_programs() -> Result<()> {
+        let exec = ProgramExec { python: crate::testing::venv_python().display().to_string(), ..Default::default() };
+        let t = task("program", "What does this print?\n```python\nx = 3\nprint(x * 4 + 1)\n```", "13");
+        assert_eq!(exec.score(&t, "Answer: 13")?, 1.0, "answer checked against the executed reference");
+        assert_eq!(exec.score(&t, "Answer: 12")?, 0.0);
+        assert_eq!(exec.score(&t, "```python\nprint(13)\n```")?, 1.0, "a produced program is run");
+        // A program that loops forever is killed at the limit and scores zero.
+        let slow = ProgramExec { timeout: Duration::from_millis(500), ..exec };
+        let t0 = Instant::now();
+        assert_eq!(slow.score(&t, "```python\nwhile True:\n    pass\n```")?, 0.0);
+        assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+        assert_eq!(slow.run("while True: pass")?, RunOutcome::TimedOut);
+        // A memory hog hits the address-space limit and fails instead of taking the machine.
+        assert!(matches!(slow.run("x = bytearray(2 * 1024**3)")?, RunOutcome::Failed(_)));
+        assert!(matches!(slow.run("raise SystemExit(3)")?, RunOutcome::Failed(_)));
+        Ok(())
+    }
+}
