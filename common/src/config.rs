@@ -319,6 +319,36 @@ impl Default for EvalSection {
     }
 }
 
+/// `[tasks]`: generation-based evaluation on verifiable tasks (chat format).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksSection {
+    /// Parquet file with string columns prompt, answer, task.
+    pub path: PathBuf,
+    /// Questions evaluated per task kind.
+    #[serde(default = "default_per_kind")]
+    pub per_kind: usize,
+    /// Longest answer generated.
+    #[serde(default = "default_task_tokens")]
+    pub max_new_tokens: i64,
+    /// Rows generated together.
+    #[serde(default = "default_task_batch")]
+    pub batch_size: usize,
+    /// Also evaluate the starting checkpoint, to show what the stage bought.
+    #[serde(default)]
+    pub eval_start: bool,
+}
+
+fn default_per_kind() -> usize {
+    100
+}
+fn default_task_tokens() -> i64 {
+    64
+}
+fn default_task_batch() -> usize {
+    64
+}
+
 /// Configuration of a language-modelling stage (pretrain, midtrain, SFT).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -338,6 +368,8 @@ pub struct LmConfig {
     /// Held-out evaluation.
     #[serde(default)]
     pub eval: EvalSection,
+    /// Task evaluation by generation (SFT).
+    pub tasks: Option<TasksSection>,
 }
 
 impl LmConfig {

@@ -137,6 +137,9 @@ impl MetricsLog {
     fn open(out: &Path, stage: &str, keep_until_step: Option<u64>, previous: Vec<Value>) -> Result<Self> {
         let name = format!("{}.metrics.jsonl", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| stage.into()));
         let path = out.with_file_name(name);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let lines: Vec<Value> = match keep_until_step {
             Some(s) => previous.into_iter().filter(|l| l["step"].as_u64().is_none_or(|x| x <= s)).collect(),
             None => Vec::new(),
@@ -338,6 +341,23 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         checkpoint::save(&out, vs, &mcfg, &tok, meta, &log.lines, Some(&state))
     };
 
+    let tasks = match &cfg.tasks {
+        Some(t) => Some(crate::tasks::limit_per_kind(crate::tasks::load_tasks(&t.path)?, t.per_kind)),
+        None => None,
+    };
+    let run_tasks = |model: &Gpt| -> Result<Option<Value>> {
+        let (Some(t), Some(list)) = (&cfg.tasks, &tasks) else { return Ok(None) };
+        let grader = crate::verify::Grader::new(Default::default(), Default::default());
+        let sampling = crate::sampling::SamplingConfig::greedy(t.max_new_tokens);
+        let r = crate::tasks::evaluate_tasks(model, &tok, list, &grader, &sampling, 1, t.batch_size, device)?;
+        eprintln!("{stage}: tasks: {}", crate::tasks::summarize(&r));
+        Ok(Some(serde_json::to_value(&r)?))
+    };
+    if step == 0 && cfg.tasks.as_ref().is_some_and(|t| t.eval_start) {
+        if let Some(r) = run_tasks(&model)? {
+            meta.metrics.insert("tasks_start".into(), r);
+        }
+    }
     if !eval_sets.is_empty() && step == 0 {
         let ev = evaluate(&model, &eval_sets, device)?;
         eprintln!("{stage}: held-out at start: {}", summarize_eval(&ev));
@@ -421,6 +441,9 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         eprintln!("{stage}: held-out at end: {}", summarize_eval(&ev));
         log.push(json!({"stage": stage, "step": step, "eval": ev}))?;
         metrics.insert("heldout".to_string(), serde_json::to_value(&ev)?);
+    }
+    if let Some(r) = run_tasks(&model)? {
+        metrics.insert("tasks".to_string(), r);
     }
     let throughput = tokens_seen as f64 / train_secs.max(1e-9);
     metrics.insert(

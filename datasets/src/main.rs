@@ -1,1 +1,291 @@
-fn main() {}
+//! `datasets`: builds the embedded default world as Parquet, inspects files and mixes,
+//! and checks eval sets for contamination by training data.
+mod decontaminate;
+mod world;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use common::data::mix::{expand, load_mix, Format, ResolvedSource, SourceConfig};
+use common::data::parquet::{read_all, Doc};
+use common::data::writer::{write_chat, write_tasks, write_text};
+use common::tokenizer::{Message, Tok};
+use common::verify::Task;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Build, inspect and decontaminate lib2expert's datasets.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Generate the default world (library, SFT, RL, eval sets, tokenizer, manifest) from a seed.
+    Build {
+        /// Seed of the world; the same seed gives byte-identical files.
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long, default_value = "data/default")]
+        out: PathBuf,
+        /// small (~14 MB library, seconds) or medium (~4x).
+        #[arg(long, default_value = "small")]
+        scale: String,
+        /// Vocabulary size of the tokenizer trained on the library.
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+    },
+    /// Show schema, row and token counts and a few samples of a Parquet file or a mix (.toml).
+    Inspect {
+        /// A .parquet file (globs allowed) or a mix .toml.
+        target: String,
+        /// Tokenizer for token counts.
+        #[arg(long, default_value = "data/default/tokenizer.json")]
+        tokenizer: PathBuf,
+        /// Samples shown per source.
+        #[arg(long, default_value_t = 2)]
+        samples: usize,
+        /// Format of a bare Parquet file: text, chat or prompt_answer (guessed from columns when omitted).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Report eval rows that share an n-gram with any training source of a mix.
+    Decontaminate {
+        /// Training mix (.toml).
+        #[arg(long)]
+        train: PathBuf,
+        /// Eval file (.parquet) with tasks (prompt/answer/task), text or messages.
+        #[arg(long)]
+        eval: PathBuf,
+        /// n-gram length in words.
+        #[arg(long, default_value_t = 13)]
+        n: usize,
+        /// Write the eval rows that are clean to this Parquet file (same schema).
+        #[arg(long)]
+        write_clean: Option<PathBuf>,
+        /// Write the report (JSON) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    common::cli::exit_on_error(|| match args.cmd {
+        Cmd::Build { seed, out, scale, vocab_size } => build(seed, &out, &scale, vocab_size),
+        Cmd::Inspect { target, tokenizer, samples, format } => inspect(&target, &tokenizer, samples, format.as_deref()),
+        Cmd::Decontaminate { train, eval, n, write_clean, report } => {
+            decontaminate::run(&train, &eval, n, write_clean.as_deref(), report.as_deref())
+        }
+    })
+}
+
+fn to_messages(conv: &[world::Message]) -> Vec<Message> {
+    conv.iter().map(|m| Message::new(&m.role, m.content.clone())).collect()
+}
+
+fn to_tasks(rows: &[world::TaskRow]) -> Vec<Task> {
+    rows.iter().map(|r| Task { prompt: r.prompt.clone(), answer: r.answer.clone(), kind: r.task.clone() }).collect()
+}
+
+/// Documents per library shard.
+const SHARD_DOCS: usize = 4096;
+
+fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
+    let t0 = Instant::now();
+    let scale: world::Scale = scale.parse()?;
+    let g = world::generate(seed, scale);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Remove shards of an earlier build so globs match only this one.
+    for sub in ["library", "heldout", "sft", "rl", "eval"] {
+        let d = out.join(sub);
+        if d.exists() {
+            std::fs::remove_dir_all(&d).with_context(|| format!("clearing {}", d.display()))?;
+        }
+    }
+    let mut files: Vec<(PathBuf, &str, Format)> = Vec::new();
+    for (name, docs) in &g.library {
+        for (i, shard) in docs.chunks(SHARD_DOCS).enumerate() {
+            let p = out.join(format!("library/{name}-{i:05}.parquet"));
+            write_text(&p, shard)?;
+            files.push((p, "library", Format::Text));
+        }
+    }
+    for (name, docs) in &g.library_heldout {
+        let p = out.join(format!("heldout/{name}.parquet"));
+        write_text(&p, docs)?;
+        files.push((p, "heldout", Format::Text));
+    }
+    let sft_train: Vec<Vec<Message>> = g.sft_train.iter().map(|c| to_messages(c)).collect();
+    let sft_eval: Vec<Vec<Message>> = g.sft_eval.iter().map(|c| to_messages(c)).collect();
+    for (p, convs) in [(out.join("sft/train.parquet"), &sft_train), (out.join("sft/eval.parquet"), &sft_eval)] {
+        write_chat(&p, convs)?;
+        files.push((p, "sft", Format::Chat));
+    }
+    let rl = out.join("rl/train.parquet");
+    write_tasks(&rl, &to_tasks(&g.rl_train))?;
+    files.push((rl, "rl", Format::PromptAnswer));
+    let ev = out.join("eval/tasks.parquet");
+    write_tasks(&ev, &to_tasks(&g.eval))?;
+    files.push((ev, "eval", Format::PromptAnswer));
+    let gen_secs = t0.elapsed().as_secs_f64();
+
+    // The tokenizer of the default world: a byte-level BPE trained on a sample of the library.
+    let t1 = Instant::now();
+    let mut corpus: Vec<&str> = Vec::new();
+    for (_, docs) in &g.library {
+        let mut bytes = 0;
+        for d in docs {
+            corpus.push(d);
+            bytes += d.len();
+            if bytes > 1_500_000 {
+                break;
+            }
+        }
+    }
+    for c in sft_train.iter().take(1000) {
+        for m in c {
+            corpus.push(&m.content);
+        }
+    }
+    let tok = Tok::train(corpus.iter(), vocab_size)?;
+    let tok_path = out.join("tokenizer.json");
+    tok.save(&tok_path)?;
+    let tok_secs = t1.elapsed().as_secs_f64();
+
+    // Manifest: every file, its schema, rows and tokens.
+    let mut entries = Vec::new();
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    for (path, group, format) in &files {
+        let src = single_source(path, *format)?;
+        let docs = read_all(&src, None)?;
+        let tokens = count_tokens(&tok, &docs)?;
+        *totals.entry((*group).to_string()).or_default() += tokens;
+        entries.push(json!({
+            "path": path.strip_prefix(out).unwrap_or(path).display().to_string(),
+            "group": group,
+            "format": format,
+            "schema": schema_string(path)?,
+            "rows": docs.len(),
+            "tokens": tokens,
+            "bytes": std::fs::metadata(path)?.len(),
+        }));
+    }
+    std::fs::write(out.join("world.json"), serde_json::to_string_pretty(&g.world)?)?;
+    let manifest = json!({
+        "generator": "lib2expert datasets build",
+        "version": env!("CARGO_PKG_VERSION"),
+        "seed": seed,
+        "scale": format!("{scale:?}").to_lowercase(),
+        "tokenizer": {"path": "tokenizer.json", "vocab_size": tok.vocab_size()},
+        "entities": g.world.entities.len(),
+        "phantom_entities": g.world.phantoms.len(),
+        "tokens_by_group": totals,
+        "files": entries,
+    });
+    std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
+    eprintln!(
+        "datasets: wrote {} files to {} (library {} tokens) in {:.1}s (generate {:.1}s, tokenizer {:.1}s)",
+        files.len(),
+        out.display(),
+        common::progress::format_count(*totals.get("library").unwrap_or(&0) as f64),
+        t0.elapsed().as_secs_f64(),
+        gen_secs,
+        tok_secs
+    );
+    Ok(())
+}
+
+fn single_source(path: &Path, format: Format) -> Result<ResolvedSource> {
+    let cfg = SourceConfig {
+        name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        path: path.display().to_string(),
+        format,
+        columns: BTreeMap::new(),
+        weight: Some(1.0),
+        tokens: None,
+        max_epochs: None,
+    };
+    let columns = format
+        .columns()
+        .iter()
+        .filter(|(_, req)| *req)
+        .map(|(c, _)| (c.to_string(), c.to_string()))
+        .collect();
+    Ok(ResolvedSource { files: expand(&cfg.path)?, share: 1.0, columns, config: cfg })
+}
+
+fn count_tokens(tok: &Tok, docs: &[Doc]) -> Result<u64> {
+    let mut total = 0u64;
+    for chunk in docs.chunks(2048) {
+        let texts: Vec<String> = chunk.iter().map(Doc::full_text).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        total += tok.encode_batch(&refs)?.iter().map(|v| v.len() as u64).sum::<u64>();
+    }
+    Ok(total)
+}
+
+fn schema_string(path: &Path) -> Result<String> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
+    Ok(b.schema().fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", "))
+}
+
+fn guess_format(path: &Path) -> Result<Format> {
+    let s = schema_string(path)?;
+    let has = |c: &str| s.split(", ").any(|f| f.starts_with(&format!("{c}: ")));
+    Ok(if has("messages") {
+        Format::Chat
+    } else if has("text") {
+        Format::Text
+    } else if has("prompt") && has("answer") {
+        Format::PromptAnswer
+    } else {
+        bail!("{}: cannot tell the format from its columns ({s}); pass --format", path.display())
+    })
+}
+
+fn inspect(target: &str, tokenizer: &Path, samples: usize, format: Option<&str>) -> Result<()> {
+    let tok = if tokenizer.exists() { Some(Tok::load(tokenizer)?) } else { None };
+    let sources: Vec<ResolvedSource> = if target.ends_with(".toml") {
+        load_mix(Path::new(target))?.sources
+    } else {
+        let files = expand(target)?;
+        let format = match format {
+            Some(f) => common::config::parse_toml::<BTreeMap<String, Format>>(&format!("f = \"{f}\""), "--format")?["f"],
+            None => guess_format(&files[0])?,
+        };
+        let mut s = single_source(&files[0], format)?;
+        s.files = files;
+        vec![s]
+    };
+    for src in &sources {
+        println!("== {} ({:?}, share {:.1}%)", src.config.name, src.config.format, 100.0 * src.share);
+        for f in &src.files {
+            println!("   {}  [{}]", f.display(), schema_string(f)?);
+        }
+        let docs = read_all(src, None)?;
+        let bytes: usize = docs.iter().map(|d| d.full_text().len()).sum();
+        print!("   rows {}  bytes {}", docs.len(), bytes);
+        match &tok {
+            Some(t) => println!("  tokens {}", count_tokens(t, &docs)?),
+            None => println!("  (no tokenizer at {}: token counts skipped)", tokenizer.display()),
+        }
+        for d in docs.iter().take(samples) {
+            let text = match d {
+                Doc::Text(t) => t.clone(),
+                Doc::Chat(m) => m.iter().map(|m| format!("[{}] {}", m.role, m.content)).collect::<Vec<_>>().join("\n"),
+            };
+            let short: String = text.chars().take(400).collect();
+            println!("   ---\n   {}", short.replace('\n', "\n   "));
+        }
+    }
+    Ok(())
+}

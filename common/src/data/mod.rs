@@ -2,6 +2,7 @@
 pub mod mix;
 pub mod parquet;
 pub mod sampler;
+pub mod writer;
 
 pub use mix::{Format, MixConfig, ResolvedMix, ResolvedSource, SourceConfig};
 pub use parquet::{Doc, SourceReader};

@@ -1,0 +1,305 @@
+//! Generation-based evaluation on verifiable tasks: the model answers each held-out
+//! question in the chat format, verifiers grade the answers, and the report gives accuracy
+//! per task (with a 95% Wilson interval), format compliance, abstention and hallucination
+//! rates, answer length, and pass@k / maj@k when several samples are drawn.
+use crate::data::mix::Format;
+use crate::data::parquet::{batch_docs, open_checked, Doc};
+use crate::model::Gpt;
+use crate::sampling::{generate, SamplingConfig};
+use crate::tokenizer::{Message, Tok};
+use crate::verify::{final_answer, normalize, Grader, Task, Verdict};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::Device;
+
+/// Reads tasks from Parquet with string columns `prompt`, `answer` and `task` (the kind).
+pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
+    let columns: BTreeMap<String, String> =
+        [("prompt", "prompt"), ("answer", "answer")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let mut with_kind = columns.clone();
+    with_kind.insert("task".into(), "task".into());
+    let reader = open_checked(path, Format::Text, &with_kind)
+        .with_context(|| format!("reading tasks {} (needs string columns prompt, answer, task)", path.display()))?
+        .build()?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.with_context(|| format!("decoding {}", path.display()))?;
+        let docs = batch_docs(&batch, Format::PromptAnswer, &columns)?;
+        let kinds = batch
+            .column_by_name("task")
+            .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8))
+            .transpose()?
+            .context("task column vanished")?;
+        let kinds = arrow::array::AsArray::as_string::<i32>(&kinds);
+        for (i, d) in docs.into_iter().enumerate() {
+            if let Doc::Chat(m) = d {
+                out.push(Task { prompt: m[0].content.clone(), answer: m[1].content.clone(), kind: kinds.value(i).to_string() });
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("{} holds no tasks", path.display());
+    }
+    Ok(out)
+}
+
+/// Keeps at most `n` tasks of each kind (in file order).
+pub fn limit_per_kind(tasks: Vec<Task>, n: usize) -> Vec<Task> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    tasks
+        .into_iter()
+        .filter(|t| {
+            let c = counts.entry(t.kind.clone()).or_default();
+            *c += 1;
+            *c <= n
+        })
+        .collect()
+}
+
+/// Unbiased pass@k from `n` samples of which `c` are correct: `1 − C(n−c, k) / C(n, k)`.
+pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
+    if k > n {
+        return f64::NAN;
+    }
+    if n - c < k {
+        return 1.0;
+    }
+    // Product form avoids huge binomials: C(n−c, k)/C(n, k) = Π_{i=n−c+1}^{n} (1 − k/i).
+    let mut prod = 1.0;
+    for i in (n - c + 1)..=n {
+        prod *= 1.0 - k as f64 / i as f64;
+    }
+    1.0 - prod
+}
+
+/// 95% Wilson score interval of `successes` out of `n`.
+pub fn wilson(successes: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.96f64;
+    let n_f = n as f64;
+    let p = successes as f64 / n_f;
+    let denom = 1.0 + z * z / n_f;
+    let centre = (p + z * z / (2.0 * n_f)) / denom;
+    let half = z * ((p * (1.0 - p) / n_f + z * z / (4.0 * n_f * n_f)).sqrt()) / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Metrics of one task kind (or of all together).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KindReport {
+    /// Questions.
+    pub n: usize,
+    /// Accuracy of the first sample.
+    pub accuracy: f64,
+    /// 95% Wilson interval of `accuracy`.
+    pub ci95: (f64, f64),
+    /// Share of first samples with an `Answer:` line.
+    pub format_rate: f64,
+    /// Share of first samples that abstain.
+    pub abstention_rate: f64,
+    /// Unanswerable questions only: share answered confidently (not abstaining).
+    pub hallucination_rate: Option<f64>,
+    /// Mean completion length in tokens.
+    pub mean_tokens: f64,
+    /// Share of completions cut at the length limit.
+    pub truncation_rate: f64,
+    /// pass@k for k = 1, 2, 4, … (unbiased estimator over all samples).
+    pub pass_at_k: BTreeMap<usize, f64>,
+    /// Majority vote over the first k samples, for k = 1, 2, 4, …
+    pub maj_at_k: BTreeMap<usize, f64>,
+}
+
+/// A whole evaluation.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// Per kind.
+    pub per_kind: BTreeMap<String, KindReport>,
+    /// Answerable kinds pooled.
+    pub answerable: KindReport,
+    /// Samples per question.
+    pub samples: usize,
+    /// Generation speed.
+    pub gen_tokens_per_sec: f64,
+    /// A few examples (prompt, completion, verdict) for the report.
+    pub examples: Vec<(String, String, bool)>,
+}
+
+struct Graded {
+    kind: String,
+    verdicts: Vec<Verdict>,
+    answers: Vec<String>,
+    lengths: Vec<usize>,
+    truncated: Vec<bool>,
+}
+
+fn ks(max: usize) -> Vec<usize> {
+    let mut v = vec![1];
+    while v.last().copied().unwrap_or(1) * 2 <= max {
+        let next = v.last().copied().unwrap_or(1) * 2;
+        v.push(next);
+    }
+    v
+}
+
+fn kind_report(items: &[&Graded], samples: usize) -> KindReport {
+    let n = items.len();
+    if n == 0 {
+        return KindReport::default();
+    }
+    let first = |f: &dyn Fn(&Graded) -> bool| items.iter().filter(|g| f(g)).count();
+    let correct = first(&|g| g.verdicts[0].correct);
+    let mut r = KindReport {
+        n,
+        accuracy: correct as f64 / n as f64,
+        ci95: wilson(correct, n),
+        format_rate: first(&|g| g.verdicts[0].formatted) as f64 / n as f64,
+        abstention_rate: first(&|g| g.verdicts[0].abstained) as f64 / n as f64,
+        hallucination_rate: None,
+        mean_tokens: items.iter().map(|g| g.lengths.iter().sum::<usize>() as f64 / g.lengths.len() as f64).sum::<f64>() / n as f64,
+        truncation_rate: items.iter().map(|g| g.truncated.iter().filter(|&&t| t).count() as f64 / g.truncated.len() as f64).sum::<f64>() / n as f64,
+        ..Default::default()
+    };
+    if items.iter().all(|g| g.kind == "unanswerable") {
+        r.hallucination_rate = Some(1.0 - r.abstention_rate);
+    }
+    for k in ks(samples) {
+        let pk = items.iter().map(|g| pass_at_k(samples, g.verdicts.iter().filter(|v| v.correct).count(), k)).sum::<f64>() / n as f64;
+        r.pass_at_k.insert(k, pk);
+        let mk = items
+            .iter()
+            .filter(|g| {
+                let mut votes: Vec<(String, usize, usize)> = Vec::new();
+                for (i, a) in g.answers.iter().take(k).enumerate() {
+                    match votes.iter_mut().find(|v| v.0 == *a) {
+                        Some(v) => v.1 += 1,
+                        None => votes.push((a.clone(), 1, i)),
+                    }
+                }
+                // Most votes; ties go to the earliest answer.
+                votes.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+                votes.first().is_some_and(|v| g.verdicts[v.2].correct)
+            })
+            .count() as f64
+            / n as f64;
+        r.maj_at_k.insert(k, mk);
+    }
+    r
+}
+
+/// Generates `samples` answers per task (greedy when `samples == 1` and temperature 0),
+/// grades them and summarises.
+pub fn evaluate_tasks(
+    model: &Gpt,
+    tok: &Tok,
+    tasks: &[Task],
+    grader: &Grader,
+    sampling: &SamplingConfig,
+    samples: usize,
+    batch_size: usize,
+    device: Device,
+) -> Result<TaskReport> {
+    let samples = samples.max(1);
+    let mut graded: Vec<Graded> = Vec::with_capacity(tasks.len());
+    let mut gen_tokens = 0usize;
+    let mut gen_secs = 0.0;
+    let mut examples = Vec::new();
+    let per_batch = (batch_size / samples).max(1);
+    for chunk in tasks.chunks(per_batch) {
+        let mut prompts = Vec::with_capacity(chunk.len() * samples);
+        for t in chunk {
+            let p = tok.render_prompt(&[Message::new("user", t.prompt.clone())])?;
+            prompts.extend(std::iter::repeat_n(p, samples));
+        }
+        let gen = generate(model, &prompts, sampling, tok.end, tok.pad, device)?;
+        gen_tokens += gen.tokens.iter().map(Vec::len).sum::<usize>();
+        gen_secs += gen.secs;
+        for (i, t) in chunk.iter().enumerate() {
+            let rows = i * samples..(i + 1) * samples;
+            let texts: Vec<String> = gen.tokens[rows.clone()].iter().map(|ids| tok.decode(ids)).collect::<Result<_>>()?;
+            let verdicts: Vec<Verdict> = texts.iter().map(|c| grader.grade(t, c)).collect();
+            if examples.len() < 12 && graded.iter().filter(|g| g.kind == t.kind).count() < 3 {
+                examples.push((t.prompt.clone(), texts[0].clone(), verdicts[0].correct));
+            }
+            graded.push(Graded {
+                kind: t.kind.clone(),
+                answers: texts.iter().map(|c| normalize(&final_answer(c))).collect(),
+                verdicts,
+                lengths: gen.tokens[rows.clone()].iter().map(Vec::len).collect(),
+                truncated: gen.finished[rows].iter().map(|f| !f).collect(),
+            });
+        }
+    }
+    let mut per_kind = BTreeMap::new();
+    let kinds: std::collections::BTreeSet<String> = graded.iter().map(|g| g.kind.clone()).collect();
+    for k in kinds {
+        let items: Vec<&Graded> = graded.iter().filter(|g| g.kind == k).collect();
+        per_kind.insert(k, kind_report(&items, samples));
+    }
+    let answerable: Vec<&Graded> = graded.iter().filter(|g| g.kind != "unanswerable").collect();
+    Ok(TaskReport {
+        per_kind,
+        answerable: kind_report(&answerable, samples),
+        samples,
+        gen_tokens_per_sec: gen_tokens as f64 / gen_secs.max(1e-9),
+        examples,
+    })
+}
+
+/// `arithmetic 42.0% | facts 10.0% | … | hallucination 80%`
+pub fn summarize(r: &TaskReport) -> String {
+    let mut parts: Vec<String> = r.per_kind.iter().map(|(k, v)| format!("{k} {:.1}%", 100.0 * v.accuracy)).collect();
+    if let Some(h) = r.per_kind.get("unanswerable").and_then(|u| u.hallucination_rate) {
+        parts.push(format!("hallucination {:.0}%", 100.0 * h));
+    }
+    parts.push(format!("format {:.0}%", 100.0 * r.answerable.format_rate));
+    parts.join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_at_k_matches_hand_computation() {
+        // n = 4 samples, c = 1 correct: pass@1 = 1/4; pass@2 = 1 − C(3,2)/C(4,2) = 1 − 3/6 = 1/2.
+        assert!((pass_at_k(4, 1, 1) - 0.25).abs() < 1e-12);
+        assert!((pass_at_k(4, 1, 2) - 0.5).abs() < 1e-12);
+        // n = 5, c = 2, k = 2: 1 − C(3,2)/C(5,2) = 1 − 3/10 = 0.7.
+        assert!((pass_at_k(5, 2, 2) - 0.7).abs() < 1e-12);
+        assert_eq!(pass_at_k(4, 0, 4), 0.0);
+        assert_eq!(pass_at_k(4, 3, 2), 1.0, "fewer wrong samples than k: always a hit");
+        assert!(pass_at_k(2, 1, 4).is_nan(), "k larger than n is undefined");
+    }
+
+    #[test]
+    fn wilson_interval_brackets_the_rate() {
+        let (lo, hi) = wilson(50, 100);
+        assert!((lo - 0.4038).abs() < 1e-3 && (hi - 0.5962).abs() < 1e-3, "{lo} {hi}");
+        let (lo, hi) = wilson(0, 20);
+        assert_eq!(lo, 0.0);
+        assert!(hi > 0.1 && hi < 0.2);
+    }
+
+    #[test]
+    fn majority_vote_and_rates() {
+        let v = |c: bool, a: bool| Verdict { reward: 0.0, correct: c, abstained: a, formatted: true, errored: false };
+        let g = Graded {
+            kind: "facts".into(),
+            verdicts: vec![v(false, false), v(true, false), v(true, false), v(false, false)],
+            answers: vec!["x".into(), "y".into(), "y".into(), "z".into()],
+            lengths: vec![3, 4, 5, 6],
+            truncated: vec![false, false, false, true],
+        };
+        let r = kind_report(&[&g], 4);
+        assert_eq!(r.accuracy, 0.0);
+        assert_eq!(r.maj_at_k[&1], 0.0);
+        assert_eq!(r.maj_at_k[&4], 1.0, "y has two votes of four");
+        assert!((r.pass_at_k[&2] - (1.0 - 1.0 / 6.0)).abs() < 1e-12);
+        assert!((r.truncation_rate - 0.25).abs() < 1e-12);
+        assert_eq!(r.hallucination_rate, None);
+    }
+}
