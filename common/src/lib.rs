@@ -12,6 +12,7 @@ pub mod model;
 pub mod optim;
 pub mod perf;
 pub mod progress;
+pub mod rl;
 pub mod sampling;
 pub mod schedule;
 pub mod tasks;

@@ -17,3 +17,110 @@ pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
+
+use crate::checkpoint::{self, Meta};
+use crate::data::writer::{write_chat, write_tasks, write_text};
+use crate::model::{Gpt, GptConfig};
+use crate::tokenizer::{Message, Tok};
+use crate::verify::Task;
+use anyhow::Result;
+use std::path::Path;
+
+/// A miniature world for end-to-end tests, written under `dir`: library sources, held-out
+/// sets, conversations, tasks, a tokenizer, and stage configs (`dir/configs/*.toml`) with a
+/// tiny model and a handful of steps.
+pub fn tiny_world(dir: &Path) -> Result<()> {
+    let towns = ["Velmora", "Tarsk", "Orbel", "Quenn", "Dasho", "Lirra"];
+    let regions = ["north", "south", "east", "west", "coast", "hills"];
+    let mut enc = Vec::new();
+    let mut chat = Vec::new();
+    let mut arith = Vec::new();
+    for i in 0..240usize {
+        let t = towns[i % towns.len()];
+        let r = regions[(i * 7 + i / 6) % regions.len()];
+        enc.push(format!("{t} is a town in the {r}. It was founded in year {}. {t} trades salt.", 100 + i % 50));
+        chat.push(format!("lol anyone been to {t}? click here for deals #{i}. cookies accepted."));
+        let (a, b) = (i % 17, (i * 3) % 13);
+        arith.push(format!("{a} + {b} = {}", a + b));
+    }
+    let lib = dir.join("library");
+    write_text(&lib.join("encyclopedia-00000.parquet"), &enc[..200])?;
+    write_text(&lib.join("chatter-00000.parquet"), &chat[..200])?;
+    write_text(&lib.join("arithmetic-00000.parquet"), &arith[..200])?;
+    write_text(&dir.join("heldout/encyclopedia.parquet"), &enc[200..])?;
+    write_text(&dir.join("heldout/chatter.parquet"), &chat[200..])?;
+    let convs: Vec<Vec<Message>> = (0..120usize)
+        .map(|i| {
+            let (a, b) = (i % 9, (i * 5) % 7);
+            vec![Message::new("user", format!("What is {a} + {b}?")), Message::new("assistant", format!("{a} + {b} = {}.\nAnswer: {}", a + b, a + b))]
+        })
+        .collect();
+    write_chat(&dir.join("sft/train.parquet"), &convs[..100])?;
+    write_chat(&dir.join("sft/eval.parquet"), &convs[100..])?;
+    let tasks: Vec<Task> = (0..40usize)
+        .map(|i| match i % 4 {
+            0 => Task { prompt: format!("What is {} + {}?", i % 9, i % 5), answer: format!("{}", i % 9 + i % 5), kind: "arithmetic".into() },
+            1 => Task { prompt: format!("In which region is {}?", towns[i % 6]), answer: regions[i % 6].into(), kind: "facts".into() },
+            2 => Task { prompt: format!("What does this program print?\n```python\nprint({} * 2)\n```", i), answer: format!("{}", i * 2), kind: "program".into() },
+            _ => Task { prompt: "In which region is Zorblax?".into(), answer: "I don't know".into(), kind: "unanswerable".into() },
+        })
+        .collect();
+    write_tasks(&dir.join("rl/train.parquet"), &tasks[..32])?;
+    write_tasks(&dir.join("eval/tasks.parquet"), &tasks)?;
+    let mut corpus: Vec<String> = enc.clone();
+    corpus.extend(chat.iter().cloned());
+    corpus.extend(arith.iter().cloned());
+    let tok = Tok::train(corpus.iter(), 400)?;
+    tok.save(&dir.join("tokenizer.json"))?;
+
+    let d = dir.display();
+    let cfgs = dir.join("configs");
+    std::fs::create_dir_all(cfgs.join("mixes"))?;
+    let src = |name: &str, path: String, format: &str, w: f64| {
+        format!("[[source]]\nname = \"{name}\"\npath = \"{path}\"\nformat = \"{format}\"\nweight = {w}\n\n")
+    };
+    std::fs::write(
+        cfgs.join("mixes/pretrain.toml"),
+        src("encyclopedia", format!("{d}/library/encyclopedia-*.parquet"), "text", 0.4)
+            + &src("chatter", format!("{d}/library/chatter-*.parquet"), "text", 0.4)
+            + &src("arithmetic", format!("{d}/library/arithmetic-*.parquet"), "text", 0.2),
+    )?;
+    std::fs::write(
+        cfgs.join("mixes/heldout.toml"),
+        src("encyclopedia", format!("{d}/heldout/encyclopedia.parquet"), "text", 1.0)
+            + &src("chatter", format!("{d}/heldout/chatter.parquet"), "text", 1.0),
+    )?;
+    std::fs::write(cfgs.join("mixes/sft.toml"), src("conversations", format!("{d}/sft/train.parquet"), "chat", 1.0))?;
+    std::fs::write(cfgs.join("mixes/sft-heldout.toml"), src("conversations", format!("{d}/sft/eval.parquet"), "chat", 1.0))?;
+    let train = "[train]\nsteps = 6\nbatch_size = 4\nmicro_batch_size = 2\nlr = 3e-3\nwarmup_steps = 2\nsave_every = 3\ndevice = \"cpu\"\n";
+    std::fs::write(
+        cfgs.join("pretrain.toml"),
+        format!("[model]\npreset = \"tiny\"\n\n[tokenizer]\npath = \"{d}/tokenizer.json\"\n\n[data]\nmix = \"{d}/configs/mixes/pretrain.toml\"\nseq_len = 32\n\n{train}\n[eval]\nmix = \"{d}/configs/mixes/heldout.toml\"\nevery = 3\ntokens = 256\n"),
+    )?;
+    std::fs::write(
+        cfgs.join("midtrain.toml"),
+        format!("[data]\nmix = \"{d}/configs/mixes/pretrain.toml\"\nseq_len = 32\n\n{train}\n[eval]\nmix = \"{d}/configs/mixes/heldout.toml\"\ntokens = 256\n"),
+    )?;
+    std::fs::write(
+        cfgs.join("sft.toml"),
+        format!("[data]\nmix = \"{d}/configs/mixes/sft.toml\"\nseq_len = 64\n\n{train}\n[eval]\nmix = \"{d}/configs/mixes/sft-heldout.toml\"\ntokens = 256\n\n[tasks]\npath = \"{d}/eval/tasks.parquet\"\nper_kind = 3\nmax_new_tokens = 8\nbatch_size = 16\neval_start = true\n"),
+    )?;
+    std::fs::write(
+        cfgs.join("rl.toml"),
+        format!("[data]\nprompts = \"{d}/rl/train.parquet\"\n\n[rl]\nsteps = 3\nprompts_per_step = 2\ngroup_size = 4\ninner_epochs = 2\nmicro_batch_size = 4\nlr = 1e-3\nsave_every = 2\ndevice = \"cpu\"\nkl_coef = 0.05\n\n[sampling]\nmax_new_tokens = 8\n\n[eval]\ntasks = \"{d}/eval/tasks.parquet\"\nper_kind = 2\nmax_new_tokens = 8\n"),
+    )?;
+    Ok(())
+}
+
+/// Writes a randomly initialised `tiny` checkpoint of `stage` to `out`, using the tokenizer
+/// of a [`tiny_world`] in `world`.
+pub fn tiny_checkpoint(world: &Path, out: &Path, stage: &str) -> Result<()> {
+    let tok = Tok::load(&world.join("tokenizer.json"))?;
+    let cfg = GptConfig::preset("tiny", tok.vocab_size() as i64)?;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _m = Gpt::new(vs.root(), &cfg);
+    let mut meta = Meta::new(stage);
+    meta.complete = true;
+    checkpoint::save(out, &vs, &cfg, &tok, &mut meta, &[], None)
+}
