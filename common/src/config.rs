@@ -60,6 +60,9 @@ pub struct CommonArgs {
     /// Data mix file (overrides data.mix).
     #[arg(long, value_name = "TOML")]
     pub mix: Option<PathBuf>,
+    /// Save a resumable checkpoint every N steps (overrides train.save_every).
+    #[arg(long, value_name = "N")]
+    pub save_every: Option<u64>,
     /// Continue from the state saved in --out if there is one (a complete run is left as is).
     #[arg(long)]
     pub resume: bool,
@@ -398,6 +401,9 @@ impl LmConfig {
         }
         if let Some(v) = args.lr {
             self.train.lr = v;
+        }
+        if let Some(v) = args.save_every {
+            self.train.save_every = v;
         }
         if let Some(v) = &args.mix {
             self.data.mix = v.clone();

@@ -245,6 +245,9 @@ impl RlConfig {
         if let Some(v) = args.lr {
             c.rl.lr = v;
         }
+        if let Some(v) = args.save_every {
+            c.rl.save_every = v;
+        }
         if args.mix.is_some() {
             bail!("rl reads prompts from [data] prompts, not a mix: drop --mix");
         }

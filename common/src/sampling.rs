@@ -83,7 +83,8 @@ impl SamplingConfig {
         l.log_softmax(-1, Kind::Float)
     }
 
-    fn pick(&self, logits: &Tensor) -> Tensor {
+    /// Chooses the next token of each row of `logits` `[B, V]`.
+    pub fn pick(&self, logits: &Tensor) -> Tensor {
         if self.temperature == 0.0 {
             return logits.argmax(-1, false);
         }

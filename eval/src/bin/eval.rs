@@ -1,0 +1,121 @@
+//! `eval`: evaluates any checkpoint on any task set with the shared verifiers.
+use anyhow::{Context, Result};
+use clap::Parser;
+use common::checkpoint;
+use common::device::{configure_threads, seed_everything, DeviceChoice};
+use common::sampling::SamplingConfig;
+use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, TaskReport};
+use common::verify::{Grader, ProgramExec, RewardWeights};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Evaluate a checkpoint on verifiable tasks: accuracy with a 95% interval, pass@k and
+/// majority-vote@k for k = 1, 2, 4, …, format compliance, abstention and hallucination rates.
+///
+/// Accuracy is greedy (what the stages record in meta.json, so the numbers reproduce);
+/// pass@k and maj@k come from --samples answers drawn at --temperature.
+///
+/// Example: eval runs/default/rl --samples 8 --out runs/default/eval-rl.json
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Checkpoint directory (e.g. runs/default/sft).
+    checkpoint: PathBuf,
+    /// Task set: Parquet with string columns prompt, answer, task.
+    #[arg(long, default_value = "data/default/eval/tasks.parquet")]
+    tasks: PathBuf,
+    /// Questions per task kind (default: what the checkpoint's stage evaluated, else 125).
+    #[arg(long)]
+    per_kind: Option<usize>,
+    /// Samples per question for pass@k / maj@k (1 = greedy only).
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Sampling temperature for --samples > 1.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Longest answer in tokens.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: i64,
+    /// Rows generated together.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Write the full report as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
+    let mut s = String::from("| task | n | accuracy (95% CI) | format | abstain | hallucination | tokens |\n|---|---|---|---|---|---|---|\n");
+    let mut rows: Vec<(&String, &common::tasks::KindReport)> = r.per_kind.iter().collect();
+    let all = "answerable (pooled)".to_string();
+    rows.push((&all, &r.answerable));
+    for (k, v) in rows {
+        s.push_str(&format!(
+            "| {k} | {} | {:.1}% ({:.1}–{:.1}) | {:.0}% | {:.0}% | {} | {:.1} |\n",
+            v.n,
+            100.0 * v.accuracy,
+            100.0 * v.ci95.0,
+            100.0 * v.ci95.1,
+            100.0 * v.format_rate,
+            100.0 * v.abstention_rate,
+            v.hallucination_rate.map_or("–".into(), |h| format!("{:.0}%", 100.0 * h)),
+            v.mean_tokens
+        ));
+    }
+    if let Some(sr) = sampled {
+        let ks: Vec<usize> = sr.answerable.pass_at_k.keys().copied().collect();
+        s.push_str(&format!("\n| task | {} |\n|---|{}\n", ks.iter().map(|k| format!("pass@{k} | maj@{k}")).collect::<Vec<_>>().join(" | "), "---|---|".repeat(ks.len())));
+        let mut rows: Vec<(&String, &common::tasks::KindReport)> = sr.per_kind.iter().collect();
+        rows.push((&all, &sr.answerable));
+        for (k, v) in rows {
+            let cells: Vec<String> = ks
+                .iter()
+                .map(|kk| format!("{:.1}% | {:.1}%", 100.0 * v.pass_at_k.get(kk).copied().unwrap_or(f64::NAN), 100.0 * v.maj_at_k.get(kk).copied().unwrap_or(f64::NAN)))
+                .collect();
+            s.push_str(&format!("| {k} | {} |\n", cells.join(" | ")));
+        }
+    }
+    s
+}
+
+fn run(a: Args) -> Result<()> {
+    configure_threads();
+    let device = a.device.resolve()?;
+    let (_vs, model, loaded) = checkpoint::load_model(&a.checkpoint, device)?;
+    let per_kind = a.per_kind.unwrap_or_else(|| {
+        let c = &loaded.meta.config;
+        c["tasks"]["per_kind"].as_u64().or(c["eval"]["per_kind"].as_u64()).unwrap_or(125) as usize
+    });
+    let tasks = limit_per_kind(load_tasks(&a.tasks)?, per_kind);
+    let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
+    let greedy = evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &SamplingConfig::greedy(a.max_new_tokens), 1, a.batch_size, device)?;
+    let sampled = if a.samples > 1 {
+        seed_everything(a.seed);
+        let s = SamplingConfig { temperature: a.temperature, top_k: 0, top_p: 1.0, max_new_tokens: a.max_new_tokens };
+        Some(evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &s, a.samples, a.batch_size, device)?)
+    } else {
+        None
+    };
+    println!("{} ({} stage, step {}) on {} ({} tasks)\n", a.checkpoint.display(), loaded.meta.stage, loaded.meta.step, a.tasks.display(), tasks.len());
+    println!("{}", table(&greedy, sampled.as_ref()));
+    println!("generation: {:.0} tokens/s", greedy.gen_tokens_per_sec);
+    if let Some(out) = &a.out {
+        let j = serde_json::json!({
+            "checkpoint": a.checkpoint.display().to_string(), "stage": loaded.meta.stage, "tasks": a.tasks.display().to_string(),
+            "greedy": greedy, "sampled": sampled, "temperature": a.temperature,
+        });
+        std::fs::write(out, serde_json::to_string_pretty(&j)?).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    common::cli::exit_on_error(|| run(a))
+}
