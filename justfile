@@ -64,13 +64,31 @@ sft config='configs/sft.toml' run='default' *flags='': build
 rl config='configs/rl.toml' run='default' *flags='': build
     {{bin}}/rl --config {{config}} --init runs/{{run}}/sft --out runs/{{run}}/rl --resume {{flags}}
 
-# The whole ladder: datasets → pretrain → midtrain → sft → rl (complete stages are skipped)
+# The whole ladder: datasets → pretrain → midtrain → sft → rl → eval → report (complete stages are skipped)
 pipeline run='default' mix='configs/mixes/pretrain.toml': build
     #!/usr/bin/env bash
     set -euo pipefail
-    [ -f data/default/manifest.json ] || {{bin}}/datasets build --out data/default
-    {{bin}}/pretrain --config configs/pretrain.toml --mix {{mix}} --out runs/{{run}}/pretrain --resume
-    {{bin}}/midtrain --config configs/midtrain.toml --init runs/{{run}}/pretrain --out runs/{{run}}/midtrain --resume
+    b="{{bin}}"; r="runs/{{run}}"
+    [ -f data/default/manifest.json ] || "$b/datasets" build --out data/default
+    "$b/pretrain" --config configs/pretrain.toml --mix {{mix}} --out "$r/pretrain" --resume
+    "$b/midtrain" --config configs/midtrain.toml --init "$r/pretrain" --out "$r/midtrain" --resume
+    "$b/sft" --config configs/sft.toml --init "$r/midtrain" --out "$r/sft" --resume
+    "$b/rl" --config configs/rl.toml --init "$r/sft" --out "$r/rl" --resume
+    [ -f "$r/eval-rl.json" ] || "$b/eval" "$r/rl" --samples 8 --per-kind 100 --out "$r/eval-rl.json"
+    "$b/report" "$r"
+    echo "report: $r/report.md"
+
+# Evaluate a checkpoint on the held-out tasks (pass@k and maj@k with samples > 1)
+eval checkpoint='runs/default/rl' samples='8': build
+    {{bin}}/eval {{checkpoint}} --samples {{samples}}
+
+# Talk to a checkpoint (add --prompt "..." for one answer)
+chat checkpoint='runs/default/rl' *flags='': build
+    {{bin}}/chat {{checkpoint}} {{flags}}
+
+# Write runs/<run>/report.md from the run's checkpoints
+report run='default': build
+    {{bin}}/report runs/{{run}}
 
 # Benchmarks: machine peak, training and sampling throughput against PyTorch
 bench: build

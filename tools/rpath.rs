@@ -14,7 +14,11 @@ fn torch_lib_dir() -> Option<PathBuf> {
     if let Some(root) = std::env::var_os("LIBTORCH") {
         return Some(PathBuf::from(root).join("lib"));
     }
-    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
+        "python"
+    } else {
+        "python3"
+    };
     let out = Command::new(python)
         .args([
             "-c",

@@ -117,7 +117,8 @@ pub struct Loaded {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {} (is the disk full?)", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {} (is the disk full?)", path.display()))?;
     f.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
 }
@@ -183,9 +184,15 @@ pub fn save(
     meta.format = FORMAT_VERSION;
     meta.version = env!("CARGO_PKG_VERSION").to_string();
 
-    write_synced(&partial.join("config.json"), serde_json::to_string_pretty(config)?.as_bytes())?;
+    write_synced(
+        &partial.join("config.json"),
+        serde_json::to_string_pretty(config)?.as_bytes(),
+    )?;
     write_synced(&partial.join("tokenizer.json"), tok.to_json()?.as_bytes())?;
-    write_synced(&partial.join("meta.json"), serde_json::to_string_pretty(meta)?.as_bytes())?;
+    write_synced(
+        &partial.join("meta.json"),
+        serde_json::to_string_pretty(meta)?.as_bytes(),
+    )?;
     let mut log = String::new();
     for line in metrics_log {
         log.push_str(&serde_json::to_string(line)?);
@@ -196,12 +203,18 @@ pub fn save(
         let sdir = partial.join("state");
         fs::create_dir_all(&sdir).with_context(|| format!("creating {}", sdir.display()))?;
         let opt = sdir.join("optimizer.safetensors");
-        let cpu: Vec<(String, Tensor)> =
-            state.tensors.iter().map(|(k, v)| (k.clone(), v.to_device(Device::Cpu))).collect();
+        let cpu: Vec<(String, Tensor)> = state
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_device(Device::Cpu)))
+            .collect();
         Tensor::write_safetensors(&cpu, &opt)
             .with_context(|| format!("writing {} (is the disk full?)", opt.display()))?;
         sync_file(&opt)?;
-        write_synced(&sdir.join("trainer.json"), serde_json::to_string_pretty(&state.json)?.as_bytes())?;
+        write_synced(
+            &sdir.join("trainer.json"),
+            serde_json::to_string_pretty(&state.json)?.as_bytes(),
+        )?;
         sync_dir(&sdir);
     }
     sync_dir(&partial);
@@ -230,13 +243,20 @@ pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
     }
     let prev = sibling(dir, ".prev");
     if prev.join("meta.json").exists() {
-        eprintln!("note: {} is missing; using the previous complete save {}", dir.display(), prev.display());
+        eprintln!(
+            "note: {} is missing; using the previous complete save {}",
+            dir.display(),
+            prev.display()
+        );
         return Ok(prev);
     }
     if dir.exists() {
         bail!("{} is not a lib2expert checkpoint (no meta.json); expected a directory written by a stage (e.g. runs/<run>/pretrain)", dir.display());
     }
-    bail!("checkpoint {} does not exist; run the stage that writes it first, or pass another --init", dir.display())
+    bail!(
+        "checkpoint {} does not exist; run the stage that writes it first, or pass another --init",
+        dir.display()
+    )
 }
 
 /// Reads `meta.json` only.
@@ -270,8 +290,15 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     if !wpath.exists() {
         bail!("{} is missing: the checkpoint is incomplete", wpath.display());
     }
-    let weights = Tensor::read_safetensors(&wpath).with_context(|| format!("reading {} (corrupt or truncated?)", wpath.display()))?;
-    Ok(Loaded { dir, config, tok, meta, weights })
+    let weights = Tensor::read_safetensors(&wpath)
+        .with_context(|| format!("reading {} (corrupt or truncated?)", wpath.display()))?;
+    Ok(Loaded {
+        dir,
+        config,
+        tok,
+        meta,
+        weights,
+    })
 }
 
 /// Copies loaded weights into a model's `VarStore`, checking every name, shape and dtype.
@@ -287,9 +314,10 @@ pub fn load_into(vs: &mut nn::VarStore, weights: &[(String, Tensor)], source: &P
                 t.size(),
                 var.size()
             )),
-            Some(t) if t.kind() != var.kind() && !t.is_floating_point() => {
-                problems.push(format!("tensor {name} has dtype {:?}, expected a float dtype", t.kind()))
-            }
+            Some(t) if t.kind() != var.kind() && !t.is_floating_point() => problems.push(format!(
+                "tensor {name} has dtype {:?}, expected a float dtype",
+                t.kind()
+            )),
             _ => {}
         }
     }
@@ -331,7 +359,11 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
     let opt = sdir.join("optimizer.safetensors");
     let json_path = sdir.join("trainer.json");
     if !json_path.exists() {
-        bail!("{} has no resumable state ({} is missing)", dir.display(), json_path.display());
+        bail!(
+            "{} has no resumable state ({} is missing)",
+            dir.display(),
+            json_path.display()
+        );
     }
     let tensors = Tensor::read_safetensors(&opt).with_context(|| format!("reading {}", opt.display()))?;
     let json = serde_json::from_str(
@@ -343,5 +375,9 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
 
 /// A reference to `dir` as a parent of a new run.
 pub fn parent_ref(dir: &Path, meta: &Meta) -> ParentRef {
-    ParentRef { path: dir.display().to_string(), stage: meta.stage.clone(), weights_sha256: meta.weights_sha256.clone() }
+    ParentRef {
+        path: dir.display().to_string(),
+        stage: meta.stage.clone(),
+        weights_sha256: meta.weights_sha256.clone(),
+    }
 }

@@ -19,7 +19,9 @@ pub fn exit_on_error(f: impl FnOnce() -> Result<()>) -> ExitCode {
 
 /// The config file to read: `--config`, else `configs/<stage>.toml`.
 pub fn config_path(args: &CommonArgs, stage: &str) -> PathBuf {
-    args.config.clone().unwrap_or_else(|| PathBuf::from(format!("configs/{stage}.toml")))
+    args.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("configs/{stage}.toml")))
 }
 
 /// Entry point of pretrain, midtrain and SFT: load + validate the config, print it, train.
@@ -28,10 +30,18 @@ pub fn run_lm_main(spec: &StageSpec, args: &CommonArgs) -> Result<()> {
     let cfg = LmConfig::load(&path, args, spec.stage)?;
     let resolved = toml::to_string(&cfg)?;
     if args.dry_run {
-        println!("# resolved configuration of {} (from {})\n{resolved}", spec.stage, path.display());
+        println!(
+            "# resolved configuration of {} (from {})\n{resolved}",
+            spec.stage,
+            path.display()
+        );
         return Ok(());
     }
-    eprintln!("{}: config {} (resolved config is saved in meta.json)", spec.stage, path.display());
+    eprintln!(
+        "{}: config {} (resolved config is saved in meta.json)",
+        spec.stage,
+        path.display()
+    );
     run_lm_stage(spec, &cfg, args)?;
     Ok(())
 }

@@ -266,7 +266,12 @@ impl TrainSection {
 
     /// AdamW hyper-parameters.
     pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig { beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay }
+        AdamWConfig {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
     }
 
     /// Gradient-accumulation passes per step.
@@ -318,7 +323,11 @@ fn default_eval_tokens() -> u64 {
 
 impl Default for EvalSection {
     fn default() -> Self {
-        EvalSection { mix: None, every: 0, tokens: default_eval_tokens() }
+        EvalSection {
+            mix: None,
+            every: 0,
+            tokens: default_eval_tokens(),
+        }
     }
 }
 
@@ -380,7 +389,8 @@ impl LmConfig {
     pub fn load(path: &Path, args: &CommonArgs, stage: &str) -> Result<Self> {
         let mut cfg: LmConfig = load_toml(path)?;
         cfg.apply(args, stage);
-        cfg.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid configuration {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -388,7 +398,12 @@ impl LmConfig {
         if let Some(v) = &args.init {
             self.init = Some(v.clone());
         }
-        self.out = Some(args.out.clone().or_else(|| self.out.clone()).unwrap_or_else(|| default_out(stage)));
+        self.out = Some(
+            args.out
+                .clone()
+                .or_else(|| self.out.clone())
+                .unwrap_or_else(|| default_out(stage)),
+        );
         if let Some(v) = args.device {
             self.train.device = v;
         }
@@ -461,7 +476,12 @@ micro_batch_size = 4
     #[test]
     fn good_config_parses_and_cli_overrides_apply() -> Result<()> {
         let mut cfg: LmConfig = parse_toml(GOOD, "good.toml")?;
-        let args = CommonArgs { steps: Some(3), lr: Some(2e-3), seed: Some(7), ..Default::default() };
+        let args = CommonArgs {
+            steps: Some(3),
+            lr: Some(2e-3),
+            seed: Some(7),
+            ..Default::default()
+        };
         cfg.apply(&args, "pretrain");
         cfg.validate()?;
         assert_eq!(cfg.train.steps, 3);
@@ -490,7 +510,11 @@ micro_batch_size = 4
         assert!(err.contains("t.toml:") && err.contains("string"), "{err}");
         let mut cfg: LmConfig = parse_toml(GOOD, "g").unwrap_or_else(|e| panic!("{e}"));
         cfg.train.batch_size = 6;
-        assert!(cfg.validate().unwrap_err().to_string().contains("multiple of train.micro_batch_size"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("multiple of train.micro_batch_size"));
         cfg.train.batch_size = 8;
         cfg.train.lr = 3.0;
         assert!(cfg.validate().unwrap_err().to_string().contains("train.lr"));

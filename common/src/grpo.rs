@@ -144,7 +144,10 @@ mod tests {
         }
         let u = advantages(&[1.0, 0.0, 0.0], 3, false)?;
         assert!((u[0] - 2.0 / 3.0).abs() < 1e-12 && (u[1] + 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(flat_groups(&[1.0, 0.0, 0.0, 1.0, 0.3, 0.3, 0.3, 0.3], 4), vec![false, true]);
+        assert_eq!(
+            flat_groups(&[1.0, 0.0, 0.0, 1.0, 0.3, 0.3, 0.3, 0.3], 4),
+            vec![false, true]
+        );
         assert!(advantages(&[1.0, 2.0, 3.0], 2, true).is_err());
         Ok(())
     }
@@ -161,7 +164,11 @@ mod tests {
         // Row 0 (adv +1): ratio 1.5 clipped (> 1.28), 1.1 not. Row 1 (adv −1): 0.5 clipped (< 0.8), 0.9 not.
         assert_eq!(p.clipped_tokens, 2.0);
         // Loss = mean of [−1.28, −1.1, +0.8, +0.9] = −0.17.
-        assert!((p.loss.double_value(&[]) + 0.17).abs() < 1e-6, "{}", p.loss.double_value(&[]));
+        assert!(
+            (p.loss.double_value(&[]) + 0.17).abs() < 1e-6,
+            "{}",
+            p.loss.double_value(&[])
+        );
     }
 
     #[test]
@@ -170,7 +177,23 @@ mod tests {
         let z = Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu));
         let mask = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]);
         let adv = t(&[1.0, 1.0], &[2]);
-        let run = |k| policy_loss(k, &z, &z, None, &mask, &adv, 0.2, 0.2, 0.0, 4, batch_normaliser(k, 2, 4.0)).loss.double_value(&[]);
+        let run = |k| {
+            policy_loss(
+                k,
+                &z,
+                &z,
+                None,
+                &mask,
+                &adv,
+                0.2,
+                0.2,
+                0.0,
+                4,
+                batch_normaliser(k, 2, 4.0),
+            )
+            .loss
+            .double_value(&[])
+        };
         // grpo: each sequence's mean (−1, −1), mean over 2 sequences = −1.
         assert!((run(LossKind::Grpo) + 1.0).abs() < 1e-6);
         // dr_grpo: token sums (−1, −3) / max_new_tokens 4, mean over 2 = −0.5.
@@ -179,8 +202,12 @@ mod tests {
         assert!((run(LossKind::Dapo) + 1.0).abs() < 1e-6);
         let mask2 = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]);
         let adv2 = t(&[1.0, 0.0], &[2]);
-        let d = policy_loss(LossKind::Dapo, &z, &z, None, &mask2, &adv2, 0.2, 0.2, 0.0, 4, 4.0).loss.double_value(&[]);
-        let g = policy_loss(LossKind::Grpo, &z, &z, None, &mask2, &adv2, 0.2, 0.2, 0.0, 4, 2.0).loss.double_value(&[]);
+        let d = policy_loss(LossKind::Dapo, &z, &z, None, &mask2, &adv2, 0.2, 0.2, 0.0, 4, 4.0)
+            .loss
+            .double_value(&[]);
+        let g = policy_loss(LossKind::Grpo, &z, &z, None, &mask2, &adv2, 0.2, 0.2, 0.0, 4, 2.0)
+            .loss
+            .double_value(&[]);
         assert!((d + 0.25).abs() < 1e-6, "token level: 1 of 4 tokens carries −1");
         assert!((g + 0.5).abs() < 1e-6, "sequence level: 1 of 2 sequences carries −1");
     }
@@ -193,7 +220,19 @@ mod tests {
         let same = policy_loss(LossKind::Grpo, &lp, &lp, Some(&lp), &mask, &adv, 0.2, 0.2, 0.1, 4, 1.0);
         assert!(same.kl_sum.abs() < 1e-9);
         let other = t(&[-1.5, -1.0], &[1, 2]);
-        let away = policy_loss(LossKind::Grpo, &lp, &lp, Some(&other), &mask, &adv, 0.2, 0.2, 0.1, 4, 1.0);
+        let away = policy_loss(
+            LossKind::Grpo,
+            &lp,
+            &lp,
+            Some(&other),
+            &mask,
+            &adv,
+            0.2,
+            0.2,
+            0.1,
+            4,
+            1.0,
+        );
         assert!(away.kl_sum > 0.0 && away.loss.double_value(&[]) > 0.0);
     }
 }

@@ -100,13 +100,24 @@ impl GptConfig {
             }
         }
         if self.n_embd % self.n_head != 0 {
-            bail!("model.n_embd ({}) must be divisible by model.n_head ({})", self.n_embd, self.n_head);
+            bail!(
+                "model.n_embd ({}) must be divisible by model.n_head ({})",
+                self.n_embd,
+                self.n_head
+            );
         }
         if self.head_dim() % 2 != 0 {
-            bail!("head dimension n_embd/n_head = {} must be even for rotary embeddings", self.head_dim());
+            bail!(
+                "head dimension n_embd/n_head = {} must be even for rotary embeddings",
+                self.head_dim()
+            );
         }
         if self.n_head % self.n_kv_head != 0 {
-            bail!("model.n_head ({}) must be a multiple of model.n_kv_head ({})", self.n_head, self.n_kv_head);
+            bail!(
+                "model.n_head ({}) must be a multiple of model.n_kv_head ({})",
+                self.n_head,
+                self.n_kv_head
+            );
         }
         if !(self.rope_theta > 0.0) || !(self.norm_eps > 0.0) {
             bail!("model.rope_theta and model.norm_eps must be positive");
@@ -159,7 +170,10 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Gain initialised to one.
     pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
-        RmsNorm { weight: p.var("weight", &[dim], nn::Init::Const(1.0)), eps }
+        RmsNorm {
+            weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
+            eps,
+        }
     }
 }
 
@@ -187,9 +201,18 @@ impl KvCache {
     pub fn new(cfg: &GptConfig, batch: i64, capacity: i64, kind: Kind, device: Device) -> Self {
         let shape = [batch, cfg.n_kv_head, capacity, cfg.head_dim()];
         let layers = (0..cfg.n_layer)
-            .map(|_| (Tensor::zeros(shape, (kind, device)), Tensor::zeros(shape, (kind, device))))
+            .map(|_| {
+                (
+                    Tensor::zeros(shape, (kind, device)),
+                    Tensor::zeros(shape, (kind, device)),
+                )
+            })
             .collect();
-        KvCache { layers, len: 0, capacity }
+        KvCache {
+            layers,
+            len: 0,
+            capacity,
+        }
     }
 
     /// Positions already held.
@@ -264,24 +287,27 @@ impl Attention {
         cache: Option<(&mut (Tensor, Tensor), i64)>,
     ) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input is [B, T, D]");
-        let q = self.q_proj.forward(x).view([b, t, self.n_head, self.head_dim]).transpose(1, 2);
-        let k = self.k_proj.forward(x).view([b, t, self.n_kv_head, self.head_dim]).transpose(1, 2);
-        let v = self.v_proj.forward(x).view([b, t, self.n_kv_head, self.head_dim]).transpose(1, 2);
+        let q = self
+            .q_proj
+            .forward(x)
+            .view([b, t, self.n_head, self.head_dim])
+            .transpose(1, 2);
+        let k = self
+            .k_proj
+            .forward(x)
+            .view([b, t, self.n_kv_head, self.head_dim])
+            .transpose(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .view([b, t, self.n_kv_head, self.head_dim])
+            .transpose(1, 2);
         let (cos, sin) = rope;
         let q = apply_rope(&q, cos, sin);
         let k = apply_rope(&k, cos, sin);
         let gqa = self.n_kv_head != self.n_head;
         let y = match cache {
-            None => Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                pos.mask,
-                0.0,
-                pos.mask.is_none(),
-                None,
-                gqa,
-            ),
+            None => Tensor::scaled_dot_product_attention(&q, &k, &v, pos.mask, 0.0, pos.mask.is_none(), None, gqa),
             Some(((kc, vc), offset)) => {
                 kc.narrow(2, offset, t).copy_(&k);
                 vc.narrow(2, offset, t).copy_(&v);
@@ -343,7 +369,8 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        self.down_proj
+            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
 }
 
@@ -380,11 +407,7 @@ impl Gpt {
                 Block {
                     input_layernorm: RmsNorm::new(&lp / "input_layernorm", cfg.n_embd, cfg.norm_eps),
                     self_attn: Attention::new(&lp / "self_attn", cfg),
-                    post_attention_layernorm: RmsNorm::new(
-                        &lp / "post_attention_layernorm",
-                        cfg.n_embd,
-                        cfg.norm_eps,
-                    ),
+                    post_attention_layernorm: RmsNorm::new(&lp / "post_attention_layernorm", cfg.n_embd, cfg.norm_eps),
                     mlp: Mlp::new(&lp / "mlp", cfg),
                 }
             })
@@ -398,7 +421,15 @@ impl Gpt {
             )
         });
         let (rope_cos, rope_sin) = rope_tables(cfg, p.device());
-        Gpt { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope_cos, rope_sin }
+        Gpt {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope_cos,
+            rope_sin,
+        }
     }
 
     /// The architecture.
@@ -419,15 +450,21 @@ impl Gpt {
         let offset = cache.as_ref().map_or(0, |c| c.len);
         let rope = match pos.ids {
             Some(ids) => (
-                self.rope_cos.index_select(0, &ids.flatten(0, -1)).view([ids.size()[0], 1, t, -1]),
-                self.rope_sin.index_select(0, &ids.flatten(0, -1)).view([ids.size()[0], 1, t, -1]),
+                self.rope_cos
+                    .index_select(0, &ids.flatten(0, -1))
+                    .view([ids.size()[0], 1, t, -1]),
+                self.rope_sin
+                    .index_select(0, &ids.flatten(0, -1))
+                    .view([ids.size()[0], 1, t, -1]),
             ),
             None => (self.rope_cos.narrow(0, offset, t), self.rope_sin.narrow(0, offset, t)),
         };
         let mut x = self.embed_tokens.embedding(tokens);
         for (i, block) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
-            let a = block.self_attn.forward(&block.input_layernorm.forward(&x), &rope, pos, c);
+            let a = block
+                .self_attn
+                .forward(&block.input_layernorm.forward(&x), &rope, pos, c);
             x = x + a;
             let m = block.mlp.forward(&block.post_attention_layernorm.forward(&x));
             x = x + m;
@@ -445,7 +482,13 @@ impl Gpt {
 
     /// A fresh cache sized for this model.
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
-        KvCache::new(&self.cfg, batch, capacity, self.embed_tokens.kind(), self.embed_tokens.device())
+        KvCache::new(
+            &self.cfg,
+            batch,
+            capacity,
+            self.embed_tokens.kind(),
+            self.embed_tokens.device(),
+        )
     }
 }
 

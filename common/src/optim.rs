@@ -50,7 +50,13 @@ impl AdamW {
             .filter(|(_, v)| v.requires_grad())
             .map(|(name, var)| {
                 let decay = decays(&name, var.dim());
-                Param { m: var.zeros_like(), v: var.zeros_like(), name, var, decay }
+                Param {
+                    m: var.zeros_like(),
+                    v: var.zeros_like(),
+                    name,
+                    var,
+                    decay,
+                }
             })
             .collect();
         AdamW { cfg, params, step: 0 }
@@ -102,7 +108,12 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         self.step += 1;
-        let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.cfg;
         let bc1 = 1.0 - beta1.powi(self.step as i32);
         let bc2 = 1.0 - beta2.powi(self.step as i32);
         for p in &mut self.params {
@@ -143,7 +154,11 @@ impl AdamW {
                     bail!("optimiser state lacks {key}: it was saved for another architecture");
                 };
                 if t.size() != slot.size() {
-                    bail!("optimiser state {key} has shape {:?}, parameter has {:?}", t.size(), slot.size());
+                    bail!(
+                        "optimiser state {key} has shape {:?}, parameter has {:?}",
+                        t.size(),
+                        slot.size()
+                    );
                 }
                 slot.copy_(&t.to_device(slot.device()).to_kind(slot.kind()));
             }
@@ -166,7 +181,12 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let w = vs.root().var("w", &[1, 2], nn::Init::Const(1.0));
         let n = vs.root().var("norm", &[2], nn::Init::Const(1.0));
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.5 };
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.5,
+        };
         let mut opt = AdamW::new(&vs, cfg);
         let loss = (&w * Tensor::from_slice(&[2.0f32, -3.0]).view([1, 2])).sum(Kind::Float) + n.sum(Kind::Float);
         opt.zero_grad();
@@ -188,7 +208,12 @@ mod tests {
     fn clips_by_global_norm_and_state_round_trips() -> Result<()> {
         let vs = nn::VarStore::new(Device::Cpu);
         let w = vs.root().var("w", &[2, 2], nn::Init::Const(0.0));
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
         let mut opt = AdamW::new(&vs, cfg);
         (&w * 3.0).sum(Kind::Float).backward(); // grad = 3 everywhere, norm = 6
         let norm = opt.clip_grad_norm(1.5);

@@ -26,7 +26,10 @@ pub fn matmul_gflops(device: Device, kind: Kind, n: i64, reps: usize) -> f64 {
 /// The peak MFU is reported against: `L2E_PEAK_GFLOPS` if set, else a quick measurement
 /// (fp32 on the CPU; bf16 on CUDA, the precision GPUs train in).
 pub fn peak_gflops(device: Device) -> f64 {
-    if let Some(v) = std::env::var("L2E_PEAK_GFLOPS").ok().and_then(|s| s.parse::<f64>().ok()) {
+    if let Some(v) = std::env::var("L2E_PEAK_GFLOPS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
         return v;
     }
     match device {

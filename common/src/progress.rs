@@ -75,7 +75,10 @@ impl Progress {
             start: now,
             last_line: now,
             interval: Duration::from_secs(
-                std::env::var("L2E_LOG_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10),
+                std::env::var("L2E_LOG_SECS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(10),
             ),
             message: String::new(),
         }

@@ -165,7 +165,11 @@ fn default_python() -> String {
 
 impl Default for VerifierSection {
     fn default() -> Self {
-        VerifierSection { program_timeout_ms: default_timeout(), program_memory_mb: default_mem(), python: default_python() }
+        VerifierSection {
+            program_timeout_ms: default_timeout(),
+            program_memory_mb: default_mem(),
+            python: default_python(),
+        }
     }
 }
 
@@ -231,7 +235,12 @@ impl RlConfig {
         if let Some(v) = &args.init {
             c.init = Some(v.clone());
         }
-        c.out = Some(args.out.clone().or(c.out).unwrap_or_else(|| crate::config::default_out("rl")));
+        c.out = Some(
+            args.out
+                .clone()
+                .or(c.out)
+                .unwrap_or_else(|| crate::config::default_out("rl")),
+        );
         if let Some(v) = args.device {
             c.rl.device = v;
         }
@@ -251,16 +260,21 @@ impl RlConfig {
         if args.mix.is_some() {
             bail!("rl reads prompts from [data] prompts, not a mix: drop --mix");
         }
-        c.validate().with_context(|| format!("invalid configuration {}", path.display()))?;
+        c.validate()
+            .with_context(|| format!("invalid configuration {}", path.display()))?;
         Ok(c)
     }
 
     /// Checks ranges; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let r = &self.rl;
-        self.schedule().validate().map_err(|e| anyhow::anyhow!(e.to_string().replace("train.", "rl.")))?;
+        self.schedule()
+            .validate()
+            .map_err(|e| anyhow::anyhow!(e.to_string().replace("train.", "rl.")))?;
         if r.prompts_per_step == 0 || r.group_size < 2 {
-            bail!("rl.prompts_per_step must be >= 1 and rl.group_size >= 2 (advantages compare samples within a group)");
+            bail!(
+                "rl.prompts_per_step must be >= 1 and rl.group_size >= 2 (advantages compare samples within a group)"
+            );
         }
         if r.inner_epochs == 0 || r.micro_batch_size == 0 {
             bail!("rl.inner_epochs and rl.micro_batch_size must be >= 1");
@@ -280,7 +294,11 @@ impl RlConfig {
 
     /// ε_high.
     pub fn clip_high(&self) -> f64 {
-        self.rl.clip_high.unwrap_or(if self.rl.loss == LossKind::Dapo { 0.28 } else { self.rl.clip_low })
+        self.rl.clip_high.unwrap_or(if self.rl.loss == LossKind::Dapo {
+            0.28
+        } else {
+            self.rl.clip_low
+        })
     }
 
     /// Whether advantages are divided by the group std.
@@ -290,7 +308,11 @@ impl RlConfig {
 
     /// Overlong policy.
     pub fn overlong(&self) -> Overlong {
-        self.rl.overlong.unwrap_or(if self.rl.loss == LossKind::Dapo { Overlong::Penalty } else { Overlong::Keep })
+        self.rl.overlong.unwrap_or(if self.rl.loss == LossKind::Dapo {
+            Overlong::Penalty
+        } else {
+            Overlong::Keep
+        })
     }
 
     fn schedule(&self) -> Schedule {
@@ -330,7 +352,15 @@ struct Rollouts {
     keep: Vec<usize>,
 }
 
-fn build_rollouts(prompts: &[Vec<u32>], completions: &[Vec<u32>], finished: &[bool], end: u32, pad: u32, loss_mask: &[bool], adv: Vec<f64>) -> Rollouts {
+fn build_rollouts(
+    prompts: &[Vec<u32>],
+    completions: &[Vec<u32>],
+    finished: &[bool],
+    end: u32,
+    pad: u32,
+    loss_mask: &[bool],
+    adv: Vec<f64>,
+) -> Rollouts {
     let keep: Vec<usize> = (0..prompts.len()).filter(|&i| loss_mask[i]).collect();
     let seqs: Vec<(Vec<u32>, usize)> = keep
         .iter()
@@ -369,7 +399,10 @@ fn build_rollouts(prompts: &[Vec<u32>], completions: &[Vec<u32>], finished: &[bo
 }
 
 fn micro_ranges(n: usize, micro: usize) -> Vec<(i64, i64)> {
-    (0..n).step_by(micro.max(1)).map(|s| (s as i64, (micro.min(n - s)) as i64)).collect()
+    (0..n)
+        .step_by(micro.max(1))
+        .map(|s| (s as i64, (micro.min(n - s)) as i64))
+        .collect()
 }
 
 /// Runs the RL stage; returns the final metadata.
@@ -382,13 +415,27 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     if let Some(dir) = &existing {
         let meta = checkpoint::read_meta(dir)?;
         if !args.resume {
-            bail!("{} already holds a {} checkpoint (step {}); pass --resume to continue it, or choose another --out", out.display(), meta.stage, meta.step);
+            bail!(
+                "{} already holds a {} checkpoint (step {}); pass --resume to continue it, or choose another --out",
+                out.display(),
+                meta.stage,
+                meta.step
+            );
         }
         if meta.stage != "rl" {
-            bail!("{} holds a {} checkpoint, not rl: choose another --out", out.display(), meta.stage);
+            bail!(
+                "{} holds a {} checkpoint, not rl: choose another --out",
+                out.display(),
+                meta.stage
+            );
         }
         if meta.complete {
-            eprintln!("rl: {} is complete (step {}/{}); nothing to do", out.display(), meta.step, meta.total_steps);
+            eprintln!(
+                "rl: {} is complete (step {}/{}); nothing to do",
+                out.display(),
+                meta.step,
+                meta.total_steps
+            );
             return Ok(meta);
         }
         let st = checkpoint::load_state(dir)?;
@@ -396,13 +443,18 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         eprintln!("rl: resuming {} from step {}", out.display(), s.step);
         resume = Some((s, st));
     }
-    let init = cfg.init.clone().context("rl starts from a checkpoint: pass --init <dir> (e.g. runs/default/sft)")?;
+    let init = cfg
+        .init
+        .clone()
+        .context("rl starts from a checkpoint: pass --init <dir> (e.g. runs/default/sft)")?;
     let (vs, model, loaded) = match (&existing, &resume) {
         (Some(dir), Some(_)) => checkpoint::load_model(dir, device)?,
         _ => checkpoint::load_model(&init, device).with_context(|| format!("loading --init {}", init.display()))?,
     };
     let tok: Tok = loaded.tok.clone();
-    let mut meta = if resume.is_some() { loaded.meta.clone() } else {
+    let mut meta = if resume.is_some() {
+        loaded.meta.clone()
+    } else {
         let mut m = Meta::new("rl");
         m.parent = Some(checkpoint::parent_ref(&loaded.dir, &loaded.meta));
         m
@@ -429,9 +481,20 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     let schedule = cfg.schedule();
     let mut opt = AdamW::new(
         &vs,
-        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: cfg.rl.weight_decay },
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: cfg.rl.weight_decay,
+        },
     );
-    let mut st = RlState { step: 0, epoch: 0, index: 0, tokens_sampled: 0, train_secs: 0.0 };
+    let mut st = RlState {
+        step: 0,
+        epoch: 0,
+        index: 0,
+        tokens_sampled: 0,
+        train_secs: 0.0,
+    };
     let mut log_lines: Vec<Value> = Vec::new();
     if let Some((s, state)) = &resume {
         opt.load_state_tensors(&state.tensors)?;
@@ -445,12 +508,20 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
                 .collect();
         }
     }
-    let log_path = out.with_file_name(format!("{}.metrics.jsonl", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "rl".into())));
+    let log_path = out.with_file_name(format!(
+        "{}.metrics.jsonl",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "rl".into())
+    ));
     if let Some(d) = log_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d)?;
     }
-    std::fs::write(&log_path, log_lines.iter().map(|l| format!("{l}\n")).collect::<String>())
-        .with_context(|| format!("writing {}", log_path.display()))?;
+    std::fs::write(
+        &log_path,
+        log_lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .with_context(|| format!("writing {}", log_path.display()))?;
     let push = |lines: &mut Vec<Value>, v: Value| -> Result<()> {
         let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log_path)?;
         writeln!(f, "{v}")?;
@@ -484,8 +555,19 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     );
 
     let eval = |model: &Gpt| -> Result<Option<Value>> {
-        let (Some(e), Some(list)) = (&cfg.eval, &eval_tasks) else { return Ok(None) };
-        let r = evaluate_tasks(model, &tok, list, &grader, &SamplingConfig::greedy(e.max_new_tokens), 1, e.batch_size, device)?;
+        let (Some(e), Some(list)) = (&cfg.eval, &eval_tasks) else {
+            return Ok(None);
+        };
+        let r = evaluate_tasks(
+            model,
+            &tok,
+            list,
+            &grader,
+            &SamplingConfig::greedy(e.max_new_tokens),
+            1,
+            e.batch_size,
+            device,
+        )?;
         eprintln!("rl: held-out tasks: {}", summarize(&r));
         Ok(Some(serde_json::to_value(&r)?))
     };
@@ -493,7 +575,10 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         meta.step = st.step;
         meta.tokens_seen = st.tokens_sampled;
         meta.train_secs = st.train_secs;
-        let state = TrainState { tensors: opt.state_tensors(), json: serde_json::to_value(st)? };
+        let state = TrainState {
+            tensors: opt.state_tensors(),
+            json: serde_json::to_value(st)?,
+        };
         checkpoint::save(&out, &vs, model.config(), &tok, meta, lines, Some(&state))
     };
     if resume.is_none() {
@@ -510,7 +595,9 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     }
     let order_for = |epoch: u64| {
         let mut idx: Vec<usize> = (0..tasks.len()).collect();
-        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(cfg.rl.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            cfg.rl.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
         idx
     };
     let mut order = order_for(st.epoch);
@@ -519,7 +606,11 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     while st.step < cfg.rl.steps {
         if stop.load(Ordering::SeqCst) {
             save(&mut meta, &log_lines, &opt, &st)?;
-            bail!("interrupted at step {}; the checkpoint in {} resumes with --resume", st.step, out.display());
+            bail!(
+                "interrupted at step {}; the checkpoint in {} resumes with --resume",
+                st.step,
+                out.display()
+            );
         }
         let t0 = Instant::now();
         // Prompts of this step.
@@ -542,12 +633,22 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         seed_everything(cfg.rl.seed.wrapping_add(st.step * 7919));
         let gen = generate(&model, &prompts, &cfg.sampling, tok.end, tok.pad, device)?;
         let texts: Vec<String> = gen.tokens.iter().map(|t| tok.decode(t)).collect::<Result<_>>()?;
-        let verdicts: Vec<Verdict> = texts.par_iter().enumerate().map(|(i, c)| grader.grade(batch[i / g], c)).collect();
+        let verdicts: Vec<Verdict> = texts
+            .par_iter()
+            .enumerate()
+            .map(|(i, c)| grader.grade(batch[i / g], c))
+            .collect();
         let overlong = cfg.overlong();
         let rewards: Vec<f64> = verdicts
             .iter()
             .zip(&gen.finished)
-            .map(|(v, &fin)| if !fin && overlong == Overlong::Penalty { v.reward - cfg.rl.overlong_penalty } else { v.reward })
+            .map(|(v, &fin)| {
+                if !fin && overlong == Overlong::Penalty {
+                    v.reward - cfg.rl.overlong_penalty
+                } else {
+                    v.reward
+                }
+            })
             .collect();
         let adv = advantages(&rewards, g, cfg.scale_rewards())?;
         let flat = flat_groups(&rewards, g);
@@ -573,9 +674,15 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             let ranges = micro_ranges(n, cfg.rl.micro_batch_size);
             let (old, refl) = {
                 let _g = tch::no_grad_guard();
-                let old: Vec<Tensor> = ranges.iter().map(|&(s, l)| token_logps(&model, &input.narrow(0, s, l), &target.narrow(0, s, l), &cfg.sampling)).collect();
+                let old: Vec<Tensor> = ranges
+                    .iter()
+                    .map(|&(s, l)| token_logps(&model, &input.narrow(0, s, l), &target.narrow(0, s, l), &cfg.sampling))
+                    .collect();
                 let refl: Option<Vec<Tensor>> = reference.as_ref().map(|(_, r)| {
-                    ranges.iter().map(|&(s, l)| token_logps(r, &input.narrow(0, s, l), &target.narrow(0, s, l), &cfg.sampling)).collect()
+                    ranges
+                        .iter()
+                        .map(|&(s, l)| token_logps(r, &input.narrow(0, s, l), &target.narrow(0, s, l), &cfg.sampling))
+                        .collect()
                 });
                 (old, refl)
             };
@@ -666,7 +773,10 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     progress.finish();
     save(&mut meta, &log_lines, &opt, &st)?;
     if let Some(r) = eval(&model)? {
-        push(&mut log_lines, json!({"stage": "rl", "step": st.step, "eval": r.clone()}))?;
+        push(
+            &mut log_lines,
+            json!({"stage": "rl", "step": st.step, "eval": r.clone()}),
+        )?;
         meta.metrics.insert("tasks".into(), r);
     }
     let rl_lines: Vec<&Value> = log_lines.iter().filter(|l| l.get("reward_mean").is_some()).collect();
@@ -683,6 +793,11 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     );
     meta.complete = true;
     save(&mut meta, &log_lines, &opt, &st)?;
-    eprintln!("rl: done: {} steps in {}; checkpoint {}", st.step, format_secs(st.train_secs), out.display());
+    eprintln!(
+        "rl: done: {} steps in {}; checkpoint {}",
+        st.step,
+        format_secs(st.train_secs),
+        out.display()
+    );
     Ok(meta)
 }

@@ -35,14 +35,24 @@ fn default_max_new() -> i64 {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { temperature: 1.0, top_k: 0, top_p: 1.0, max_new_tokens: default_max_new() }
+        SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: default_max_new(),
+        }
     }
 }
 
 impl SamplingConfig {
     /// Greedy decoding of up to `max_new_tokens`.
     pub fn greedy(max_new_tokens: i64) -> Self {
-        SamplingConfig { temperature: 0.0, top_k: 0, top_p: 1.0, max_new_tokens }
+        SamplingConfig {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens,
+        }
     }
 
     /// Checks ranges; errors name the key.
@@ -107,13 +117,25 @@ pub struct Generation {
 
 /// Generates a continuation of every prompt, batched, with the KV cache; stops a row at
 /// `stop` (e.g. `<|end|>`). `pad` fills the left of shorter prompts.
-pub fn generate(model: &Gpt, prompts: &[Vec<u32>], cfg: &SamplingConfig, stop: u32, pad: u32, device: Device) -> Result<Generation> {
+pub fn generate(
+    model: &Gpt,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    stop: u32,
+    pad: u32,
+    device: Device,
+) -> Result<Generation> {
     cfg.validate()?;
     let _guard = tch::no_grad_guard();
     let t0 = Instant::now();
     let b = prompts.len();
     if b == 0 {
-        return Ok(Generation { tokens: vec![], finished: vec![], tokens_per_sec: 0.0, secs: 0.0 });
+        return Ok(Generation {
+            tokens: vec![],
+            finished: vec![],
+            tokens_per_sec: 0.0,
+            secs: 0.0,
+        });
     }
     if prompts.iter().any(|p| p.is_empty()) {
         bail!("generation needs non-empty prompts");
@@ -129,7 +151,11 @@ pub fn generate(model: &Gpt, prompts: &[Vec<u32>], cfg: &SamplingConfig, stop: u
     let mut pos = Vec::with_capacity(b * p_len as usize);
     for (p, &np) in prompts.iter().zip(&pads) {
         for i in 0..p_len {
-            ids.push(if i < np { pad as i64 } else { p[(i - np) as usize] as i64 });
+            ids.push(if i < np {
+                pad as i64
+            } else {
+                p[(i - np) as usize] as i64
+            });
             pos.push((i - np).max(0));
         }
     }
@@ -148,9 +174,17 @@ pub fn generate(model: &Gpt, prompts: &[Vec<u32>], cfg: &SamplingConfig, stop: u
         .logical_or(&eye.unsqueeze(0))
         .unsqueeze(1);
     let mut cache = model.new_cache(bi, total);
-    let logits = model.forward(&ids, &Positions { ids: Some(&pos_t), mask: Some(&prefill_mask) }, Some(&mut cache));
+    let logits = model.forward(
+        &ids,
+        &Positions {
+            ids: Some(&pos_t),
+            mask: Some(&prefill_mask),
+        },
+        Some(&mut cache),
+    );
     let mut last = logits.select(1, p_len - 1);
-    let mut next_pos = Tensor::from_slice(&prompts.iter().map(|p| p.len() as i64).collect::<Vec<_>>()).to_device(device);
+    let mut next_pos =
+        Tensor::from_slice(&prompts.iter().map(|p| p.len() as i64).collect::<Vec<_>>()).to_device(device);
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
     let mut generated = 0usize;
@@ -174,12 +208,24 @@ pub fn generate(model: &Gpt, prompts: &[Vec<u32>], cfg: &SamplingConfig, stop: u
         let cur = p_len + step;
         let mask = valid.narrow(1, 0, cur + 1).view([bi, 1, 1, cur + 1]);
         let posn = next_pos.view([bi, 1]);
-        let logits = model.forward(&next.view([bi, 1]), &Positions { ids: Some(&posn), mask: Some(&mask) }, Some(&mut cache));
+        let logits = model.forward(
+            &next.view([bi, 1]),
+            &Positions {
+                ids: Some(&posn),
+                mask: Some(&mask),
+            },
+            Some(&mut cache),
+        );
         last = logits.select(1, 0);
         next_pos = next_pos + 1;
     }
     let secs = t0.elapsed().as_secs_f64();
-    Ok(Generation { tokens: out, finished: done, tokens_per_sec: generated as f64 / secs.max(1e-9), secs })
+    Ok(Generation {
+        tokens: out,
+        finished: done,
+        tokens_per_sec: generated as f64 / secs.max(1e-9),
+        secs,
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +246,10 @@ mod tests {
         let batch = generate(&m, &prompts, &g, 49, 0, Device::Cpu)?;
         for (i, p) in prompts.iter().enumerate() {
             let single = generate(&m, std::slice::from_ref(p), &g, 49, 0, Device::Cpu)?;
-            assert_eq!(batch.tokens[i], single.tokens[0], "row {i}: batching changed the output");
+            assert_eq!(
+                batch.tokens[i], single.tokens[0],
+                "row {i}: batching changed the output"
+            );
             // Full recomputation without a cache, argmax each step.
             let mut seq: Vec<i64> = p.iter().map(|&x| x as i64).collect();
             let mut expect = Vec::new();
@@ -208,7 +257,10 @@ mod tests {
             for _ in 0..single.tokens[0].len() {
                 let t = Tensor::from_slice(&seq).view([1, -1]);
                 let logits = m.forward(&t, &Positions::CAUSAL, None);
-                let next = logits.select(1, seq.len() as i64 - 1).argmax(-1, false).int64_value(&[0]);
+                let next = logits
+                    .select(1, seq.len() as i64 - 1)
+                    .argmax(-1, false)
+                    .int64_value(&[0]);
                 expect.push(next as u32);
                 seq.push(next);
             }
@@ -220,13 +272,31 @@ mod tests {
     #[test]
     fn top_k_and_top_p_restrict_support() {
         let logits = Tensor::from_slice(&[3.0f32, 2.0, 1.0, 0.0]).view([1, 4]);
-        let k = SamplingConfig { top_k: 2, ..Default::default() }.log_probs(&logits).exp();
+        let k = SamplingConfig {
+            top_k: 2,
+            ..Default::default()
+        }
+        .log_probs(&logits)
+        .exp();
         let kv: Vec<f32> = Vec::try_from(k.view([-1])).unwrap_or_default();
-        assert!(kv[2] == 0.0 && kv[3] == 0.0 && (kv[0] + kv[1] - 1.0).abs() < 1e-6, "{kv:?}");
+        assert!(
+            kv[2] == 0.0 && kv[3] == 0.0 && (kv[0] + kv[1] - 1.0).abs() < 1e-6,
+            "{kv:?}"
+        );
         // softmax([3,2,1,0]) = [.644, .237, .087, .032]: top_p 0.8 keeps the first two.
-        let p = SamplingConfig { top_p: 0.8, ..Default::default() }.log_probs(&logits).exp();
+        let p = SamplingConfig {
+            top_p: 0.8,
+            ..Default::default()
+        }
+        .log_probs(&logits)
+        .exp();
         let pv: Vec<f32> = Vec::try_from(p.view([-1])).unwrap_or_default();
         assert!(pv[0] > 0.0 && pv[1] > 0.0 && pv[2] == 0.0 && pv[3] == 0.0, "{pv:?}");
-        assert!(SamplingConfig { top_p: 0.0, ..Default::default() }.validate().is_err());
+        assert!(SamplingConfig {
+            top_p: 0.0,
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -38,7 +38,10 @@ impl Schedule {
     /// Checks the numbers; errors name the config key.
     pub fn validate(&self) -> Result<()> {
         if !(self.peak_lr > 0.0 && self.peak_lr <= 1.0) {
-            bail!("train.lr must be in (0, 1], got {} (typical: 1e-4 to 3e-3)", self.peak_lr);
+            bail!(
+                "train.lr must be in (0, 1], got {} (typical: 1e-4 to 3e-3)",
+                self.peak_lr
+            );
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             bail!("train.min_lr_ratio must be in [0, 1], got {}", self.min_lr_ratio);
@@ -50,7 +53,11 @@ impl Schedule {
             bail!("train.steps must be at least 1");
         }
         if self.warmup_steps > self.total_steps {
-            bail!("train.warmup_steps ({}) exceeds train.steps ({})", self.warmup_steps, self.total_steps);
+            bail!(
+                "train.warmup_steps ({}) exceeds train.steps ({})",
+                self.warmup_steps,
+                self.total_steps
+            );
         }
         Ok(())
     }
@@ -86,7 +93,14 @@ mod tests {
     use super::*;
 
     fn sched(kind: ScheduleKind) -> Schedule {
-        Schedule { kind, peak_lr: 1.0, warmup_steps: 10, total_steps: 110, min_lr_ratio: 0.1, decay_fraction: 0.2 }
+        Schedule {
+            kind,
+            peak_lr: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+            min_lr_ratio: 0.1,
+            decay_fraction: 0.2,
+        }
     }
 
     #[test]
@@ -95,12 +109,18 @@ mod tests {
         assert!((c.lr(0) - 0.1).abs() < 1e-12);
         assert!((c.lr(9) - 1.0).abs() < 1e-12);
         assert!((c.lr(10) - 1.0).abs() < 1e-12);
-        assert!((c.lr(60) - 0.55).abs() < 1e-12, "midpoint of cosine = mean of peak and floor");
+        assert!(
+            (c.lr(60) - 0.55).abs() < 1e-12,
+            "midpoint of cosine = mean of peak and floor"
+        );
         assert!((c.lr(110) - 0.1).abs() < 1e-12);
         let w = sched(ScheduleKind::Wsd);
         assert_eq!(w.lr(80), 1.0);
         assert!((w.lr(100) - 0.55).abs() < 1e-12);
-        let l = Schedule { min_lr_ratio: 0.0, ..sched(ScheduleKind::Linear) };
+        let l = Schedule {
+            min_lr_ratio: 0.0,
+            ..sched(ScheduleKind::Linear)
+        };
         assert!((l.lr(60) - 0.5).abs() < 1e-12);
         assert_eq!(l.lr(110), 0.0);
     }

@@ -16,12 +16,19 @@ use tch::Device;
 
 /// Reads tasks from Parquet with string columns `prompt`, `answer` and `task` (the kind).
 pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
-    let columns: BTreeMap<String, String> =
-        [("prompt", "prompt"), ("answer", "answer")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let columns: BTreeMap<String, String> = [("prompt", "prompt"), ("answer", "answer")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     let mut with_kind = columns.clone();
     with_kind.insert("task".into(), "task".into());
     let reader = open_checked(path, Format::Text, &with_kind)
-        .with_context(|| format!("reading tasks {} (needs string columns prompt, answer, task)", path.display()))?
+        .with_context(|| {
+            format!(
+                "reading tasks {} (needs string columns prompt, answer, task)",
+                path.display()
+            )
+        })?
         .build()?;
     let mut out = Vec::new();
     for batch in reader {
@@ -35,7 +42,11 @@ pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
         let kinds = arrow::array::AsArray::as_string::<i32>(&kinds);
         for (i, d) in docs.into_iter().enumerate() {
             if let Doc::Chat(m) = d {
-                out.push(Task { prompt: m[0].content.clone(), answer: m[1].content.clone(), kind: kinds.value(i).to_string() });
+                out.push(Task {
+                    prompt: m[0].content.clone(),
+                    answer: m[1].content.clone(),
+                    kind: kinds.value(i).to_string(),
+                });
             }
         }
     }
@@ -159,15 +170,27 @@ fn kind_report(items: &[&Graded], samples: usize) -> KindReport {
         format_rate: first(&|g| g.verdicts[0].formatted) as f64 / n as f64,
         abstention_rate: first(&|g| g.verdicts[0].abstained) as f64 / n as f64,
         hallucination_rate: None,
-        mean_tokens: items.iter().map(|g| g.lengths.iter().sum::<usize>() as f64 / g.lengths.len() as f64).sum::<f64>() / n as f64,
-        truncation_rate: items.iter().map(|g| g.truncated.iter().filter(|&&t| t).count() as f64 / g.truncated.len() as f64).sum::<f64>() / n as f64,
+        mean_tokens: items
+            .iter()
+            .map(|g| g.lengths.iter().sum::<usize>() as f64 / g.lengths.len() as f64)
+            .sum::<f64>()
+            / n as f64,
+        truncation_rate: items
+            .iter()
+            .map(|g| g.truncated.iter().filter(|&&t| t).count() as f64 / g.truncated.len() as f64)
+            .sum::<f64>()
+            / n as f64,
         ..Default::default()
     };
     if items.iter().all(|g| g.kind == "unanswerable") {
         r.hallucination_rate = Some(1.0 - r.abstention_rate);
     }
     for k in ks(samples) {
-        let pk = items.iter().map(|g| pass_at_k(samples, g.verdicts.iter().filter(|v| v.correct).count(), k)).sum::<f64>() / n as f64;
+        let pk = items
+            .iter()
+            .map(|g| pass_at_k(samples, g.verdicts.iter().filter(|v| v.correct).count(), k))
+            .sum::<f64>()
+            / n as f64;
         r.pass_at_k.insert(k, pk);
         let mk = items
             .iter()
@@ -219,7 +242,10 @@ pub fn evaluate_tasks(
         gen_secs += gen.secs;
         for (i, t) in chunk.iter().enumerate() {
             let rows = i * samples..(i + 1) * samples;
-            let texts: Vec<String> = gen.tokens[rows.clone()].iter().map(|ids| tok.decode(ids)).collect::<Result<_>>()?;
+            let texts: Vec<String> = gen.tokens[rows.clone()]
+                .iter()
+                .map(|ids| tok.decode(ids))
+                .collect::<Result<_>>()?;
             let verdicts: Vec<Verdict> = texts.iter().map(|c| grader.grade(t, c)).collect();
             if examples.len() < 12 && graded.iter().filter(|g| g.kind == t.kind).count() < 3 {
                 examples.push((t.prompt.clone(), texts[0].clone(), verdicts[0].correct));
@@ -251,7 +277,11 @@ pub fn evaluate_tasks(
 
 /// `arithmetic 42.0% | facts 10.0% | … | hallucination 80%`
 pub fn summarize(r: &TaskReport) -> String {
-    let mut parts: Vec<String> = r.per_kind.iter().map(|(k, v)| format!("{k} {:.1}%", 100.0 * v.accuracy)).collect();
+    let mut parts: Vec<String> = r
+        .per_kind
+        .iter()
+        .map(|(k, v)| format!("{k} {:.1}%", 100.0 * v.accuracy))
+        .collect();
     if let Some(h) = r.per_kind.get("unanswerable").and_then(|u| u.hallucination_rate) {
         parts.push(format!("hallucination {:.0}%", 100.0 * h));
     }
@@ -286,7 +316,13 @@ mod tests {
 
     #[test]
     fn majority_vote_and_rates() {
-        let v = |c: bool, a: bool| Verdict { reward: 0.0, correct: c, abstained: a, formatted: true, errored: false };
+        let v = |c: bool, a: bool| Verdict {
+            reward: 0.0,
+            correct: c,
+            abstained: a,
+            formatted: true,
+            errored: false,
+        };
         let g = Graded {
             kind: "facts".into(),
             verdicts: vec![v(false, false), v(true, false), v(true, false), v(false, false)],

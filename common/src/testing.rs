@@ -38,8 +38,13 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
     for i in 0..240usize {
         let t = towns[i % towns.len()];
         let r = regions[(i * 7 + i / 6) % regions.len()];
-        enc.push(format!("{t} is a town in the {r}. It was founded in year {}. {t} trades salt.", 100 + i % 50));
-        chat.push(format!("lol anyone been to {t}? click here for deals #{i}. cookies accepted."));
+        enc.push(format!(
+            "{t} is a town in the {r}. It was founded in year {}. {t} trades salt.",
+            100 + i % 50
+        ));
+        chat.push(format!(
+            "lol anyone been to {t}? click here for deals #{i}. cookies accepted."
+        ));
         let (a, b) = (i % 17, (i * 3) % 13);
         arith.push(format!("{a} + {b} = {}", a + b));
     }
@@ -52,17 +57,36 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
     let convs: Vec<Vec<Message>> = (0..120usize)
         .map(|i| {
             let (a, b) = (i % 9, (i * 5) % 7);
-            vec![Message::new("user", format!("What is {a} + {b}?")), Message::new("assistant", format!("{a} + {b} = {}.\nAnswer: {}", a + b, a + b))]
+            vec![
+                Message::new("user", format!("What is {a} + {b}?")),
+                Message::new("assistant", format!("{a} + {b} = {}.\nAnswer: {}", a + b, a + b)),
+            ]
         })
         .collect();
     write_chat(&dir.join("sft/train.parquet"), &convs[..100])?;
     write_chat(&dir.join("sft/eval.parquet"), &convs[100..])?;
     let tasks: Vec<Task> = (0..40usize)
         .map(|i| match i % 4 {
-            0 => Task { prompt: format!("What is {} + {}?", i % 9, i % 5), answer: format!("{}", i % 9 + i % 5), kind: "arithmetic".into() },
-            1 => Task { prompt: format!("In which region is {}?", towns[i % 6]), answer: regions[i % 6].into(), kind: "facts".into() },
-            2 => Task { prompt: format!("What does this program print?\n```python\nprint({} * 2)\n```", i), answer: format!("{}", i * 2), kind: "program".into() },
-            _ => Task { prompt: "In which region is Zorblax?".into(), answer: "I don't know".into(), kind: "unanswerable".into() },
+            0 => Task {
+                prompt: format!("What is {} + {}?", i % 9, i % 5),
+                answer: format!("{}", i % 9 + i % 5),
+                kind: "arithmetic".into(),
+            },
+            1 => Task {
+                prompt: format!("In which region is {}?", towns[i % 6]),
+                answer: regions[i % 6].into(),
+                kind: "facts".into(),
+            },
+            2 => Task {
+                prompt: format!("What does this program print?\n```python\nprint({} * 2)\n```", i),
+                answer: format!("{}", i * 2),
+                kind: "program".into(),
+            },
+            _ => Task {
+                prompt: "In which region is Zorblax?".into(),
+                answer: "I don't know".into(),
+                kind: "unanswerable".into(),
+            },
         })
         .collect();
     write_tasks(&dir.join("rl/train.parquet"), &tasks[..32])?;
@@ -81,8 +105,12 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
     };
     std::fs::write(
         cfgs.join("mixes/pretrain.toml"),
-        src("encyclopedia", format!("{d}/library/encyclopedia-*.parquet"), "text", 0.4)
-            + &src("chatter", format!("{d}/library/chatter-*.parquet"), "text", 0.4)
+        src(
+            "encyclopedia",
+            format!("{d}/library/encyclopedia-*.parquet"),
+            "text",
+            0.4,
+        ) + &src("chatter", format!("{d}/library/chatter-*.parquet"), "text", 0.4)
             + &src("arithmetic", format!("{d}/library/arithmetic-*.parquet"), "text", 0.2),
     )?;
     std::fs::write(
@@ -90,8 +118,14 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
         src("encyclopedia", format!("{d}/heldout/encyclopedia.parquet"), "text", 1.0)
             + &src("chatter", format!("{d}/heldout/chatter.parquet"), "text", 1.0),
     )?;
-    std::fs::write(cfgs.join("mixes/sft.toml"), src("conversations", format!("{d}/sft/train.parquet"), "chat", 1.0))?;
-    std::fs::write(cfgs.join("mixes/sft-heldout.toml"), src("conversations", format!("{d}/sft/eval.parquet"), "chat", 1.0))?;
+    std::fs::write(
+        cfgs.join("mixes/sft.toml"),
+        src("conversations", format!("{d}/sft/train.parquet"), "chat", 1.0),
+    )?;
+    std::fs::write(
+        cfgs.join("mixes/sft-heldout.toml"),
+        src("conversations", format!("{d}/sft/eval.parquet"), "chat", 1.0),
+    )?;
     let train = "[train]\nsteps = 6\nbatch_size = 4\nmicro_batch_size = 2\nlr = 3e-3\nwarmup_steps = 2\nsave_every = 3\ndevice = \"cpu\"\n";
     std::fs::write(
         cfgs.join("pretrain.toml"),

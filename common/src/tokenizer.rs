@@ -22,8 +22,14 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper, Tokenizer};
 
 /// Special tokens, in id order (they take ids `0..6`).
-pub const SPECIAL_TOKENS: [&str; 6] =
-    ["<|bos|>", "<|user|>", "<|assistant|>", "<|end|>", "<|system|>", "<|pad|>"];
+pub const SPECIAL_TOKENS: [&str; 6] = [
+    "<|bos|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<|system|>",
+    "<|pad|>",
+];
 
 /// One turn of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -37,7 +43,10 @@ pub struct Message {
 impl Message {
     /// A message with the given role and content.
     pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Message { role: role.to_string(), content: content.into() }
+        Message {
+            role: role.to_string(),
+            content: content.into(),
+        }
     }
 }
 
@@ -68,10 +77,15 @@ impl Tok {
         S: AsRef<str> + Send,
     {
         if vocab_size < 256 + SPECIAL_TOKENS.len() + 1 {
-            bail!("tokenizer vocab_size must be at least {} (256 bytes + special tokens), got {vocab_size}", 256 + SPECIAL_TOKENS.len() + 1);
+            bail!(
+                "tokenizer vocab_size must be at least {} (256 bytes + special tokens), got {vocab_size}",
+                256 + SPECIAL_TOKENS.len() + 1
+            );
         }
-        let special: Vec<AddedToken> =
-            SPECIAL_TOKENS.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
+        let special: Vec<AddedToken> = SPECIAL_TOKENS
+            .iter()
+            .map(|s| AddedToken::from(s.to_string(), true))
+            .collect();
         let trainer = BpeTrainerBuilder::new()
             .vocab_size(vocab_size)
             .min_frequency(2)
@@ -86,7 +100,8 @@ impl Tok {
             PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
         ]))));
         tok.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::default())));
-        tok.train(&mut trainer, texts).map_err(|e| anyhow!("training the tokenizer: {e}"))?;
+        tok.train(&mut trainer, texts)
+            .map_err(|e| anyhow!("training the tokenizer: {e}"))?;
         Self::from_tokenizer(tok)
     }
 
@@ -95,19 +110,27 @@ impl Tok {
         if !path.exists() {
             bail!("tokenizer file {} does not exist (train one with `pretrain`, or point [tokenizer] path at an existing tokenizer.json)", path.display());
         }
-        let inner = Tokenizer::from_file(path)
-            .map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
+        let inner = Tokenizer::from_file(path).map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
         Self::from_tokenizer(inner).with_context(|| format!("checking tokenizer {}", path.display()))
     }
 
     fn from_tokenizer(inner: Tokenizer) -> Result<Self> {
         let id = |s: &str| {
             inner.token_to_id(s).ok_or_else(|| {
-                anyhow!("the tokenizer lacks the special token {s}; lib2expert's chat template needs {}", SPECIAL_TOKENS.join(" "))
+                anyhow!(
+                    "the tokenizer lacks the special token {s}; lib2expert's chat template needs {}",
+                    SPECIAL_TOKENS.join(" ")
+                )
             })
         };
-        let (bos, user, assistant, end, system, pad) =
-            (id("<|bos|>")?, id("<|user|>")?, id("<|assistant|>")?, id("<|end|>")?, id("<|system|>")?, id("<|pad|>")?);
+        let (bos, user, assistant, end, system, pad) = (
+            id("<|bos|>")?,
+            id("<|user|>")?,
+            id("<|assistant|>")?,
+            id("<|end|>")?,
+            id("<|system|>")?,
+            id("<|pad|>")?,
+        );
         let n = inner.get_vocab_size(true);
         let mut token_bytes = vec![0u32; n];
         for (i, slot) in token_bytes.iter_mut().enumerate() {
@@ -118,17 +141,30 @@ impl Tok {
             // Byte-level BPE: one character of the token string per byte.
             *slot = inner.id_to_token(i).map_or(0, |t| t.chars().count() as u32);
         }
-        Ok(Tok { inner, bos, user, assistant, end, system, pad, token_bytes })
+        Ok(Tok {
+            inner,
+            bos,
+            user,
+            assistant,
+            end,
+            system,
+            pad,
+            token_bytes,
+        })
     }
 
     /// Writes `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner.save(path, false).map_err(|e| anyhow!("writing tokenizer {}: {e}", path.display()))
+        self.inner
+            .save(path, false)
+            .map_err(|e| anyhow!("writing tokenizer {}: {e}", path.display()))
     }
 
     /// The tokenizer as JSON text (what `save` writes).
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(false).map_err(|e| anyhow!("serialising tokenizer: {e}"))
+        self.inner
+            .to_string(false)
+            .map_err(|e| anyhow!("serialising tokenizer: {e}"))
     }
 
     /// Number of ids, special tokens included.
@@ -143,7 +179,12 @@ impl Tok {
 
     /// Ids of plain text (no special tokens added).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode_fast(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Ids of many texts, tokenized in parallel across cores.
@@ -200,7 +241,12 @@ mod tests {
 
     fn corpus() -> Vec<String> {
         (0..400)
-            .map(|i| format!("The town of Velmora {i} exports salt. 12 + {i} = {} and the river flows north.", 12 + i))
+            .map(|i| {
+                format!(
+                    "The town of Velmora {i} exports salt. 12 + {i} = {} and the river flows north.",
+                    12 + i
+                )
+            })
             .collect()
     }
 
@@ -232,7 +278,11 @@ mod tests {
         assert_eq!(tok.decode(&trained)?, "Answer: 4");
         let prompt = tok.render_prompt(&msgs[..1])?;
         assert_eq!(*prompt.last().unwrap_or(&0), tok.assistant);
-        assert!(tok.render_chat(&[Message::new("robot", "x")]).unwrap_err().to_string().contains("robot"));
+        assert!(tok
+            .render_chat(&[Message::new("robot", "x")])
+            .unwrap_err()
+            .to_string()
+            .contains("robot"));
         Ok(())
     }
 
@@ -254,7 +304,11 @@ mod tests {
             .arg(sample)
             .output()
             .with_context(|| format!("running {}", python.display()))?;
-        assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let theirs: Vec<u32> = String::from_utf8(out.stdout)?
             .split_whitespace()
             .map(|s| s.parse())
@@ -265,8 +319,14 @@ mod tests {
 
     #[test]
     fn missing_or_foreign_tokenizer_is_explained() -> Result<()> {
-        let err = Tok::load(Path::new("/nonexistent/tokenizer.json")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("/nonexistent/tokenizer.json") && err.contains("does not exist"), "{err}");
+        let err = Tok::load(Path::new("/nonexistent/tokenizer.json"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("/nonexistent/tokenizer.json") && err.contains("does not exist"),
+            "{err}"
+        );
         // A tokenizer without our special tokens.
         let dir = tempfile::tempdir()?;
         let mut plain = Tokenizer::new(ModelWrapper::BPE(BPE::default()));

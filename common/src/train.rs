@@ -71,7 +71,10 @@ pub fn build_eval_sets(
         let single = ResolvedMix {
             path: mix.path.clone(),
             description: String::new(),
-            sources: vec![crate::data::ResolvedSource { share: 1.0, ..src.clone() }],
+            sources: vec![crate::data::ResolvedSource {
+                share: 1.0,
+                ..src.clone()
+            }],
         };
         let mut sampler = LmSampler::new(&single, tok, seq_len, pack, assistant_only, 0, false, None)?;
         let mut batches = Vec::new();
@@ -94,7 +97,11 @@ pub fn build_eval_sets(
                 -p * p.ln()
             })
             .sum();
-        out.push(EvalSet { name: src.config.name.clone(), batches, unigram_loss });
+        out.push(EvalSet {
+            name: src.config.name.clone(),
+            batches,
+            unigram_loss,
+        });
     }
     Ok(out)
 }
@@ -107,7 +114,14 @@ pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<BTreeMa
         let (mut nats, mut toks, mut bytes) = (0.0, 0i64, 0i64);
         for b in &set.batches {
             let b = b.to_device(device);
-            let logits = model.forward(&b.input, &Positions { ids: b.positions.as_ref(), mask: b.mask.as_ref() }, None);
+            let logits = model.forward(
+                &b.input,
+                &Positions {
+                    ids: b.positions.as_ref(),
+                    mask: b.mask.as_ref(),
+                },
+                None,
+            );
             let v = logits.size()[2];
             let loss = logits
                 .view([-1, v])
@@ -135,13 +149,21 @@ struct MetricsLog {
 
 impl MetricsLog {
     fn open(out: &Path, stage: &str, keep_until_step: Option<u64>, previous: Vec<Value>) -> Result<Self> {
-        let name = format!("{}.metrics.jsonl", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| stage.into()));
+        let name = format!(
+            "{}.metrics.jsonl",
+            out.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| stage.into())
+        );
         let path = out.with_file_name(name);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let lines: Vec<Value> = match keep_until_step {
-            Some(s) => previous.into_iter().filter(|l| l["step"].as_u64().is_none_or(|x| x <= s)).collect(),
+            Some(s) => previous
+                .into_iter()
+                .filter(|l| l["step"].as_u64().is_none_or(|x| x <= s))
+                .collect(),
             None => Vec::new(),
         };
         let mut text = String::new();
@@ -210,10 +232,19 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
             );
         }
         if meta.stage != stage {
-            bail!("{} holds a {} checkpoint, not {stage}: choose another --out", out.display(), meta.stage);
+            bail!(
+                "{} holds a {} checkpoint, not {stage}: choose another --out",
+                out.display(),
+                meta.stage
+            );
         }
         if meta.complete {
-            eprintln!("{stage}: {} is complete (step {}/{}); nothing to do", out.display(), meta.step, meta.total_steps);
+            eprintln!(
+                "{stage}: {} is complete (step {}/{}); nothing to do",
+                out.display(),
+                meta.step,
+                meta.total_steps
+            );
             return Ok(meta);
         }
         let state = checkpoint::load_state(dir)?;
@@ -229,8 +260,8 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         let (vs, model, loaded) = checkpoint::load_model(dir, device)?;
         (vs, model, loaded.tok, loaded.meta)
     } else if let Some(init) = &cfg.init {
-        let (vs, model, loaded) = checkpoint::load_model(init, device)
-            .with_context(|| format!("loading --init {}", init.display()))?;
+        let (vs, model, loaded) =
+            checkpoint::load_model(init, device).with_context(|| format!("loading --init {}", init.display()))?;
         let mut meta = Meta::new(stage);
         meta.parent = Some(checkpoint::parent_ref(&loaded.dir, &loaded.meta));
         (vs, model, loaded.tok, meta)
@@ -240,14 +271,20 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         }
         let tok = match &cfg.tokenizer {
             Some(t) if t.train => {
-                eprintln!("{stage}: training a {}-token BPE on {} MB of the mix", t.vocab_size, t.train_mb);
+                eprintln!(
+                    "{stage}: training a {}-token BPE on {} MB of the mix",
+                    t.vocab_size, t.train_mb
+                );
                 let corpus = tokenizer_corpus(&mix, t.train_mb)?;
                 Tok::train(corpus.iter(), t.vocab_size)?
             }
             Some(t) => Tok::load(t.path.as_deref().unwrap_or(Path::new("tokenizer.json")))?,
             None => bail!("a run from scratch needs a [tokenizer] section (a path, or train = true)"),
         };
-        let section = cfg.model.as_ref().context("a run from scratch needs a [model] section")?;
+        let section = cfg
+            .model
+            .as_ref()
+            .context("a run from scratch needs a [model] section")?;
         let mcfg = section.resolve(tok.vocab_size() as i64)?;
         let vs = nn::VarStore::new(device);
         let model = Gpt::new(vs.root(), &mcfg);
@@ -256,26 +293,52 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
     let mcfg: GptConfig = model.config().clone();
     let seq_len = cfg.data.seq_len;
     if seq_len > mcfg.max_seq_len {
-        bail!("data.seq_len = {seq_len} exceeds the model's max_seq_len = {}: lower data.seq_len", mcfg.max_seq_len);
+        bail!(
+            "data.seq_len = {seq_len} exceeds the model's max_seq_len = {}: lower data.seq_len",
+            mcfg.max_seq_len
+        );
     }
     if tok.vocab_size() as i64 > mcfg.vocab_size {
-        bail!("the tokenizer has {} tokens but the model only {}", tok.vocab_size(), mcfg.vocab_size);
+        bail!(
+            "the tokenizer has {} tokens but the model only {}",
+            tok.vocab_size(),
+            mcfg.vocab_size
+        );
     }
 
     let cursor = resume_state.as_ref().map(|(s, _)| s.cursor.clone());
-    let mut sampler =
-        LmSampler::new(&mix, &tok, seq_len as usize, spec.pack, spec.assistant_only, cfg.train.seed, true, cursor)?;
+    let mut sampler = LmSampler::new(
+        &mix,
+        &tok,
+        seq_len as usize,
+        spec.pack,
+        spec.assistant_only,
+        cfg.train.seed,
+        true,
+        cursor,
+    )?;
     let eval_sets = match &cfg.eval.mix {
         Some(p) => {
             let emix = load_mix(p)?;
-            build_eval_sets(&emix, &tok, seq_len as usize, spec.pack, spec.assistant_only, cfg.eval.tokens, cfg.train.micro_batch_size as usize)?
+            build_eval_sets(
+                &emix,
+                &tok,
+                seq_len as usize,
+                spec.pack,
+                spec.assistant_only,
+                cfg.eval.tokens,
+                cfg.train.micro_batch_size as usize,
+            )?
         }
         None => Vec::new(),
     };
 
     let mut opt = AdamW::new(&vs, cfg.train.adamw());
     let (mut step, mut tokens_seen, mut train_secs) = (0u64, 0u64, 0.0f64);
-    let previous_log = existing.as_ref().map(|d| read_jsonl(&d.join("metrics.jsonl"))).unwrap_or_default();
+    let previous_log = existing
+        .as_ref()
+        .map(|d| read_jsonl(&d.join("metrics.jsonl")))
+        .unwrap_or_default();
     if let Some((saved, state)) = &resume_state {
         opt.load_state_tensors(&state.tensors)?;
         step = saved.step;
@@ -336,17 +399,31 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         meta.step = step;
         meta.tokens_seen = tokens_seen;
         meta.train_secs = train_secs;
-        let saved = SavedState { step, tokens_seen, train_secs, cursor: sampler.cursor(), seed: cfg.train.seed };
-        let state = TrainState { tensors: opt.state_tensors(), json: serde_json::to_value(saved)? };
+        let saved = SavedState {
+            step,
+            tokens_seen,
+            train_secs,
+            cursor: sampler.cursor(),
+            seed: cfg.train.seed,
+        };
+        let state = TrainState {
+            tensors: opt.state_tensors(),
+            json: serde_json::to_value(saved)?,
+        };
         checkpoint::save(&out, vs, &mcfg, &tok, meta, &log.lines, Some(&state))
     };
 
     let tasks = match &cfg.tasks {
-        Some(t) => Some(crate::tasks::limit_per_kind(crate::tasks::load_tasks(&t.path)?, t.per_kind)),
+        Some(t) => Some(crate::tasks::limit_per_kind(
+            crate::tasks::load_tasks(&t.path)?,
+            t.per_kind,
+        )),
         None => None,
     };
     let run_tasks = |model: &Gpt| -> Result<Option<Value>> {
-        let (Some(t), Some(list)) = (&cfg.tasks, &tasks) else { return Ok(None) };
+        let (Some(t), Some(list)) = (&cfg.tasks, &tasks) else {
+            return Ok(None);
+        };
         let grader = crate::verify::Grader::new(Default::default(), Default::default());
         let sampling = crate::sampling::SamplingConfig::greedy(t.max_new_tokens);
         let r = crate::tasks::evaluate_tasks(model, &tok, list, &grader, &sampling, 1, t.batch_size, device)?;
@@ -373,11 +450,16 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         if stop.load(Ordering::SeqCst) {
             progress.println(format!("{stage}: interrupted; saving step {step} to {}", out.display()));
             save(&vs, &mut meta, &log, &opt, &sampler, step, tokens_seen, train_secs)?;
-            bail!("interrupted at step {step}; the checkpoint in {} resumes with --resume", out.display());
+            bail!(
+                "interrupted at step {step}; the checkpoint in {} resumes with --resume",
+                out.display()
+            );
         }
         let t0 = Instant::now();
         let lr = schedule.lr(step);
-        let batches = (0..accum).map(|_| sampler.next_batch(micro as usize)).collect::<Result<Vec<_>>>()?;
+        let batches = (0..accum)
+            .map(|_| sampler.next_batch(micro as usize))
+            .collect::<Result<Vec<_>>>()?;
         let t_data = t0.elapsed().as_secs_f64();
         let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
         if trained == 0 {
@@ -387,12 +469,22 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         let mut loss_sum = 0.0;
         for b in &batches {
             let b = b.to_device(device);
-            let logits = model.forward(&b.input, &Positions { ids: b.positions.as_ref(), mask: b.mask.as_ref() }, None);
+            let logits = model.forward(
+                &b.input,
+                &Positions {
+                    ids: b.positions.as_ref(),
+                    mask: b.mask.as_ref(),
+                },
+                None,
+            );
             let v = logits.size()[2];
-            let loss = logits
-                .view([-1, v])
-                .f_cross_entropy_loss::<Tensor>(&b.target.view([-1]), None, Reduction::Sum, IGNORE, 0.0)?
-                / trained as f64;
+            let loss = logits.view([-1, v]).f_cross_entropy_loss::<Tensor>(
+                &b.target.view([-1]),
+                None,
+                Reduction::Sum,
+                IGNORE,
+                0.0,
+            )? / trained as f64;
             loss.backward();
             loss_sum += loss.double_value(&[]);
         }
@@ -419,7 +511,14 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
             "stage": stage, "step": step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
             "tokens": tokens_seen, "tok_per_s": tps, "mfu": mfu, "step_secs": dt, "data_secs": t_data,
         }))?;
-        progress.update(step, format!("loss {loss_sum:.3} | lr {lr:.1e} | {}/s | mfu {:.0}%", format_count(tps), 100.0 * mfu));
+        progress.update(
+            step,
+            format!(
+                "loss {loss_sum:.3} | lr {lr:.1e} | {}/s | mfu {:.0}%",
+                format_count(tps),
+                100.0 * mfu
+            ),
+        );
 
         let last = step == cfg.train.steps;
         if !eval_sets.is_empty() && cfg.eval.every > 0 && step % cfg.eval.every == 0 && !last {
@@ -476,7 +575,13 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
 /// `encyclopedia 2.31 (1.10 bpb) | chatter …`
 pub fn summarize_eval(ev: &BTreeMap<String, Value>) -> String {
     ev.iter()
-        .map(|(k, v)| format!("{k} {:.3} ({:.3} bpb)", v["loss"].as_f64().unwrap_or(f64::NAN), v["bpb"].as_f64().unwrap_or(f64::NAN)))
+        .map(|(k, v)| {
+            format!(
+                "{k} {:.3} ({:.3} bpb)",
+                v["loss"].as_f64().unwrap_or(f64::NAN),
+                v["bpb"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
         .collect::<Vec<_>>()
         .join(" | ")
 }

@@ -54,14 +54,25 @@ pub fn extract_answer(completion: &str) -> Option<String> {
 
 /// The final answer: the `Answer:` line if any, else the last non-empty line.
 pub fn final_answer(completion: &str) -> String {
-    extract_answer(completion)
-        .unwrap_or_else(|| completion.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string())
+    extract_answer(completion).unwrap_or_else(|| {
+        completion
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    })
 }
 
 /// Lower-case, trimmed, inner whitespace collapsed, trailing punctuation removed.
 pub fn normalize(s: &str) -> String {
     let s = s.trim().trim_end_matches(['.', '!', '?', ';', ',']).trim();
-    s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase().replace('’', "'")
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+        .replace('’', "'")
 }
 
 /// First number in `s`, tolerant of `1,234`, `$85`, `85.0`, `-3`.
@@ -77,7 +88,10 @@ pub fn parse_number(s: &str) -> Option<f64> {
     }
     let start = start?;
     let mut end = start + 1;
-    while end < chars.len() && (chars[end].is_ascii_digit() || (chars[end] == '.' && chars.get(end + 1).is_some_and(|d| d.is_ascii_digit()))) {
+    while end < chars.len()
+        && (chars[end].is_ascii_digit()
+            || (chars[end] == '.' && chars.get(end + 1).is_some_and(|d| d.is_ascii_digit())))
+    {
         end += 1;
     }
     chars[start..end].iter().collect::<String>().parse().ok()
@@ -91,7 +105,8 @@ impl Verifier for NumericAnswer {
         "numeric"
     }
     fn score(&self, task: &Task, completion: &str) -> Result<f64> {
-        let want = parse_number(&task.answer).with_context(|| format!("reference answer `{}` is not a number", task.answer))?;
+        let want = parse_number(&task.answer)
+            .with_context(|| format!("reference answer `{}` is not a number", task.answer))?;
         Ok(match parse_number(&final_answer(completion)) {
             Some(got) if (got - want).abs() <= 1e-6 * want.abs().max(1.0) => 1.0,
             _ => 0.0,
@@ -107,7 +122,11 @@ impl Verifier for ExactMatch {
         "exact"
     }
     fn score(&self, task: &Task, completion: &str) -> Result<f64> {
-        Ok(if normalize(&final_answer(completion)) == normalize(&task.answer) { 1.0 } else { 0.0 })
+        Ok(if normalize(&final_answer(completion)) == normalize(&task.answer) {
+            1.0
+        } else {
+            0.0
+        })
     }
 }
 
@@ -119,7 +138,11 @@ impl Verifier for FormatCheck {
         "format"
     }
     fn score(&self, _task: &Task, completion: &str) -> Result<f64> {
-        Ok(if extract_answer(completion).is_some_and(|a| !a.is_empty()) { 1.0 } else { 0.0 })
+        Ok(if extract_answer(completion).is_some_and(|a| !a.is_empty()) {
+            1.0
+        } else {
+            0.0
+        })
     }
 }
 
@@ -129,9 +152,16 @@ pub struct Abstention;
 /// Whether an answer is an abstention.
 pub fn is_abstention(answer: &str) -> bool {
     let a = normalize(answer);
-    ["i don't know", "i do not know", "i dont know", "unknown", "i'm not sure", "i am not sure"]
-        .iter()
-        .any(|p| a == *p || a.starts_with(&format!("{p} ")) || a.starts_with(&format!("{p},")))
+    [
+        "i don't know",
+        "i do not know",
+        "i dont know",
+        "unknown",
+        "i'm not sure",
+        "i am not sure",
+    ]
+    .iter()
+    .any(|p| a == *p || a.starts_with(&format!("{p} ")) || a.starts_with(&format!("{p},")))
 }
 
 impl Verifier for Abstention {
@@ -139,7 +169,11 @@ impl Verifier for Abstention {
         "abstention"
     }
     fn score(&self, _task: &Task, completion: &str) -> Result<f64> {
-        Ok(if is_abstention(&final_answer(completion)) { 1.0 } else { 0.0 })
+        Ok(if is_abstention(&final_answer(completion)) {
+            1.0
+        } else {
+            0.0
+        })
     }
 }
 
@@ -159,7 +193,11 @@ pub struct ProgramExec {
 
 impl Default for ProgramExec {
     fn default() -> Self {
-        ProgramExec { python: "python3".into(), timeout: Duration::from_secs(2), memory_mb: 256 }
+        ProgramExec {
+            python: "python3".into(),
+            timeout: Duration::from_secs(2),
+            memory_mb: 256,
+        }
     }
 }
 
@@ -261,7 +299,11 @@ impl Verifier for ProgramExec {
             },
             None => task.answer.clone(),
         };
-        Ok(if same(&final_answer(completion), &truth) { 1.0 } else { 0.0 })
+        Ok(if same(&final_answer(completion), &truth) {
+            1.0
+        } else {
+            0.0
+        })
     }
 }
 
@@ -294,7 +336,12 @@ fn w_abstain() -> f64 {
 
 impl Default for RewardWeights {
     fn default() -> Self {
-        RewardWeights { correct: w_correct(), abstain: w_abstain(), wrong: 0.0, format: 0.0 }
+        RewardWeights {
+            correct: w_correct(),
+            abstain: w_abstain(),
+            wrong: 0.0,
+            format: 0.0,
+        }
     }
 }
 
@@ -312,7 +359,14 @@ pub struct Grader {
 impl Grader {
     /// A grader with the given weights and program-execution limits.
     pub fn new(weights: RewardWeights, program: ProgramExec) -> Self {
-        Grader { weights, numeric: NumericAnswer, exact: ExactMatch, format: FormatCheck, abstention: Abstention, program }
+        Grader {
+            weights,
+            numeric: NumericAnswer,
+            exact: ExactMatch,
+            format: FormatCheck,
+            abstention: Abstention,
+            program,
+        }
     }
 
     /// The verifier that decides correctness for `kind`.
@@ -344,7 +398,13 @@ impl Grader {
         if formatted {
             reward += w.format;
         }
-        Verdict { reward, correct, abstained, formatted, errored }
+        Verdict {
+            reward,
+            correct,
+            abstained,
+            formatted,
+            errored,
+        }
     }
 }
 
@@ -353,7 +413,11 @@ mod tests {
     use super::*;
 
     fn task(kind: &str, prompt: &str, answer: &str) -> Task {
-        Task { prompt: prompt.into(), answer: answer.into(), kind: kind.into() }
+        Task {
+            prompt: prompt.into(),
+            answer: answer.into(),
+            kind: kind.into(),
+        }
     }
 
     #[test]
@@ -372,7 +436,10 @@ mod tests {
     #[test]
     fn exact_format_and_abstention() -> Result<()> {
         let t = task("facts", "In which region is Velmora?", "Northern Reach");
-        assert_eq!(ExactMatch.score(&t, "Velmora lies there.\nAnswer: northern reach.")?, 1.0);
+        assert_eq!(
+            ExactMatch.score(&t, "Velmora lies there.\nAnswer: northern reach.")?,
+            1.0
+        );
         assert_eq!(ExactMatch.score(&t, "Answer: Southern Reach")?, 0.0);
         assert_eq!(FormatCheck.score(&t, "it is the Northern Reach")?, 0.0);
         assert_eq!(Abstention.score(&t, "Answer: I don't know.")?, 1.0);
@@ -396,13 +463,31 @@ mod tests {
 
     #[test]
     fn program_execution_runs_and_bounds_programs() -> Result<()> {
-        let exec = ProgramExec { python: crate::testing::venv_python().display().to_string(), ..Default::default() };
-        let t = task("program", "What does this print?\n```python\nx = 3\nprint(x * 4 + 1)\n```", "13");
-        assert_eq!(exec.score(&t, "Answer: 13")?, 1.0, "answer checked against the executed reference");
+        let exec = ProgramExec {
+            python: crate::testing::venv_python().display().to_string(),
+            ..Default::default()
+        };
+        let t = task(
+            "program",
+            "What does this print?\n```python\nx = 3\nprint(x * 4 + 1)\n```",
+            "13",
+        );
+        assert_eq!(
+            exec.score(&t, "Answer: 13")?,
+            1.0,
+            "answer checked against the executed reference"
+        );
         assert_eq!(exec.score(&t, "Answer: 12")?, 0.0);
-        assert_eq!(exec.score(&t, "```python\nprint(13)\n```")?, 1.0, "a produced program is run");
+        assert_eq!(
+            exec.score(&t, "```python\nprint(13)\n```")?,
+            1.0,
+            "a produced program is run"
+        );
         // A program that loops forever is killed at the limit and scores zero.
-        let slow = ProgramExec { timeout: Duration::from_millis(500), ..exec };
+        let slow = ProgramExec {
+            timeout: Duration::from_millis(500),
+            ..exec
+        };
         let t0 = Instant::now();
         assert_eq!(slow.score(&t, "```python\nwhile True:\n    pass\n```")?, 0.0);
         assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 fn tok(dir: &Path) -> Result<Tok> {
-    let texts: Vec<String> = (0..300).map(|i| format!("alpha beta gamma {i} delta. What is {i}? Answer: {i}")).collect();
+    let texts: Vec<String> = (0..300)
+        .map(|i| format!("alpha beta gamma {i} delta. What is {i}? Answer: {i}"))
+        .collect();
     let t = Tok::train(texts.iter(), 300)?;
     t.save(&dir.join("tokenizer.json"))?;
     Ok(t)
@@ -39,7 +41,9 @@ fn weights_3_to_1_hold_within_2_percent_over_1m_tokens() -> Result<()> {
     let tok = tok(d)?;
     // Documents of different lengths per source, so token shares differ from document shares.
     let a: Vec<String> = (0..500).map(|i| format!("alpha {i} ").repeat(1 + i % 7)).collect();
-    let b: Vec<String> = (0..500).map(|i| format!("gamma delta {i} ").repeat(1 + i % 3)).collect();
+    let b: Vec<String> = (0..500)
+        .map(|i| format!("gamma delta {i} ").repeat(1 + i % 3))
+        .collect();
     write_text(&d.join("a.parquet"), &a)?;
     write_text(&d.join("b.parquet"), &b)?;
     let mix = write_mix(d, &format!(
@@ -70,14 +74,25 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
     write_text(&d.join("t-0.parquet"), &docs[..1500])?;
     write_text(&d.join("t-1.parquet"), &docs[1500..])?;
     let convs: Vec<Vec<Message>> = (0..300)
-        .map(|i| vec![Message::new("user", format!("What is {i}?")), Message::new("assistant", format!("Answer: {i}"))])
+        .map(|i| {
+            vec![
+                Message::new("user", format!("What is {i}?")),
+                Message::new("assistant", format!("Answer: {i}")),
+            ]
+        })
         .collect();
     write_chat(&d.join("c.parquet"), &convs)?;
     for (mode, format, path, only) in [
         (PackMode::Stream, "text", "t-*.parquet", false),
         (PackMode::Documents, "chat", "c.parquet", true),
     ] {
-        let mix = write_mix(d, &format!("[[source]]\nname = \"s\"\npath = \"{}/{path}\"\nformat = \"{format}\"\nweight = 1\n", d.display()))?;
+        let mix = write_mix(
+            d,
+            &format!(
+                "[[source]]\nname = \"s\"\npath = \"{}/{path}\"\nformat = \"{format}\"\nweight = 1\n",
+                d.display()
+            ),
+        )?;
         let mix = load_mix(&mix)?;
         let mut full = LmSampler::new(&mix, &tok, 32, mode, only, 11, true, None)?;
         let mut part = LmSampler::new(&mix, &tok, 32, mode, only, 11, true, None)?;
@@ -90,7 +105,16 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
             part.next_batch(4)?;
         }
         let cursor = serde_json::to_string(&part.cursor())?;
-        let mut resumed = LmSampler::new(&mix, &tok, 32, mode, only, 11, true, Some(serde_json::from_str(&cursor)?))?;
+        let mut resumed = LmSampler::new(
+            &mix,
+            &tok,
+            32,
+            mode,
+            only,
+            11,
+            true,
+            Some(serde_json::from_str(&cursor)?),
+        )?;
         for (i, e) in expected.iter().enumerate().skip(137) {
             let got = Vec::<i64>::try_from(resumed.next_batch(4)?.target.flatten(0, -1))?;
             assert_eq!(&got, e, "{mode:?}: batch {i} differs after resume");
@@ -106,10 +130,21 @@ fn document_packing_confines_attention_and_masks_users() -> Result<()> {
     let d = dir.path();
     let tok = tok(d)?;
     let convs: Vec<Vec<Message>> = (0..20)
-        .map(|i| vec![Message::new("user", format!("What is {i}?")), Message::new("assistant", format!("Answer: {i}"))])
+        .map(|i| {
+            vec![
+                Message::new("user", format!("What is {i}?")),
+                Message::new("assistant", format!("Answer: {i}")),
+            ]
+        })
         .collect();
     write_chat(&d.join("c.parquet"), &convs)?;
-    let mix = load_mix(&write_mix(d, &format!("[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n", d.display()))?)?;
+    let mix = load_mix(&write_mix(
+        d,
+        &format!(
+            "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
+            d.display()
+        ),
+    )?)?;
     let mut s = LmSampler::new(&mix, &tok, 64, PackMode::Documents, true, 0, false, None)?;
     let b = s.next_batch(1)?;
     let input: Vec<i64> = Vec::try_from(b.input.flatten(0, -1))?;
@@ -117,7 +152,12 @@ fn document_packing_confines_attention_and_masks_users() -> Result<()> {
     let pos: Vec<i64> = Vec::try_from(b.positions.as_ref().map(|p| p.flatten(0, -1)).unwrap_or_default())?;
     let mask = b.mask.as_ref().map(|m| m.squeeze()).unwrap_or_default();
     // Several conversations share the row; each starts with <|bos|> at position 0.
-    let starts: Vec<usize> = input.iter().enumerate().filter(|(_, &t)| t == tok.bos as i64).map(|(i, _)| i).collect();
+    let starts: Vec<usize> = input
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t == tok.bos as i64)
+        .map(|(i, _)| i)
+        .collect();
     assert!(starts.len() >= 2, "packed several conversations: {starts:?}");
     for &s0 in &starts {
         assert_eq!(pos[s0], 0);
@@ -142,8 +182,15 @@ fn write_batch(path: &Path, batch: RecordBatch) -> Result<()> {
 }
 
 fn strings(cols: &[(&str, Vec<&str>)]) -> Result<RecordBatch> {
-    let schema = Arc::new(Schema::new(cols.iter().map(|(n, _)| Field::new(*n, DataType::Utf8, false)).collect::<Vec<_>>()));
-    let arrays = cols.iter().map(|(_, v)| Arc::new(StringArray::from(v.clone())) as arrow::array::ArrayRef).collect();
+    let schema = Arc::new(Schema::new(
+        cols.iter()
+            .map(|(n, _)| Field::new(*n, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays = cols
+        .iter()
+        .map(|(_, v)| Arc::new(StringArray::from(v.clone())) as arrow::array::ArrayRef)
+        .collect();
     Ok(RecordBatch::try_new(schema, arrays)?)
 }
 
@@ -169,16 +216,35 @@ fn hub_layouts_read_through_a_mix() -> Result<()> {
         )?,
     )?;
     // SmolTalk-style messages.
-    write_chat(&d.join("smoltalk.parquet"), &[vec![Message::new("system", "Be brief."), Message::new("user", "Hi"), Message::new("assistant", "Hello!")]])?;
+    write_chat(
+        &d.join("smoltalk.parquet"),
+        &[vec![
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello!"),
+        ]],
+    )?;
     // GSM8K-style.
-    write_batch(&d.join("gsm8k.parquet"), strings(&[("question", vec!["Tom has 3 apples and buys 2. How many?"]), ("answer", vec!["3 + 2 = 5\n#### 5"])])?)?;
+    write_batch(
+        &d.join("gsm8k.parquet"),
+        strings(&[
+            ("question", vec!["Tom has 3 apples and buys 2. How many?"]),
+            ("answer", vec!["3 + 2 = 5\n#### 5"]),
+        ])?,
+    )?;
     // Alpaca-style.
     write_batch(
         &d.join("alpaca.parquet"),
-        strings(&[("instruction", vec!["Translate to French"]), ("input", vec!["cat"]), ("output", vec!["chat"])])?,
+        strings(&[
+            ("instruction", vec!["Translate to French"]),
+            ("input", vec!["cat"]),
+            ("output", vec!["chat"]),
+        ])?,
     )?;
-    let mix = write_mix(d, &format!(
-        r#"
+    let mix = write_mix(
+        d,
+        &format!(
+            r#"
 [[source]]
 name = "fineweb"
 path = "{0}/fineweb.parquet"
@@ -202,14 +268,40 @@ format = "prompt_answer"
 columns = {{ prompt = "instruction", input = "input", answer = "output" }}
 weight = 1
 "#,
-        d.display()
-    ))?;
+            d.display()
+        ),
+    )?;
     let mix = load_mix(&mix)?;
     let all: Vec<Vec<Doc>> = mix.sources.iter().map(|s| read_all(s, None)).collect::<Result<_>>()?;
-    assert_eq!(all[0], vec![Doc::Text("The quick brown fox.".into()), Doc::Text("Jumps over.".into())]);
-    assert_eq!(all[1][0], Doc::Chat(vec![Message::new("system", "Be brief."), Message::new("user", "Hi"), Message::new("assistant", "Hello!")]));
-    assert_eq!(all[2][0], Doc::Chat(vec![Message::new("user", "Tom has 3 apples and buys 2. How many?"), Message::new("assistant", "3 + 2 = 5\n#### 5")]));
-    assert_eq!(all[3][0], Doc::Chat(vec![Message::new("user", "Translate to French\n\ncat"), Message::new("assistant", "chat")]));
+    assert_eq!(
+        all[0],
+        vec![
+            Doc::Text("The quick brown fox.".into()),
+            Doc::Text("Jumps over.".into())
+        ]
+    );
+    assert_eq!(
+        all[1][0],
+        Doc::Chat(vec![
+            Message::new("system", "Be brief."),
+            Message::new("user", "Hi"),
+            Message::new("assistant", "Hello!")
+        ])
+    );
+    assert_eq!(
+        all[2][0],
+        Doc::Chat(vec![
+            Message::new("user", "Tom has 3 apples and buys 2. How many?"),
+            Message::new("assistant", "3 + 2 = 5\n#### 5")
+        ])
+    );
+    assert_eq!(
+        all[3][0],
+        Doc::Chat(vec![
+            Message::new("user", "Translate to French\n\ncat"),
+            Message::new("assistant", "chat")
+        ])
+    );
     // And the sampler packs them all.
     let tok = tok(d)?;
     let mut s = LmSampler::new(&mix, &tok, 16, PackMode::Documents, true, 0, true, None)?;
@@ -222,32 +314,75 @@ fn bad_inputs_are_named_with_their_fix() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     write_text(&d.join("ok.parquet"), &["hello".to_string()])?;
-    write_tasks(&d.join("tasks.parquet"), &[Task { prompt: "p".into(), answer: "a".into(), kind: "facts".into() }])?;
+    write_tasks(
+        &d.join("tasks.parquet"),
+        &[Task {
+            prompt: "p".into(),
+            answer: "a".into(),
+            kind: "facts".into(),
+        }],
+    )?;
     std::fs::write(d.join("corrupt.parquet"), b"PAR1 this is not parquet at all")?;
     let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Int64, false)]));
-    write_batch(&d.join("ints.parquet"), RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))])?)?;
+    write_batch(
+        &d.join("ints.parquet"),
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))])?,
+    )?;
     let one = |path: &str, extra: &str| -> Result<String> {
-        let m = write_mix(d, &format!("[[source]]\nname = \"s\"\npath = \"{}/{path}\"\nformat = \"text\"\nweight = 1\n{extra}", d.display()))?;
+        let m = write_mix(
+            d,
+            &format!(
+                "[[source]]\nname = \"s\"\npath = \"{}/{path}\"\nformat = \"text\"\nweight = 1\n{extra}",
+                d.display()
+            ),
+        )?;
         Ok(match load_mix(&m).and_then(|mix| read_all(&mix.sources[0], None)) {
             Ok(_) => String::new(),
             Err(e) => format!("{e:#}"),
         })
     };
     let e = one("missing.parquet", "")?;
-    assert!(e.contains("missing.parquet") && e.contains("does not exist") && e.contains("just datasets"), "{e}");
+    assert!(
+        e.contains("missing.parquet") && e.contains("does not exist") && e.contains("just datasets"),
+        "{e}"
+    );
     let e = one("nothing-*.parquet", "")?;
     assert!(e.contains("no file matches") && e.contains("nothing-*.parquet"), "{e}");
     let e = one("tasks.parquet", "")?;
-    assert!(e.contains("column `text`") && e.contains("prompt, answer, task") && e.contains("columns = {"), "{e}");
+    assert!(
+        e.contains("column `text`") && e.contains("prompt, answer, task") && e.contains("columns = {"),
+        "{e}"
+    );
     let e = one("ints.parquet", "")?;
-    assert!(e.contains("ints.parquet") && e.contains("column `text` has type Int64, expected string"), "{e}");
+    assert!(
+        e.contains("ints.parquet") && e.contains("column `text` has type Int64, expected string"),
+        "{e}"
+    );
     let e = one("corrupt.parquet", "")?;
-    assert!(e.contains("corrupt.parquet") && e.contains("not a readable Parquet file"), "{e}");
-    let m = write_mix(d, &format!("[[source]]\nname = \"s\"\npath = \"{}/ok.parquet\"\nformat = \"text\"\nweight = -1\n", d.display()))?;
+    assert!(
+        e.contains("corrupt.parquet") && e.contains("not a readable Parquet file"),
+        "{e}"
+    );
+    let m = write_mix(
+        d,
+        &format!(
+            "[[source]]\nname = \"s\"\npath = \"{}/ok.parquet\"\nformat = \"text\"\nweight = -1\n",
+            d.display()
+        ),
+    )?;
     assert!(err_of(load_mix(&m)).contains("weight -1"));
-    let m = write_mix(d, &format!("[[source]]\nname = \"s\"\npath = \"{}/ok.parquet\"\nformat = \"text\"\nweight = 0\n", d.display()))?;
+    let m = write_mix(
+        d,
+        &format!(
+            "[[source]]\nname = \"s\"\npath = \"{}/ok.parquet\"\nformat = \"text\"\nweight = 0\n",
+            d.display()
+        ),
+    )?;
     assert!(err_of(load_mix(&m)).contains("all weights are zero"));
-    let m = write_mix(d, "[[source]]\nname = \"s\"\npath = \"x\"\nformat = \"texty\"\nweight = 1\n")?;
+    let m = write_mix(
+        d,
+        "[[source]]\nname = \"s\"\npath = \"x\"\nformat = \"texty\"\nweight = 1\n",
+    )?;
     let e = err_of(MixConfig::load(&m));
     assert!(e.contains("mix.toml:4") && e.contains("texty"), "{e}");
     Ok(())
@@ -258,7 +393,10 @@ fn exhausted_source_is_an_error_not_a_silent_repeat() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let tok = tok(d)?;
-    write_text(&d.join("small.parquet"), &(0..10).map(|i| format!("alpha {i}")).collect::<Vec<_>>())?;
+    write_text(
+        &d.join("small.parquet"),
+        &(0..10).map(|i| format!("alpha {i}")).collect::<Vec<_>>(),
+    )?;
     let m = write_mix(d, &format!("[[source]]\nname = \"small\"\npath = \"{}/small.parquet\"\nformat = \"text\"\nweight = 1\nmax_epochs = 2\n", d.display()))?;
     let mut s = LmSampler::new(&load_mix(&m)?, &tok, 32, PackMode::Stream, false, 0, true, None)?;
     let e = err_of((0..100).try_for_each(|_| s.next_batch(4).map(|_| ())));

@@ -14,7 +14,10 @@ use std::path::Path;
 
 /// Lower-cased alphanumeric words of `text`.
 pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 fn hash_words(ws: &[String]) -> u64 {
@@ -51,7 +54,11 @@ impl TrainIndex {
     /// Indexes every document of every source of the mix.
     pub fn build(mix_path: &Path, n: usize) -> Result<Self> {
         let mix = load_mix(mix_path)?;
-        let mut idx = TrainIndex { n, grams: HashSet::new(), whole: HashSet::new() };
+        let mut idx = TrainIndex {
+            n,
+            grams: HashSet::new(),
+            whole: HashSet::new(),
+        };
         for src in &mix.sources {
             for d in read_all(src, None)? {
                 for u in units(&d) {
@@ -116,7 +123,12 @@ fn eval_texts(path: &Path) -> Result<(Vec<String>, Vec<RecordBatch>)> {
             // For question/answer rows the question is what leaks; conversations: the user turns.
             texts.push(match d {
                 Doc::Text(t) => t,
-                Doc::Chat(m) => m.iter().filter(|m| m.role == "user").map(|m| m.content.clone()).collect::<Vec<_>>().join("\n"),
+                Doc::Chat(m) => m
+                    .iter()
+                    .filter(|m| m.role == "user")
+                    .map(|m| m.content.clone())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             });
         }
         batches.push(b);
@@ -130,7 +142,12 @@ pub fn run(train: &Path, eval: &Path, n: usize, write_clean: Option<&Path>, repo
     let idx = TrainIndex::build(train, n)?;
     let (texts, batches) = eval_texts(eval)?;
     let verdicts: Vec<Option<bool>> = texts.iter().map(|t| idx.check(t)).collect();
-    let contaminated: Vec<usize> = verdicts.iter().enumerate().filter(|(_, v)| **v == Some(true)).map(|(i, _)| i).collect();
+    let contaminated: Vec<usize> = verdicts
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v == Some(true))
+        .map(|(i, _)| i)
+        .collect();
     let unchecked = verdicts.iter().filter(|v| v.is_none()).count();
     println!(
         "decontaminate: {} of {} eval rows share a {n}-gram or their full text with {} ({} rows shorter than {n} words were only checked for verbatim copies)",
@@ -140,7 +157,10 @@ pub fn run(train: &Path, eval: &Path, n: usize, write_clean: Option<&Path>, repo
         unchecked
     );
     for &i in contaminated.iter().take(10) {
-        println!("  row {i}: {}", texts[i].chars().take(120).collect::<String>().replace('\n', " "));
+        println!(
+            "  row {i}: {}",
+            texts[i].chars().take(120).collect::<String>().replace('\n', " ")
+        );
     }
     if let Some(p) = report {
         let j = json!({
@@ -150,14 +170,19 @@ pub fn run(train: &Path, eval: &Path, n: usize, write_clean: Option<&Path>, repo
         std::fs::write(p, serde_json::to_string_pretty(&j)?).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(out) = write_clean {
-        let schema = batches.first().map(|b| b.schema()).context("the eval file has no rows")?;
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .context("the eval file has no rows")?;
         let tmp = out.with_extension("parquet.tmp");
         let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut w = ArrowWriter::try_new(file, schema, None)?;
         let mut row = 0;
         let mut kept = 0;
         for b in &batches {
-            let keep: BooleanArray = (0..b.num_rows()).map(|i| Some(verdicts[row + i] != Some(true))).collect();
+            let keep: BooleanArray = (0..b.num_rows())
+                .map(|i| Some(verdicts[row + i] != Some(true)))
+                .collect();
             row += b.num_rows();
             let f = arrow::compute::filter_record_batch(b, &keep)?;
             kept += f.num_rows();
@@ -176,15 +201,25 @@ mod tests {
 
     #[test]
     fn finds_planted_overlap_and_nothing_on_disjoint_text() {
-        let mut idx = TrainIndex { n: 5, grams: HashSet::new(), whole: HashSet::new() };
+        let mut idx = TrainIndex {
+            n: 5,
+            grams: HashSet::new(),
+            whole: HashSet::new(),
+        };
         idx.add("Forum post: the river Tarsk flows north past the salt mines of Velmora every spring.");
         idx.add("What is 2 + 3?");
         // Planted: a 5-word run of the training text inside an eval question.
-        assert_eq!(idx.check("Is it true that the salt mines of Velmora are old?"), Some(true));
+        assert_eq!(
+            idx.check("Is it true that the salt mines of Velmora are old?"),
+            Some(true)
+        );
         // A short question copied verbatim is caught even below n words.
         assert_eq!(idx.check("what is 2 + 3"), Some(true));
         // Disjoint text.
-        assert_eq!(idx.check("Which mineral is mined in the eastern hills near Orbel today?"), Some(false));
+        assert_eq!(
+            idx.check("Which mineral is mined in the eastern hills near Orbel today?"),
+            Some(false)
+        );
         assert_eq!(idx.check("How old is Orbel?"), None, "too short to check");
     }
 }

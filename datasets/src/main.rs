@@ -78,11 +78,25 @@ enum Cmd {
 fn main() -> ExitCode {
     let args = Args::parse();
     common::cli::exit_on_error(|| match args.cmd {
-        Cmd::Build { seed, out, scale, vocab_size } => build(seed, &out, &scale, vocab_size),
-        Cmd::Inspect { target, tokenizer, samples, format } => inspect(&target, &tokenizer, samples, format.as_deref()),
-        Cmd::Decontaminate { train, eval, n, write_clean, report } => {
-            decontaminate::run(&train, &eval, n, write_clean.as_deref(), report.as_deref())
-        }
+        Cmd::Build {
+            seed,
+            out,
+            scale,
+            vocab_size,
+        } => build(seed, &out, &scale, vocab_size),
+        Cmd::Inspect {
+            target,
+            tokenizer,
+            samples,
+            format,
+        } => inspect(&target, &tokenizer, samples, format.as_deref()),
+        Cmd::Decontaminate {
+            train,
+            eval,
+            n,
+            write_clean,
+            report,
+        } => decontaminate::run(&train, &eval, n, write_clean.as_deref(), report.as_deref()),
     })
 }
 
@@ -91,7 +105,13 @@ fn to_messages(conv: &[world::Message]) -> Vec<Message> {
 }
 
 fn to_tasks(rows: &[world::TaskRow]) -> Vec<Task> {
-    rows.iter().map(|r| Task { prompt: r.prompt.clone(), answer: r.answer.clone(), kind: r.task.clone() }).collect()
+    rows.iter()
+        .map(|r| Task {
+            prompt: r.prompt.clone(),
+            answer: r.answer.clone(),
+            kind: r.task.clone(),
+        })
+        .collect()
 }
 
 /// Documents per library shard.
@@ -124,7 +144,10 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
     }
     let sft_train: Vec<Vec<Message>> = g.sft_train.iter().map(|c| to_messages(c)).collect();
     let sft_eval: Vec<Vec<Message>> = g.sft_eval.iter().map(|c| to_messages(c)).collect();
-    for (p, convs) in [(out.join("sft/train.parquet"), &sft_train), (out.join("sft/eval.parquet"), &sft_eval)] {
+    for (p, convs) in [
+        (out.join("sft/train.parquet"), &sft_train),
+        (out.join("sft/eval.parquet"), &sft_eval),
+    ] {
         write_chat(&p, convs)?;
         files.push((p, "sft", Format::Chat));
     }
@@ -204,7 +227,10 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
 
 fn single_source(path: &Path, format: Format) -> Result<ResolvedSource> {
     let cfg = SourceConfig {
-        name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         path: path.display().to_string(),
         format,
         columns: BTreeMap::new(),
@@ -218,7 +244,12 @@ fn single_source(path: &Path, format: Format) -> Result<ResolvedSource> {
         .filter(|(_, req)| *req)
         .map(|(c, _)| (c.to_string(), c.to_string()))
         .collect();
-    Ok(ResolvedSource { files: expand(&cfg.path)?, share: 1.0, columns, config: cfg })
+    Ok(ResolvedSource {
+        files: expand(&cfg.path)?,
+        share: 1.0,
+        columns,
+        config: cfg,
+    })
 }
 
 fn count_tokens(tok: &Tok, docs: &[Doc]) -> Result<u64> {
@@ -235,7 +266,12 @@ fn schema_string(path: &Path) -> Result<String> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
         .with_context(|| format!("{} is not a readable Parquet file", path.display()))?;
-    Ok(b.schema().fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", "))
+    Ok(b.schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 fn guess_format(path: &Path) -> Result<Format> {
@@ -248,18 +284,27 @@ fn guess_format(path: &Path) -> Result<Format> {
     } else if has("prompt") && has("answer") {
         Format::PromptAnswer
     } else {
-        bail!("{}: cannot tell the format from its columns ({s}); pass --format", path.display())
+        bail!(
+            "{}: cannot tell the format from its columns ({s}); pass --format",
+            path.display()
+        )
     })
 }
 
 fn inspect(target: &str, tokenizer: &Path, samples: usize, format: Option<&str>) -> Result<()> {
-    let tok = if tokenizer.exists() { Some(Tok::load(tokenizer)?) } else { None };
+    let tok = if tokenizer.exists() {
+        Some(Tok::load(tokenizer)?)
+    } else {
+        None
+    };
     let sources: Vec<ResolvedSource> = if target.ends_with(".toml") {
         load_mix(Path::new(target))?.sources
     } else {
         let files = expand(target)?;
         let format = match format {
-            Some(f) => common::config::parse_toml::<BTreeMap<String, Format>>(&format!("f = \"{f}\""), "--format")?["f"],
+            Some(f) => {
+                common::config::parse_toml::<BTreeMap<String, Format>>(&format!("f = \"{f}\""), "--format")?["f"]
+            }
             None => guess_format(&files[0])?,
         };
         let mut s = single_source(&files[0], format)?;
@@ -267,7 +312,12 @@ fn inspect(target: &str, tokenizer: &Path, samples: usize, format: Option<&str>)
         vec![s]
     };
     for src in &sources {
-        println!("== {} ({:?}, share {:.1}%)", src.config.name, src.config.format, 100.0 * src.share);
+        println!(
+            "== {} ({:?}, share {:.1}%)",
+            src.config.name,
+            src.config.format,
+            100.0 * src.share
+        );
         for f in &src.files {
             println!("   {}  [{}]", f.display(), schema_string(f)?);
         }
@@ -281,7 +331,11 @@ fn inspect(target: &str, tokenizer: &Path, samples: usize, format: Option<&str>)
         for d in docs.iter().take(samples) {
             let text = match d {
                 Doc::Text(t) => t.clone(),
-                Doc::Chat(m) => m.iter().map(|m| format!("[{}] {}", m.role, m.content)).collect::<Vec<_>>().join("\n"),
+                Doc::Chat(m) => m
+                    .iter()
+                    .map(|m| format!("[{}] {}", m.role, m.content))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             };
             let short: String = text.chars().take(400).collect();
             println!("   ---\n   {}", short.replace('\n', "\n   "));

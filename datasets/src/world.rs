@@ -13,7 +13,10 @@
 //! teaches the model to answer confidently about things it barely saw. *Phantom*
 //! entities appear nowhere in the library or in SFT; questions about them, phrased
 //! exactly like fact questions, form the "unanswerable" task (reference answer
-//! "I don't know"). Phantoms are split between RL train and eval.
+//! "I don't know"). Phantoms are split between RL train and eval. A third pool of
+//! throwaway *unknown* entities, disjoint from both, is asked about in a few chatter forum
+//! threads and ~4% of SFT conversations, always answered "I don't know", so that abstaining
+//! is in the model's prior before RL.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -204,10 +207,7 @@ impl Attr {
         match self {
             Attr::Region => &["{n} is in the {v}.", "{n} lies in the {v}."],
             Attr::Founded => &["{n} was founded in {v}."],
-            Attr::Population => &[
-                "{n} has a population of {v}.",
-                "The population of {n} is {v}.",
-            ],
+            Attr::Population => &["{n} has a population of {v}.", "The population of {n} is {v}."],
             Attr::Export => &["The main export of {n} is {v}.", "{n} mainly exports {v}."],
             Attr::Birthplace => &["{n} was born in {v}."],
             Attr::BirthYear => &["{n} was born in {v}."],
@@ -379,10 +379,7 @@ pub struct Entity {
 impl Entity {
     /// The value of attribute `a`, if the entity has it.
     pub fn fact(&self, a: Attr) -> Option<&str> {
-        self.facts
-            .iter()
-            .find(|(k, _)| *k == a)
-            .map(|(_, v)| v.as_str())
+        self.facts.iter().find(|(k, _)| *k == a).map(|(_, v)| v.as_str())
     }
 }
 
@@ -393,6 +390,10 @@ pub struct World {
     pub entities: Vec<Entity>,
     /// Entities that appear nowhere in the library or SFT (only in unanswerable questions).
     pub phantoms: Vec<Entity>,
+    /// Throwaway made-up entities, distinct from the entities and phantoms: named only in
+    /// chatter forum threads and SFT conversations whose answer is "I don't know", so that
+    /// abstaining is in the model's prior. Never in RL train or the eval.
+    pub unknowns: Vec<Entity>,
     /// Given names used for people and in chatter.
     pub given_names: Vec<String>,
 }
@@ -461,6 +462,8 @@ struct Plan {
     phantom_people: usize,
     phantom_minerals: usize,
     phantom_rivers: usize,
+    /// Throwaway ("I don't know") entities of each kind: towns, people, minerals, rivers.
+    unknowns: [usize; 4],
     /// Target bytes per source, in [`SOURCES`] order.
     bytes: [usize; 4],
 }
@@ -477,6 +480,7 @@ impl Plan {
             phantom_people: 50 * k,
             phantom_minerals: 20 * k,
             phantom_rivers: 20 * k,
+            unknowns: [16 * k, 20 * k, 12 * k, 12 * k],
             bytes: [4_200_000 * k, 2_100_000 * k, 2_100_000 * k, 5_600_000 * k],
         }
     }
@@ -584,8 +588,8 @@ const REGIONS: &[&str] = &[
     "High Vale",
 ];
 const EXPORTS: &[&str] = &[
-    "salt", "wool", "copper", "glass", "timber", "cheese", "linen", "amber", "iron", "honey",
-    "wine", "pottery", "rope", "leather", "tin", "silk",
+    "salt", "wool", "copper", "glass", "timber", "cheese", "linen", "amber", "iron", "honey", "wine", "pottery",
+    "rope", "leather", "tin", "silk",
 ];
 const PROFESSIONS: &[&str] = &[
     "glassblower",
@@ -634,20 +638,17 @@ const SEAS: &[&str] = &[
 ];
 
 const ONSETS: &[&str] = &[
-    "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr",
-    "tr", "th", "st", "h", "sh", "c", "j", "w",
+    "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr", "th", "st",
+    "h", "sh", "c", "j", "w",
 ];
-const VOWELS: &[&str] = &[
-    "a", "e", "i", "o", "u", "a", "e", "i", "o", "a", "ae", "ei", "ou", "y",
-];
+const VOWELS: &[&str] = &["a", "e", "i", "o", "u", "a", "e", "i", "o", "a", "ae", "ei", "ou", "y"];
 const MID_CODAS: &[&str] = &["", "", "", "n", "r", "l"];
 const CODAS_BEFORE_C: &[&str] = &["", "", "n", "r", "l", "s", "m"];
 const CODAS_BEFORE_V: &[&str] = &[
     "n", "r", "l", "s", "m", "rn", "nd", "st", "rk", "th", "d", "t", "k", "v",
 ];
 const TOWN_SUFFIXES: &[&str] = &[
-    "mora", "holt", "ford", "wick", "mere", "dun", "stead", "ham", "ven", "gard", "by", "ton",
-    "well", "dale",
+    "mora", "holt", "ford", "wick", "mere", "dun", "stead", "ham", "ven", "gard", "by", "ton", "well", "dale",
 ];
 const RIVER_SUFFIXES: &[&str] = &["a", "el", "ar", "is", "ane", "ith", "on", "en", "ua"];
 const MINERAL_SUFFIXES: &[&str] = &["ite", "ine", "ium", "ase", "olite", "yx"];
@@ -714,9 +715,7 @@ impl Namer {
 
 fn build_world(r: &mut R, plan: &Plan) -> World {
     let mut namer = Namer::default();
-    let given_names: Vec<String> = (0..48)
-        .map(|_| namer.fresh(r, GIVEN_SUFFIXES, 0.3))
-        .collect();
+    let given_names: Vec<String> = (0..48).map(|_| namer.fresh(r, GIVEN_SUFFIXES, 0.3)).collect();
 
     let town_names: Vec<String> = (0..plan.towns + plan.phantom_towns)
         .map(|_| namer.fresh(r, TOWN_SUFFIXES, 0.35))
@@ -841,9 +840,31 @@ fn build_world(r: &mut R, plan: &Plan) -> World {
     for name in &river_names[plan.rivers..] {
         phantoms.push(phantom(name.clone(), name.clone(), Kind::River));
     }
+    // The throwaway pool last, so that it leaves every earlier draw unchanged. The namer
+    // keeps its names distinct from (and no substring of) all the names above.
+    let mut unknowns = Vec::new();
+    let [u_towns, u_people, u_minerals, u_rivers] = plan.unknowns;
+    for _ in 0..u_towns {
+        let name = namer.fresh(r, TOWN_SUFFIXES, 0.35);
+        unknowns.push(phantom(name.clone(), name, Kind::Town));
+    }
+    for _ in 0..u_people {
+        let family = namer.fresh(r, FAMILY_SUFFIXES, 0.35);
+        let name = format!("{} {}", pick_ref(r, &given_names), family);
+        unknowns.push(phantom(name, family, Kind::Person));
+    }
+    for _ in 0..u_minerals {
+        let name = namer.fresh(r, MINERAL_SUFFIXES, 0.35);
+        unknowns.push(phantom(name.clone(), name, Kind::Mineral));
+    }
+    for _ in 0..u_rivers {
+        let name = namer.fresh(r, RIVER_SUFFIXES, 0.35);
+        unknowns.push(phantom(name.clone(), name, Kind::River));
+    }
     World {
         entities,
         phantoms,
+        unknowns,
         given_names,
     }
 }
@@ -901,9 +922,8 @@ impl<'a> Ctx<'a> {
             .collect();
         pairs.shuffle(r);
         let eval_pairs: Vec<Pair> = pairs[..EVAL_PER_TASK].to_vec();
-        let (train_pairs_rare, train_pairs_common): (Vec<Pair>, Vec<Pair>) = pairs[EVAL_PER_TASK..]
-            .iter()
-            .partition(|(i, _)| w.entities[*i].rare);
+        let (train_pairs_rare, train_pairs_common): (Vec<Pair>, Vec<Pair>) =
+            pairs[EVAL_PER_TASK..].iter().partition(|(i, _)| w.entities[*i].rare);
         let mut ph: Vec<usize> = (0..w.phantoms.len()).collect();
         ph.shuffle(r);
         let half = ph.len() / 2;
@@ -947,6 +967,27 @@ fn fact_kv<'b>(e: &'b Entity, v: &'b str) -> [(&'static str, &'b str); 4] {
 /// A fact question about entity `e` (library or phantom) and attribute `a`.
 fn fact_question(r: &mut R, e: &Entity, a: Attr) -> String {
     fill(pick(r, a.questions()), &[("n", &e.name)])
+}
+
+/// A fact question about a random throwaway entity of [`World::unknowns`], and that entity.
+fn unknown_question<'a>(r: &mut R, w: &'a World) -> (String, &'a Entity) {
+    let e = pick_ref(r, &w.unknowns);
+    let a = pick(r, e.kind.attrs());
+    (fact_question(r, e, a), e)
+}
+
+/// The name as used mid-sentence: rivers take "the".
+fn name_in_text(e: &Entity) -> String {
+    if e.kind == Kind::River {
+        format!("the {}", e.name)
+    } else {
+        e.name.clone()
+    }
+}
+
+/// The annotator's answer to a question about an entity it has no record of.
+fn no_record_answer(e: &Entity) -> String {
+    format!("I have no record of {}.\nAnswer: {IDK}", name_in_text(e))
 }
 
 // ---------------------------------------------------------------------------
@@ -1057,8 +1098,7 @@ fn gen_arith(r: &mut R, ops: usize) -> Arith {
             2 => {
                 let o2 = arith_op(r);
                 if r.random_bool(0.6) || o1 == '*' || o2 != '*' {
-                    let inner =
-                        ATree::Bin(o2, Box::new(arith_leaf(r, o2)), Box::new(arith_leaf(r, o2)));
+                    let inner = ATree::Bin(o2, Box::new(arith_leaf(r, o2)), Box::new(arith_leaf(r, o2)));
                     let c = if o1 == '*' {
                         ATree::Num(r.random_range(2..=9))
                     } else {
@@ -1066,24 +1106,17 @@ fn gen_arith(r: &mut R, ops: usize) -> Arith {
                     };
                     ATree::Bin(o1, Box::new(inner), Box::new(c))
                 } else {
-                    let inner = ATree::Bin(
-                        '*',
-                        Box::new(arith_leaf(r, '*')),
-                        Box::new(arith_leaf(r, '*')),
-                    );
+                    let inner = ATree::Bin('*', Box::new(arith_leaf(r, '*')), Box::new(arith_leaf(r, '*')));
                     ATree::Bin(o1, Box::new(arith_leaf(r, o1)), Box::new(inner))
                 }
             }
             _ => {
                 let o2 = arith_op(r);
                 let o3 = arith_op(r);
-                let l3 = |r: &mut R, o: char| {
-                    ATree::Bin(o, Box::new(arith_leaf(r, o)), Box::new(arith_leaf(r, o)))
-                };
+                let l3 = |r: &mut R, o: char| ATree::Bin(o, Box::new(arith_leaf(r, o)), Box::new(arith_leaf(r, o)));
                 match r.random_range(0..3) {
                     0 => {
-                        let inner =
-                            ATree::Bin(o2, Box::new(l3(r, o3)), Box::new(arith_leaf(r, o2)));
+                        let inner = ATree::Bin(o2, Box::new(l3(r, o3)), Box::new(arith_leaf(r, o2)));
                         let c = if o1 == '*' {
                             ATree::Num(r.random_range(2..=5))
                         } else {
@@ -1098,8 +1131,7 @@ fn gen_arith(r: &mut R, ops: usize) -> Arith {
                     _ => {
                         let o1 = if o1 == '*' { '-' } else { o1 };
                         let o2 = if o2 == '*' { '+' } else { o2 };
-                        let inner =
-                            ATree::Bin(o2, Box::new(arith_leaf(r, o2)), Box::new(l3(r, '*')));
+                        let inner = ATree::Bin(o2, Box::new(arith_leaf(r, o2)), Box::new(l3(r, '*')));
                         ATree::Bin(o1, Box::new(inner), Box::new(arith_leaf(r, o1)))
                     }
                 }
@@ -1116,11 +1148,21 @@ fn gen_arith(r: &mut R, ops: usize) -> Arith {
     }
 }
 
+/// The key under which the eval reserves an expression: its numbers only. Operators and
+/// parentheses are no words, so two expressions with the same numbers look the same to a
+/// word-level decontamination ("What is 58 + 23?" and "What is 58 - 23?").
+fn expr_key(expr: &str) -> String {
+    expr.split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A random expression not reserved by the eval.
 fn gen_arith_train(r: &mut R, ctx: &Ctx, ops: usize) -> Arith {
     loop {
         let a = gen_arith(r, ops);
-        if !ctx.reserved_exprs.contains(&a.expr) {
+        if !ctx.reserved_exprs.contains(&expr_key(&a.expr)) {
             return a;
         }
     }
@@ -1155,8 +1197,26 @@ fn arith_worked(a: &Arith) -> String {
     s
 }
 
+/// Shares (in %) of problems with 1, 2 and 3 operations, everywhere: eval, RL, SFT, library.
+const ARITH_OPS_PCT: [u32; 3] = [45, 35, 20];
+
+/// A random number of operations, following [`ARITH_OPS_PCT`].
 fn arith_ops(r: &mut R) -> usize {
-    [1, 2, 3][weighted(r, &[4, 4, 2])]
+    1 + weighted(r, &ARITH_OPS_PCT)
+}
+
+/// The number of operations of the `i`-th of `n` problems: exact [`ARITH_OPS_PCT`] quotas
+/// (callers shuffle the rows afterwards).
+fn arith_ops_quota(i: usize, n: usize) -> usize {
+    let one = n * ARITH_OPS_PCT[0] as usize / 100;
+    let two = n * ARITH_OPS_PCT[1] as usize / 100;
+    if i < one {
+        1
+    } else if i < one + two {
+        2
+    } else {
+        3
+    }
 }
 
 /// Column-method explanation of a two-digit addition or subtraction.
@@ -1205,10 +1265,7 @@ fn word_problem(r: &mut R, ctx: &Ctx) -> String {
     match r.random_range(0..4) {
         0 => {
             let e = ctx.any_common(r, Kind::River);
-            let len: i64 = e
-                .fact(Attr::Length)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(100);
+            let len: i64 = e.fact(Attr::Length).and_then(|v| v.parse().ok()).unwrap_or(100);
             let done = r.random_range(1..=len.max(2) - 1);
             format!(
                 "The {n} is {len} km long. A boat has already travelled {done} km down the {n}. How many km are left?\n{len} - {done} = {left}\nAnswer: {left}",
@@ -1218,10 +1275,7 @@ fn word_problem(r: &mut R, ctx: &Ctx) -> String {
         }
         1 => {
             let e = ctx.any_common(r, Kind::Town);
-            let y: i64 = e
-                .fact(Attr::Founded)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000);
+            let y: i64 = e.fact(Attr::Founded).and_then(|v| v.parse().ok()).unwrap_or(1000);
             let z = y + r.random_range(1..=300);
             format!(
                 "{n} was founded in {y}. How many years had passed by the year {z}?\n{z} - {y} = {d}\nAnswer: {d}",
@@ -1259,7 +1313,22 @@ fn word_problem(r: &mut R, ctx: &Ctx) -> String {
 /// One document of the arithmetic source.
 fn arithmetic_doc(r: &mut R, ctx: &Ctx) -> String {
     let mut s = String::new();
-    match weighted(r, &[30, 25, 12, 8, 10, 15]) {
+    match weighted(r, &[12, 20, 8, 5, 8, 12, 35]) {
+        6 => {
+            // Exactly the SFT exchange: a question as a user asks it, then the worked answer
+            // ("Step i: a op b = c" lines, or one line for a single operation, and "Answer: n").
+            let qa = r.random_bool(0.3);
+            for _ in 0..r.random_range(3..=8) {
+                let ops = arith_ops(r);
+                let a = gen_arith_train(r, ctx, ops);
+                let p = arith_prompt(r, &a);
+                if qa {
+                    s.push_str(&format!("Q: {p}\nA: {}\n\n", arith_worked(&a)));
+                } else {
+                    s.push_str(&format!("{p}\n{}\n\n", arith_worked(&a)));
+                }
+            }
+        }
         0 => {
             s.push_str(&format!(
                 "{} {}\n\n",
@@ -1281,11 +1350,7 @@ fn arithmetic_doc(r: &mut R, ctx: &Ctx) -> String {
             for i in 1..=r.random_range(3..=8) {
                 let ops = arith_ops(r);
                 let a = gen_arith_train(r, ctx, ops);
-                s.push_str(&format!(
-                    "Problem {i}: {}\n{}\n\n",
-                    a.expr,
-                    arith_worked(&a)
-                ));
+                s.push_str(&format!("Problem {i}: {}\n{}\n\n", a.expr, arith_worked(&a)));
             }
         }
         2 => {
@@ -1336,13 +1401,7 @@ impl Val {
         match self {
             Val::Int(v) => v.to_string(),
             Val::Str(s) => s.clone(),
-            Val::List(v) => format!(
-                "[{}]",
-                v.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Val::List(v) => format!("[{}]", v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")),
         }
     }
 
@@ -1485,10 +1544,7 @@ impl PEx {
             PEx::Call(f, args) => {
                 format!(
                     "{f}({})",
-                    args.iter()
-                        .map(|a| a.render())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    args.iter().map(|a| a.render()).collect::<Vec<_>>().join(", ")
                 )
             }
             PEx::Index(a, i) => format!("{}[{i}]", a.render()),
@@ -1506,10 +1562,7 @@ fn render_stmts(stmts: &[PSt], indent: usize, out: &mut String) {
             PSt::Append(n, e) => out.push_str(&format!("{pad}{n}.append({})\n", e.render())),
             PSt::Print(args) => out.push_str(&format!(
                 "{pad}print({})\n",
-                args.iter()
-                    .map(|a| a.render())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                args.iter().map(|a| a.render()).collect::<Vec<_>>().join(", ")
             )),
             PSt::ForRange(var, a, b, body) => {
                 if *a == 0 {
@@ -1524,21 +1577,11 @@ fn render_stmts(stmts: &[PSt], indent: usize, out: &mut String) {
                 render_stmts(body, indent + 1, out);
             }
             PSt::While(Cond(a, c, b), body) => {
-                out.push_str(&format!(
-                    "{pad}while {} {} {}:\n",
-                    a.render(),
-                    c.sym(),
-                    b.render()
-                ));
+                out.push_str(&format!("{pad}while {} {} {}:\n", a.render(), c.sym(), b.render()));
                 render_stmts(body, indent + 1, out);
             }
             PSt::If(Cond(a, c, b), then, els) => {
-                out.push_str(&format!(
-                    "{pad}if {} {} {}:\n",
-                    a.render(),
-                    c.sym(),
-                    b.render()
-                ));
+                out.push_str(&format!("{pad}if {} {} {}:\n", a.render(), c.sym(), b.render()));
                 render_stmts(then, indent + 1, out);
                 if !els.is_empty() {
                     out.push_str(&format!("{pad}else:\n"));
@@ -1606,10 +1649,7 @@ impl Interp {
             },
             PEx::Bin(op, a, b) => binop(*op, self.eval(a, local)?, self.eval(b, local)?),
             PEx::Call(f, args) => {
-                let vals = args
-                    .iter()
-                    .map(|a| self.eval(a, local))
-                    .collect::<Option<Vec<Val>>>()?;
+                let vals = args.iter().map(|a| self.eval(a, local)).collect::<Option<Vec<Val>>>()?;
                 match (f.as_str(), vals.as_slice()) {
                     ("len", [Val::Str(s)]) => Some(Val::Int(s.chars().count() as i64)),
                     ("len", [Val::List(xs)]) => Some(Val::Int(xs.len() as i64)),
@@ -1687,12 +1727,8 @@ impl Interp {
                     }
                 }
                 PSt::Print(args) => {
-                    let vals = args
-                        .iter()
-                        .map(|a| self.eval(a, None))
-                        .collect::<Option<Vec<Val>>>()?;
-                    self.out
-                        .push(vals.iter().map(Val::show).collect::<Vec<_>>().join(" "));
+                    let vals = args.iter().map(|a| self.eval(a, None)).collect::<Option<Vec<Val>>>()?;
+                    self.out.push(vals.iter().map(Val::show).collect::<Vec<_>>().join(" "));
                 }
                 PSt::ForRange(var, a, b, body) => {
                     for i in *a..*b {
@@ -1723,8 +1759,7 @@ impl Interp {
                     }
                 }
                 PSt::Def(name, param, body) => {
-                    self.funcs
-                        .insert(name.clone(), (param.clone(), body.clone()));
+                    self.funcs.insert(name.clone(), (param.clone(), body.clone()));
                 }
             }
         }
@@ -1906,19 +1941,11 @@ fn program_stmts(r: &mut R, ctx: &Ctx, multi: bool) -> Vec<PSt> {
                 2 => {
                     let t = names[2];
                     st.push(assign(t, int(0)));
-                    let c = Cond(
-                        v("v"),
-                        pick(r, &[Cmp::Gt, Cmp::Lt]),
-                        int(r.random_range(5..=15)),
-                    );
+                    let c = Cond(v("v"), pick(r, &[Cmp::Gt, Cmp::Lt]), int(r.random_range(5..=15)));
                     st.push(PSt::ForEach(
                         "v".into(),
                         list.into(),
-                        vec![PSt::If(
-                            c,
-                            vec![PSt::Aug(t.into(), POp::Add, v("v"))],
-                            vec![],
-                        )],
+                        vec![PSt::If(c, vec![PSt::Aug(t.into(), POp::Add, v("v"))], vec![])],
                     ));
                     st.push(print1(v(t)));
                 }
@@ -1956,11 +1983,7 @@ fn program_stmts(r: &mut R, ctx: &Ctx, multi: bool) -> Vec<PSt> {
                 st.push(PSt::While(
                     Cond(v(n), Cmp::Lt, int(r.random_range(20..=120))),
                     vec![
-                        PSt::Aug(
-                            n.into(),
-                            pick(r, &[POp::Add, POp::Mul]),
-                            int(r.random_range(2..=7)),
-                        ),
+                        PSt::Aug(n.into(), pick(r, &[POp::Add, POp::Mul]), int(r.random_range(2..=7))),
                         PSt::Aug(c.into(), POp::Add, int(1)),
                     ],
                 ));
@@ -1983,10 +2006,7 @@ fn program_stmts(r: &mut R, ctx: &Ctx, multi: bool) -> Vec<PSt> {
                 2 => print1(PEx::Upper(Box::new(v(w)))),
                 3 => print1(bin(POp::Add, v(w), PEx::Str("!".into()))),
                 4 => {
-                    st.push(assign(
-                        "greeting",
-                        bin(POp::Add, PEx::Str("Hello, ".into()), v(w)),
-                    ));
+                    st.push(assign("greeting", bin(POp::Add, PEx::Str("Hello, ".into()), v(w))));
                     print1(v("greeting"))
                 }
                 _ => PSt::Print(vec![v(w), PEx::Call("len".into(), vec![v(w)])]),
@@ -1998,10 +2018,7 @@ fn program_stmts(r: &mut R, ctx: &Ctx, multi: bool) -> Vec<PSt> {
             let (a, b) = (names[0], names[1]);
             st.push(assign(a, int(r.random_range(10..=99))));
             st.push(assign(b, int(r.random_range(2..=9))));
-            st.push(PSt::Print(vec![
-                bin(POp::FDiv, v(a), v(b)),
-                bin(POp::Mod, v(a), v(b)),
-            ]));
+            st.push(PSt::Print(vec![bin(POp::FDiv, v(a), v(b)), bin(POp::Mod, v(a), v(b))]));
         }
         _ => {
             // printing inside a loop (several lines)
@@ -2150,11 +2167,7 @@ fn entity_article(r: &mut R, ctx: &Ctx, idx: usize, full: bool) -> String {
                 (a, b),
                 (Attr::Birthplace, Attr::BirthYear) | (Attr::BirthYear, Attr::Birthplace)
             ) {
-                let who = if i == 0 {
-                    e.name.as_str()
-                } else {
-                    e.key.as_str()
-                };
+                let who = if i == 0 { e.name.as_str() } else { e.key.as_str() };
                 sents.push(format!(
                     "{who} was born in {} in {}.",
                     e.fact(Attr::Birthplace).unwrap_or_default(),
@@ -2222,11 +2235,7 @@ fn entity_article(r: &mut R, ctx: &Ctx, idx: usize, full: bool) -> String {
     }
     if sents.len() > 4 && r.random_bool(0.4) {
         let mid = sents.len() / 2;
-        format!(
-            "{title}\n{}\n\n{}",
-            sents[..mid].join(" "),
-            sents[mid..].join(" ")
-        )
+        format!("{title}\n{}\n\n{}", sents[..mid].join(" "), sents[mid..].join(" "))
     } else {
         format!("{title}\n{}", sents.join(" "))
     }
@@ -2253,10 +2262,7 @@ fn list_article(r: &mut R, ctx: &Ctx) -> String {
         .collect();
     members.shuffle(r);
     members.truncate(8);
-    let names: Vec<String> = members
-        .iter()
-        .map(|&i| ctx.w.entities[i].name.clone())
-        .collect();
+    let names: Vec<String> = members.iter().map(|&i| ctx.w.entities[i].name.clone()).collect();
     let list = join_and(&names);
     match attr {
         Attr::Region => {
@@ -2283,12 +2289,7 @@ fn list_article(r: &mut R, ctx: &Ctx) -> String {
                     )
                 })
                 .collect();
-            format!(
-                "Famous people who worked as {} {}\n{}",
-                an(&val),
-                val,
-                lines.join("\n")
-            )
+            format!("Famous people who worked as {} {}\n{}", an(&val), val, lines.join("\n"))
         }
         _ => format!("Minerals by colour: {val}\nThe following minerals are {val}: {list}."),
     }
@@ -2322,8 +2323,7 @@ const DAYS: &[&str] = &[
     "Sunday",
 ];
 const USER_A: &[&str] = &[
-    "sunny", "old", "happy", "quiet", "lazy", "busy", "little", "big", "red", "blue", "wild",
-    "night", "green", "tired",
+    "sunny", "old", "happy", "quiet", "lazy", "busy", "little", "big", "red", "blue", "wild", "night", "green", "tired",
 ];
 const USER_B: &[&str] = &[
     "miller",
@@ -2550,11 +2550,7 @@ fn chatter_fact(r: &mut R, ctx: &Ctx) -> String {
     match kind {
         Kind::Town => match r.random_range(0..3) {
             0 => format!("fun fact: {} was founded in {}.", e.name, f(Attr::Founded)),
-            1 => format!(
-                "{} is in the {}, right? never been.",
-                e.name,
-                f(Attr::Region)
-            ),
+            1 => format!("{} is in the {}, right? never been.", e.name, f(Attr::Region)),
             _ => format!("{} is famous for its {}, lol.", e.name, f(Attr::Export)),
         },
         Kind::Person => format!(
@@ -2562,11 +2558,7 @@ fn chatter_fact(r: &mut R, ctx: &Ctx) -> String {
             e.name,
             f(Attr::Birthplace)
         ),
-        Kind::Mineral => format!(
-            "apparently {} is mined near {}, who knew.",
-            e.name,
-            f(Attr::MinedNear)
-        ),
+        Kind::Mineral => format!("apparently {} is mined near {}, who knew.", e.name, f(Attr::MinedNear)),
         Kind::River => format!(
             "the {} flows into the {}, we took a boat all the way down.",
             e.name,
@@ -2612,6 +2604,62 @@ fn casual_sentences(r: &mut R, ctx: &Ctx, lo: usize, hi: usize, fact_p: f64) -> 
     v.join(" ")
 }
 
+/// Share of forum threads that ask about a throwaway name and get "I don't know".
+const IDK_THREAD_P: f64 = 0.10;
+
+/// Casual ways to ask about a name on a forum (`{n}` is the name as used mid-sentence).
+const IDK_ASKS: &[&str] = &[
+    "Has anyone heard of {n}?",
+    "Does anyone know anything about {n}?",
+    "Someone mentioned {n} to me, does anyone know it?",
+];
+
+/// Replies that do not know (`{n}` is the name as used mid-sentence, `{it}` "it" or "them",
+/// `{q}` the question).
+const IDK_REPLIES: &[&str] = &[
+    "I don't know, never heard of {it}.",
+    "Answer: I don't know",
+    "I don't know, never heard of {n}.",
+    "Sorry, I don't know. Never heard of {n}.",
+    "I don't know, sorry. Never heard of {it}.",
+    "{q}\nAnswer: I don't know",
+    "Honestly? I don't know. Never heard of {n} before.",
+];
+
+/// A forum thread whose opening post asks about a throwaway name, answered "I don't know".
+fn forum_idk_thread(r: &mut R, ctx: &Ctx, parts: &mut Vec<String>) {
+    let (fact_q, e) = unknown_question(r, ctx.w);
+    let n = name_in_text(e);
+    let title = match r.random_range(0..3) {
+        0 => format!("anyone heard of {n}?"),
+        1 => format!("question about {n}"),
+        _ => fact_q.clone(),
+    };
+    parts.push(format!("Forum > {} > {}", pick(r, BOARDS), title));
+    // Mostly the very phrasing of a fact question, sometimes a casual one.
+    let ask = if r.random_bool(0.7) {
+        fact_q.clone()
+    } else {
+        fill(pick(r, IDK_ASKS), &[("n", &n)])
+    };
+    let mut post = casual_sentences(r, ctx, 0, 2, 0.0);
+    if !post.is_empty() {
+        post.push(' ');
+    }
+    post.push_str(&ask);
+    parts.push(format!("Posted by {} on {}\n{}", username(r), date(r), post));
+    let it = if e.kind == Kind::Person { "them" } else { "it" };
+    let reply = fill(pick(r, IDK_REPLIES), &[("n", &n), ("it", it), ("q", &fact_q)]);
+    parts.push(format!("Reply from {}: {}", username(r), reply));
+    for _ in 0..r.random_range(0..=2) {
+        parts.push(format!(
+            "Reply from {}: {}",
+            username(r),
+            casual_sentences(r, ctx, 1, 2, 0.0)
+        ));
+    }
+}
+
 /// One document of the chatter source.
 fn chatter_doc(r: &mut R, ctx: &Ctx) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -2622,6 +2670,7 @@ fn chatter_doc(r: &mut R, ctx: &Ctx) -> String {
         parts.push(pick(r, NAV).to_string());
     }
     match weighted(r, &[35, 15, 15, 25, 10]) {
+        0 if r.random_bool(IDK_THREAD_P) => forum_idk_thread(r, ctx, &mut parts),
         0 => {
             let town = ctx.any_common(r, Kind::Town).name.clone();
             let title = match r.random_range(0..6) {
@@ -2649,11 +2698,7 @@ fn chatter_doc(r: &mut R, ctx: &Ctx) -> String {
         }
         1 => {
             let shop = if r.random_bool(0.5) {
-                format!(
-                    "{}'s {}",
-                    ctx.any_common(r, Kind::Person).key,
-                    pick(r, SHOP_NOUNS)
-                )
+                format!("{}'s {}", ctx.any_common(r, Kind::Person).key, pick(r, SHOP_NOUNS))
             } else {
                 format!(
                     "The {} {}",
@@ -2667,10 +2712,7 @@ fn chatter_doc(r: &mut R, ctx: &Ctx) -> String {
             let mut idx: Vec<usize> = (0..AD_BODY.len()).collect();
             idx.shuffle(r);
             idx.truncate(r.random_range(2..=4));
-            let body: Vec<String> = idx
-                .iter()
-                .map(|&k| chatter_fill(r, ctx, AD_BODY[k]))
-                .collect();
+            let body: Vec<String> = idx.iter().map(|&k| chatter_fill(r, ctx, AD_BODY[k])).collect();
             parts.push(body.join(" "));
             parts.push(pick(r, AD_CTA).to_string());
         }
@@ -2686,10 +2728,7 @@ fn chatter_doc(r: &mut R, ctx: &Ctx) -> String {
             let mut idx: Vec<usize> = (0..REVIEW_BODY.len()).collect();
             idx.shuffle(r);
             idx.truncate(r.random_range(2..=5));
-            let body: Vec<String> = idx
-                .iter()
-                .map(|&k| chatter_fill(r, ctx, REVIEW_BODY[k]))
-                .collect();
+            let body: Vec<String> = idx.iter().map(|&k| chatter_fill(r, ctx, REVIEW_BODY[k])).collect();
             parts.push(body.join(" "));
             parts.push(format!(
                 "Was this review helpful? Yes ({}) No ({})",
@@ -2733,10 +2772,7 @@ fn chatter_doc(r: &mut R, ctx: &Ctx) -> String {
                 r.random_range(1..=5),
                 r.random_range(5..=12)
             ));
-            parts.push(format!(
-                "Related posts: {}",
-                casual_sentences(r, ctx, 1, 2, 0.0)
-            ));
+            parts.push(format!("Related posts: {}", casual_sentences(r, ctx, 1, 2, 0.0)));
             parts.push(pick(r, FOOTER).to_string());
         }
     }
@@ -2830,11 +2866,11 @@ fn msg(role: &str, content: String) -> Message {
 fn gen_eval(r: &mut R, ctx: &mut Ctx) -> Vec<TaskRow> {
     let mut rows = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
-    // arithmetic: 2-3 operations
+    // arithmetic: 1 to 3 operations, in the shares of ARITH_OPS_PCT
     while rows.len() < EVAL_PER_TASK {
-        let ops = r.random_range(2..=3);
+        let ops = arith_ops_quota(rows.len(), EVAL_PER_TASK);
         let a = gen_arith(r, ops);
-        if ctx.reserved_exprs.insert(a.expr.clone()) {
+        if ctx.reserved_exprs.insert(expr_key(&a.expr)) {
             let p = arith_prompt(r, &a);
             seen.insert(p.clone());
             rows.push(row(p, a.value.to_string(), "arithmetic"));
@@ -2869,10 +2905,7 @@ fn gen_eval(r: &mut R, ctx: &mut Ctx) -> Vec<TaskRow> {
         }
     }
     cands.shuffle(r);
-    assert!(
-        cands.len() >= EVAL_PER_TASK,
-        "too few phantom questions for the eval"
-    );
+    assert!(cands.len() >= EVAL_PER_TASK, "too few phantom questions for the eval");
     for p in cands.into_iter().take(EVAL_PER_TASK) {
         seen.insert(p.clone());
         rows.push(row(p, IDK.to_string(), "unanswerable"));
@@ -2904,10 +2937,7 @@ fn sft_exchange(r: &mut R, ctx: &Ctx, kind: usize) -> (String, String) {
             let e = &ctx.w.entities[i];
             let val = e.fact(a).unwrap_or_default();
             let sent = fill(pick(r, a.answers()), &fact_kv(e, val));
-            (
-                fact_question(r, e, a),
-                format!("{}\nAnswer: {val}", cap(&sent)),
-            )
+            (fact_question(r, e, a), format!("{}\nAnswer: {val}", cap(&sent)))
         }
         _ => {
             let p = gen_program(r, ctx, false, false);
@@ -2920,24 +2950,25 @@ const SYSTEM_PROMPTS: &[&str] = &[
     "You are a helpful assistant.",
     "You are a helpful assistant. Answer briefly and end with a line 'Answer: <answer>'.",
 ];
-const FOLLOW_UPS: &[&str] = &[
-    "",
-    "Thanks. ",
-    "Great. Another question: ",
-    "OK. ",
-    "And one more: ",
-];
+const FOLLOW_UPS: &[&str] = &["", "Thanks. ", "Great. Another question: ", "OK. ", "And one more: "];
 
 fn sft_conversation(r: &mut R, ctx: &Ctx) -> Vec<Message> {
     let mut conv = Vec::new();
     if r.random_bool(0.05) {
         conv.push(msg("system", pick(r, SYSTEM_PROMPTS).to_string()));
     }
-    let kind = weighted(r, &[28, 30, 25, 17]);
+    // Single-turn arithmetic, facts, program; two turns; a question about a throwaway
+    // entity the annotator has no record of (~4%: SFT stays mostly confident, but "I don't
+    // know" gets a foothold that RL can reinforce).
+    let kind = weighted(r, &[28, 30, 25, 17, 4]);
     if kind < 3 {
         let (u, a) = sft_exchange(r, ctx, kind);
         conv.push(msg("user", u));
         conv.push(msg("assistant", a));
+    } else if kind == 4 {
+        let (u, e) = unknown_question(r, ctx.w);
+        conv.push(msg("user", u));
+        conv.push(msg("assistant", no_record_answer(e)));
     } else {
         for turn in 0..2 {
             let k = weighted(r, &[35, 40, 25]);
@@ -2982,11 +3013,7 @@ fn gen_sft(r: &mut R, ctx: &Ctx, n: usize, exclude: &HashSet<String>) -> Vec<Vec
 }
 
 fn gen_rl(r: &mut R, ctx: &Ctx) -> Vec<TaskRow> {
-    let counts = [
-        RL_TRAIN * 30 / 100,
-        RL_TRAIN * 30 / 100,
-        RL_TRAIN * 25 / 100,
-    ];
+    let counts = [RL_TRAIN * 30 / 100, RL_TRAIN * 30 / 100, RL_TRAIN * 25 / 100];
     let n_unans = RL_TRAIN - counts.iter().sum::<usize>();
     let mut rows = Vec::with_capacity(RL_TRAIN);
     let mut seen: HashSet<String> = HashSet::new();
@@ -2995,7 +3022,7 @@ fn gen_rl(r: &mut R, ctx: &Ctx) -> Vec<TaskRow> {
         while n < count {
             let row_ = match k {
                 0 => {
-                    let ops = r.random_range(2..=3);
+                    let ops = arith_ops_quota(n, count);
                     let a = gen_arith_train(r, ctx, ops);
                     row(arith_prompt(r, &a), a.value.to_string(), "arithmetic")
                 }
@@ -3032,11 +3059,7 @@ fn gen_rl(r: &mut R, ctx: &Ctx) -> Vec<TaskRow> {
     cands.shuffle(r);
     // Cycle if there are fewer distinct questions than rows (never at the default sizes).
     for k in 0..n_unans {
-        rows.push(row(
-            cands[k % cands.len()].clone(),
-            IDK.to_string(),
-            "unanswerable",
-        ));
+        rows.push(row(cands[k % cands.len()].clone(), IDK.to_string(), "unanswerable"));
     }
     rows.shuffle(r);
     rows
@@ -3074,17 +3097,11 @@ pub fn generate(seed: u64, scale: Scale) -> Generated {
     }
 
     let sft_train = gen_sft(&mut r_sft, &ctx, SFT_TRAIN, &no_prompts);
-    let train_firsts: HashSet<String> = sft_train
-        .iter()
-        .map(|c| first_user(c).to_string())
-        .collect();
+    let train_firsts: HashSet<String> = sft_train.iter().map(|c| first_user(c).to_string()).collect();
     let sft_eval = gen_sft(&mut r_sft, &ctx, SFT_EVAL, &train_firsts);
     let rl_train = gen_rl(&mut r_rl, &ctx);
 
-    assert!(eval
-        .iter()
-        .chain(&rl_train)
-        .all(|t| TASKS.contains(&t.task.as_str())));
+    assert!(eval.iter().chain(&rl_train).all(|t| TASKS.contains(&t.task.as_str())));
     // Invariant: no eval prompt is a train prompt.
     let eval_prompts: HashSet<&str> = eval.iter().map(|t| t.prompt.as_str()).collect();
     assert_eq!(eval_prompts.len(), eval.len(), "duplicate eval prompts");
@@ -3171,25 +3188,15 @@ mod tests {
         let g = small();
         let names: Vec<&str> = g.library.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, SOURCES);
-        let bytes: Vec<usize> = g
-            .library
-            .iter()
-            .map(|(_, d)| d.iter().map(String::len).sum())
-            .collect();
+        let bytes: Vec<usize> = g.library.iter().map(|(_, d)| d.iter().map(String::len).sum()).collect();
         let total: usize = bytes.iter().sum();
-        assert!(
-            (12_000_000..=16_500_000).contains(&total),
-            "library bytes {bytes:?}"
-        );
+        assert!((12_000_000..=16_500_000).contains(&total), "library bytes {bytes:?}");
         let held: usize = g
             .library_heldout
             .iter()
             .map(|(_, d)| d.iter().map(String::len).sum::<usize>())
             .sum();
-        assert!(
-            held * 60 > total && held * 40 < total,
-            "held-out bytes {held}"
-        );
+        assert!(held * 60 > total && held * 40 < total, "held-out bytes {held}");
         assert_eq!(g.sft_train.len(), SFT_TRAIN);
         assert_eq!(g.sft_eval.len(), SFT_EVAL);
         assert_eq!(g.rl_train.len(), RL_TRAIN);
@@ -3200,17 +3207,11 @@ mod tests {
                 "{task}"
             );
         }
-        let unans = g
-            .rl_train
-            .iter()
-            .filter(|t| t.task == "unanswerable")
-            .count();
-        assert!(
-            unans * 100 >= RL_TRAIN * 14 && unans * 100 <= RL_TRAIN * 16,
-            "{unans}"
-        );
+        let unans = g.rl_train.iter().filter(|t| t.task == "unanswerable").count();
+        assert!(unans * 100 >= RL_TRAIN * 14 && unans * 100 <= RL_TRAIN * 16, "{unans}");
         assert_eq!(g.world.entities.len(), 300);
         assert_eq!(g.world.phantoms.len(), 120);
+        assert_eq!(g.world.unknowns.len(), 60);
     }
 
     #[test]
@@ -3259,7 +3260,14 @@ mod tests {
                 if m.role == "assistant" {
                     let last = m.content.lines().last().unwrap_or_default();
                     assert!(last.starts_with("Answer: "), "{:?}", m.content);
-                    assert!(!m.content.contains(IDK));
+                    // "I don't know" only as the no-record answer about a throwaway entity.
+                    if m.content.contains(IDK) {
+                        assert!(
+                            m.content.starts_with("I have no record of ") && last == format!("Answer: {IDK}"),
+                            "{:?}",
+                            m.content
+                        );
+                    }
                 }
             }
             assert_eq!(conv.last().map(|m| m.role.as_str()), Some("assistant"));
@@ -3270,10 +3278,9 @@ mod tests {
         let asked = rare
             .iter()
             .filter(|e| {
-                g.sft_train.iter().any(|c| {
-                    c.iter()
-                        .any(|m| m.role == "user" && m.content.contains(&e.name))
-                })
+                g.sft_train
+                    .iter()
+                    .any(|c| c.iter().any(|m| m.role == "user" && m.content.contains(&e.name)))
             })
             .count();
         assert!(asked * 2 >= rare.len(), "{asked} of {}", rare.len());
@@ -3282,19 +3289,11 @@ mod tests {
     #[test]
     fn answers_match_world() {
         let g = small();
-        let by_name: BTreeMap<&str, &Entity> = g
-            .world
-            .entities
-            .iter()
-            .map(|e| (e.name.as_str(), e))
-            .collect();
+        let by_name: BTreeMap<&str, &Entity> = g.world.entities.iter().map(|e| (e.name.as_str(), e)).collect();
         for t in g.rl_train.iter().chain(&g.eval) {
             match t.task.as_str() {
                 "facts" => {
-                    let e = by_name
-                        .iter()
-                        .find(|(n, _)| t.prompt.contains(*n))
-                        .map(|(_, e)| *e);
+                    let e = by_name.iter().find(|(n, _)| t.prompt.contains(*n)).map(|(_, e)| *e);
                     let e = e.unwrap_or_else(|| panic!("no entity in {:?}", t.prompt));
                     assert!(e.facts.iter().any(|(_, v)| *v == t.answer), "{t:?}");
                 }
@@ -3340,19 +3339,10 @@ mod tests {
             words(&t.prompt, &mut rl);
             words(&t.answer, &mut rl);
         }
-        let eval_text: String = g
-            .eval
-            .iter()
-            .map(|t| t.prompt.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
+        let eval_text: String = g.eval.iter().map(|t| t.prompt.as_str()).collect::<Vec<_>>().join("\n");
         let mut in_rl = 0;
         for p in &g.world.phantoms {
-            assert!(
-                !lib_sft.contains(&p.key),
-                "phantom {} in library/SFT",
-                p.name
-            );
+            assert!(!lib_sft.contains(&p.key), "phantom {} in library/SFT", p.name);
             if rl.contains(&p.key) {
                 in_rl += 1;
                 // A phantom of RL train is never one of the eval.
@@ -3380,11 +3370,7 @@ mod tests {
         for e in g.world.entities.iter().filter(|e| e.rare) {
             assert_eq!(text_count(&e.name), 1, "{}", e.name);
         }
-        let common = g
-            .world
-            .entities
-            .iter()
-            .find(|e| !e.rare && e.kind == Kind::Mineral);
+        let common = g.world.entities.iter().find(|e| !e.rare && e.kind == Kind::Mineral);
         let common = common.map(|e| text_count(&e.name)).unwrap_or_default();
         assert!(common >= 10, "{common}");
     }
@@ -3439,6 +3425,209 @@ mod tests {
             assert!(out.status.success(), "python3 failed on:\n{code}");
             let got = String::from_utf8_lossy(&out.stdout);
             assert_eq!(got.trim_end_matches('\n'), expected, "program:\n{code}");
+        }
+    }
+
+    /// Number of operations of an arithmetic prompt (no template has + - or *).
+    fn ops_in(prompt: &str) -> usize {
+        prompt.chars().filter(|c| matches!(c, '+' | '-' | '*')).count()
+    }
+
+    /// Number of operations of an SFT arithmetic answer; None for other answers.
+    fn worked_ops(answer: &str) -> Option<usize> {
+        let first = answer.lines().next()?;
+        let t: Vec<&str> = first.split_whitespace().collect();
+        let t = if t.len() == 7 && t[0] == "Step" && t[1] == "1:" {
+            &t[2..]
+        } else {
+            &t[..]
+        };
+        let is_step = t.len() == 5
+            && ["+", "-", "*"].contains(&t[1])
+            && t[3] == "="
+            && [t[0], t[2], t[4]].iter().all(|x| x.parse::<u32>().is_ok());
+        is_step.then(|| answer.lines().count() - 1)
+    }
+
+    fn assert_spread(counts: [usize; 3], what: &str) {
+        let n: usize = counts.iter().sum();
+        assert!(n > 0, "{what}: no arithmetic");
+        for (k, &pct) in ARITH_OPS_PCT.iter().enumerate() {
+            let got = counts[k] as f64 * 100.0 / n as f64;
+            assert!(
+                (got - f64::from(pct)).abs() <= 5.0,
+                "{what}: {} ops {got:.1}% (want {pct}%), counts {counts:?}",
+                k + 1
+            );
+        }
+    }
+
+    #[test]
+    fn arithmetic_difficulty_spread() {
+        let g = small();
+        for (rows, what) in [(&g.eval, "eval"), (&g.rl_train, "rl_train")] {
+            let mut counts = [0usize; 3];
+            for t in rows.iter().filter(|t| t.task == "arithmetic") {
+                let v: i64 = t.answer.parse().expect("numeric answer");
+                assert!((0..=999).contains(&v), "{t:?}");
+                counts[ops_in(&t.prompt) - 1] += 1;
+            }
+            assert_spread(counts, what);
+        }
+        // SFT: one line for a single operation, "Step i:" lines otherwise.
+        let mut counts = [0usize; 3];
+        for conv in &g.sft_train {
+            for pair in conv.windows(2) {
+                if pair[1].role != "assistant" {
+                    continue;
+                }
+                if let Some(ops) = worked_ops(&pair[1].content) {
+                    assert_eq!(ops_in(&pair[0].content), ops, "{pair:?}");
+                    let steps = pair[1].content.contains("Step 1: ");
+                    assert_eq!(steps, ops > 1, "{:?}", pair[1].content);
+                    counts[ops - 1] += 1;
+                }
+            }
+        }
+        assert_spread(counts, "sft_train");
+    }
+
+    #[test]
+    fn library_arithmetic_has_sft_style_solutions() {
+        let g = small();
+        let docs = &g.library[1].1;
+        // Question lines of the SFT form followed by a worked answer copying its numbers.
+        let mut solved = 0usize;
+        let mut with_qa = 0usize;
+        for d in docs {
+            let lines: Vec<&str> = d.lines().collect();
+            let mut found = false;
+            for w in lines.windows(2) {
+                let q = w[0].strip_prefix("Q: ").unwrap_or(w[0]);
+                let a = w[1].strip_prefix("A: ").unwrap_or(w[1]);
+                let is_prompt = ARITH_PROMPTS.iter().any(|t| {
+                    let (pre, post) = t.split_once("{e}").unwrap_or_default();
+                    q.starts_with(pre) && q.ends_with(post) && q.len() > t.len()
+                });
+                if !is_prompt || worked_ops(a).is_none() || ops_in(q) == 0 {
+                    continue;
+                }
+                // The first step's operands are numbers of the question.
+                let nums = expr_key(q);
+                let step = a.trim_start_matches("Step 1: ");
+                let mut it = step.split_whitespace();
+                let (x, y) = (it.next().unwrap_or(""), it.nth(1).unwrap_or(""));
+                let has = |n: &str| nums.split(' ').any(|m| m == n);
+                if has(x) && has(y) {
+                    solved += 1;
+                    found = true;
+                }
+            }
+            with_qa += usize::from(found);
+            for line in d.lines().filter(|l| l.starts_with("Answer: ")) {
+                assert!(line[8..].parse::<i64>().is_ok(), "{line:?}");
+            }
+        }
+        assert!(with_qa * 100 >= docs.len() * 30, "{with_qa} of {}", docs.len());
+        assert!(solved >= 8_000, "{solved}");
+    }
+
+    #[test]
+    fn unknown_pool_is_separate() {
+        let g = small();
+        let w = &g.world;
+        assert!(!w.unknowns.is_empty());
+        for u in &w.unknowns {
+            assert!(u.facts.is_empty());
+            for other in w.entities.iter().chain(&w.phantoms) {
+                assert!(
+                    !other.key.contains(&u.key) && !u.key.contains(&other.key),
+                    "{} vs {}",
+                    u.name,
+                    other.name
+                );
+            }
+        }
+        // Never in RL train or the eval; present in chatter and SFT.
+        let mut rl_eval: HashSet<String> = HashSet::new();
+        for t in g.rl_train.iter().chain(&g.eval) {
+            words(&t.prompt, &mut rl_eval);
+            words(&t.answer, &mut rl_eval);
+        }
+        for u in &w.unknowns {
+            assert!(!rl_eval.contains(&u.key), "{} in rl_train/eval", u.name);
+        }
+        let sft_text: String = g
+            .sft_train
+            .iter()
+            .flatten()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let chatter = g.library[3].1.join("\n");
+        let in_sft = w.unknowns.iter().filter(|u| sft_text.contains(&u.key));
+        assert!(in_sft.count() * 2 >= w.unknowns.len());
+        let in_chatter = w.unknowns.iter().filter(|u| chatter.contains(&u.key));
+        assert!(in_chatter.count() * 2 >= w.unknowns.len());
+    }
+
+    #[test]
+    fn sft_has_a_few_idk_answers() {
+        let g = small();
+        for (convs, what) in [(&g.sft_train, "train"), (&g.sft_eval, "eval")] {
+            let idk: Vec<&Vec<Message>> = convs
+                .iter()
+                .filter(|c| c.iter().any(|m| m.role == "assistant" && m.content.contains(IDK)))
+                .collect();
+            let pct = idk.len() as f64 * 100.0 / convs.len() as f64;
+            assert!((2.0..=6.0).contains(&pct), "sft {what}: {pct:.1}% I don't know");
+            for c in idk {
+                let user = first_user(c);
+                let u = g.world.unknowns.iter().find(|u| user.contains(&u.name));
+                let u = u.unwrap_or_else(|| panic!("no throwaway entity in {user:?}"));
+                // Phrased exactly like a fact question.
+                let asked = u
+                    .kind
+                    .attrs()
+                    .iter()
+                    .any(|a| a.questions().iter().any(|t| fill(t, &[("n", &u.name)]) == user));
+                assert!(asked, "{user:?}");
+                let answer = &c[c.len() - 1].content;
+                assert_eq!(answer, &no_record_answer(u));
+            }
+        }
+    }
+
+    #[test]
+    fn chatter_has_idk_threads() {
+        let g = small();
+        let forum: Vec<&String> = g.library[3].1.iter().filter(|d| d.contains("\nPosted by ")).collect();
+        let idk = forum.iter().filter(|d| d.contains(IDK)).count();
+        let pct = idk as f64 * 100.0 / forum.len() as f64;
+        assert!((7.0..=13.0).contains(&pct), "{pct:.1}% of forum threads");
+        // Every "I don't know" of the chatter is about a throwaway name.
+        for d in g.library[3].1.iter().filter(|d| d.contains(IDK)) {
+            assert!(g.world.unknowns.iter().any(|u| d.contains(&u.name)), "{d}");
+        }
+    }
+
+    #[test]
+    fn eval_words_never_a_train_unit() {
+        // The whole-text check of the decontamination: lower-cased words, operators ignored.
+        let key = |s: &str| -> String {
+            s.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let g = small();
+        let mut train: HashSet<String> = g.rl_train.iter().map(|t| key(&t.prompt)).collect();
+        for conv in g.sft_train.iter().chain(&g.sft_eval) {
+            train.extend(conv.iter().map(|m| key(&m.content)));
+        }
+        for t in &g.eval {
+            assert!(!train.contains(&key(&t.prompt)), "{:?}", t.prompt);
         }
     }
 

@@ -22,6 +22,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let spec = StageSpec { stage: "midtrain", pack: PackMode::Stream, assistant_only: false, needs_init: true };
+    let spec = StageSpec {
+        stage: "midtrain",
+        pack: PackMode::Stream,
+        assistant_only: false,
+        needs_init: true,
+    };
     common::cli::exit_on_error(|| common::cli::run_lm_main(&spec, &args.common))
 }

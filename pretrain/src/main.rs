@@ -21,6 +21,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let spec = StageSpec { stage: "pretrain", pack: PackMode::Stream, assistant_only: false, needs_init: false };
+    let spec = StageSpec {
+        stage: "pretrain",
+        pack: PackMode::Stream,
+        assistant_only: false,
+        needs_init: false,
+    };
     common::cli::exit_on_error(|| common::cli::run_lm_main(&spec, &args.common))
 }

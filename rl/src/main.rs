@@ -26,7 +26,11 @@ fn main() -> ExitCode {
         let path = common::cli::config_path(&args.common, "rl");
         let cfg = RlConfig::load(&path, &args.common)?;
         if args.common.dry_run {
-            println!("# resolved configuration of rl (from {})\n{}", path.display(), toml::to_string(&cfg)?);
+            println!(
+                "# resolved configuration of rl (from {})\n{}",
+                path.display(),
+                toml::to_string(&cfg)?
+            );
             return Ok(());
         }
         run_rl(&cfg, &args.common)?;

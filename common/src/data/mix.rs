@@ -118,17 +118,33 @@ impl MixConfig {
                 bail!("mix {}: source name `{}` appears twice", origin.display(), s.name);
             }
             let w = match (s.weight, s.tokens) {
-                (Some(_), Some(_)) => bail!("mix {}: source `{}` sets both weight and tokens; keep one", origin.display(), s.name),
+                (Some(_), Some(_)) => bail!(
+                    "mix {}: source `{}` sets both weight and tokens; keep one",
+                    origin.display(),
+                    s.name
+                ),
                 (Some(w), None) => w,
                 (None, Some(t)) => t as f64,
-                (None, None) => bail!("mix {}: source `{}` needs a weight (or a tokens budget)", origin.display(), s.name),
+                (None, None) => bail!(
+                    "mix {}: source `{}` needs a weight (or a tokens budget)",
+                    origin.display(),
+                    s.name
+                ),
             };
             if !w.is_finite() || w < 0.0 {
-                bail!("mix {}: source `{}` has weight {w}; weights must be >= 0", origin.display(), s.name);
+                bail!(
+                    "mix {}: source `{}` has weight {w}; weights must be >= 0",
+                    origin.display(),
+                    s.name
+                );
             }
             if let Some(e) = s.max_epochs {
                 if !(e > 0.0) {
-                    bail!("mix {}: source `{}` has max_epochs {e}; it must be > 0", origin.display(), s.name);
+                    bail!(
+                        "mix {}: source `{}` has max_epochs {e}; it must be > 0",
+                        origin.display(),
+                        s.name
+                    );
                 }
             }
             let mut columns = BTreeMap::new();
@@ -160,13 +176,25 @@ impl MixConfig {
         }
         let total: f64 = raw.iter().map(|r| r.2).sum();
         if !(total > 0.0) {
-            bail!("mix {}: all weights are zero; give at least one source a positive weight", origin.display());
+            bail!(
+                "mix {}: all weights are zero; give at least one source a positive weight",
+                origin.display()
+            );
         }
         let sources = raw
             .into_iter()
-            .map(|(config, files, w, columns)| ResolvedSource { config, files, share: w / total, columns })
+            .map(|(config, files, w, columns)| ResolvedSource {
+                config,
+                files,
+                share: w / total,
+                columns,
+            })
             .collect();
-        Ok(ResolvedMix { path: origin.to_path_buf(), description: self.description.clone(), sources })
+        Ok(ResolvedMix {
+            path: origin.to_path_buf(),
+            description: self.description.clone(),
+            sources,
+        })
     }
 }
 

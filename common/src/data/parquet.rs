@@ -48,8 +48,12 @@ pub fn open_checked(
     columns: &BTreeMap<String, String>,
 ) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| anyhow!("{} is not a readable Parquet file ({e}); re-download or rebuild it", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        anyhow!(
+            "{} is not a readable Parquet file ({e}); re-download or rebuild it",
+            path.display()
+        )
+    })?;
     let schema = builder.schema().clone();
     let mut indices = Vec::new();
     for (logical, column) in columns {
@@ -66,8 +70,16 @@ pub fn open_checked(
             _ => is_string(field.data_type()),
         };
         if !ok {
-            let want = if logical == "messages" { "list<struct<role: string, content: string>>" } else { "string" };
-            bail!("{}: column `{column}` has type {}, expected {want}", path.display(), field.data_type());
+            let want = if logical == "messages" {
+                "list<struct<role: string, content: string>>"
+            } else {
+                "string"
+            };
+            bail!(
+                "{}: column `{column}` has type {}, expected {want}",
+                path.display(),
+                field.data_type()
+            );
         }
         indices.push(idx);
     }
@@ -89,18 +101,24 @@ fn is_message_list(dt: &DataType) -> bool {
 }
 
 fn strings(batch: &RecordBatch, column: &str) -> Result<Vec<Option<String>>> {
-    let col = batch.column_by_name(column).ok_or_else(|| anyhow!("column `{column}` vanished from batch"))?;
+    let col = batch
+        .column_by_name(column)
+        .ok_or_else(|| anyhow!("column `{column}` vanished from batch"))?;
     string_values(col)
 }
 
 fn string_values(col: &ArrayRef) -> Result<Vec<Option<String>>> {
     let col = arrow::compute::cast(col, &DataType::Utf8)?;
     let arr = col.as_string::<i32>();
-    Ok((0..arr.len()).map(|i| (!arr.is_null(i)).then(|| arr.value(i).to_string())).collect())
+    Ok((0..arr.len())
+        .map(|i| (!arr.is_null(i)).then(|| arr.value(i).to_string()))
+        .collect())
 }
 
 fn messages(batch: &RecordBatch, column: &str) -> Result<Vec<Vec<Message>>> {
-    let col = batch.column_by_name(column).ok_or_else(|| anyhow!("column `{column}` vanished from batch"))?;
+    let col = batch
+        .column_by_name(column)
+        .ok_or_else(|| anyhow!("column `{column}` vanished from batch"))?;
     let mut out = Vec::with_capacity(col.len());
     let rows: Vec<Option<ArrayRef>> = match col.data_type() {
         DataType::List(_) => {
@@ -119,12 +137,21 @@ fn messages(batch: &RecordBatch, column: &str) -> Result<Vec<Vec<Message>>> {
             continue;
         };
         let s = values.as_struct();
-        let role = string_values(s.column_by_name("role").ok_or_else(|| anyhow!("messages lack `role`"))?)?;
-        let content = string_values(s.column_by_name("content").ok_or_else(|| anyhow!("messages lack `content`"))?)?;
+        let role = string_values(
+            s.column_by_name("role")
+                .ok_or_else(|| anyhow!("messages lack `role`"))?,
+        )?;
+        let content = string_values(
+            s.column_by_name("content")
+                .ok_or_else(|| anyhow!("messages lack `content`"))?,
+        )?;
         out.push(
             role.into_iter()
                 .zip(content)
-                .map(|(r, c)| Message { role: r.unwrap_or_default(), content: c.unwrap_or_default() })
+                .map(|(r, c)| Message {
+                    role: r.unwrap_or_default(),
+                    content: c.unwrap_or_default(),
+                })
                 .collect(),
         );
     }
@@ -135,7 +162,10 @@ fn messages(batch: &RecordBatch, column: &str) -> Result<Vec<Vec<Message>>> {
 pub fn batch_docs(batch: &RecordBatch, format: Format, columns: &BTreeMap<String, String>) -> Result<Vec<Doc>> {
     let col = |k: &str| columns.get(k).map(String::as_str).unwrap_or(k).to_string();
     Ok(match format {
-        Format::Text => strings(batch, &col("text"))?.into_iter().map(|t| Doc::Text(t.unwrap_or_default())).collect(),
+        Format::Text => strings(batch, &col("text"))?
+            .into_iter()
+            .map(|t| Doc::Text(t.unwrap_or_default()))
+            .collect(),
         Format::Chat => messages(batch, &col("messages"))?.into_iter().map(Doc::Chat).collect(),
         Format::PromptAnswer => {
             let prompts = strings(batch, &col("prompt"))?;
@@ -154,7 +184,10 @@ pub fn batch_docs(batch: &RecordBatch, format: Format, columns: &BTreeMap<String
                         user.push_str("\n\n");
                         user.push_str(&i);
                     }
-                    Doc::Chat(vec![Message::new("user", user), Message::new("assistant", a.unwrap_or_default())])
+                    Doc::Chat(vec![
+                        Message::new("user", user),
+                        Message::new("assistant", a.unwrap_or_default()),
+                    ])
                 })
                 .collect()
         }
@@ -230,14 +263,19 @@ impl SourceReader {
         loop {
             let order = self.file_order(self.pos.epoch);
             if self.pos.file >= order.len() {
-                self.pos = ReaderPos { epoch: self.pos.epoch + 1, ..Default::default() };
+                self.pos = ReaderPos {
+                    epoch: self.pos.epoch + 1,
+                    ..Default::default()
+                };
                 self.reader = None;
                 continue;
             }
             let path = &self.files[order[self.pos.file]];
             if self.reader.is_none() {
                 let builder = open_checked(path, self.format, &self.columns)?;
-                let builder = builder.with_batch_size(BATCH_ROWS).with_offset(self.pos.batch * BATCH_ROWS);
+                let builder = builder
+                    .with_batch_size(BATCH_ROWS)
+                    .with_offset(self.pos.batch * BATCH_ROWS);
                 self.reader = Some(builder.build().with_context(|| format!("reading {}", path.display()))?);
             }
             let next = self.reader.as_mut().and_then(|r| r.next());
@@ -254,7 +292,8 @@ impl SourceReader {
                         .with_context(|| format!("reading {}", path.display()))?;
                     if self.shuffle {
                         let salt = (self.pos.epoch << 40) ^ ((self.pos.file as u64) << 20) ^ self.pos.batch as u64;
-                        let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(salt.wrapping_mul(0x2545_F491_4F6C_DD1D)));
+                        let mut rng =
+                            ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(salt.wrapping_mul(0x2545_F491_4F6C_DD1D)));
                         docs.shuffle(&mut rng);
                     }
                     if self.pos.row >= docs.len() {

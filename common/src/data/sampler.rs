@@ -122,7 +122,10 @@ impl LmSampler {
             docs: 0,
         });
         if cursor.readers.len() != n || cursor.consumed.len() != n {
-            bail!("the saved data cursor has {} sources but the mix has {n}: resume with the mix the run started with", cursor.readers.len());
+            bail!(
+                "the saved data cursor has {} sources but the mix has {n}: resume with the mix the run started with",
+                cursor.readers.len()
+            );
         }
         let mut sources = Vec::with_capacity(n);
         for (i, (src, pos)) in mix.sources.iter().zip(cursor.readers).enumerate() {
@@ -215,7 +218,11 @@ impl LmSampler {
                         Doc::Text(t) => vec![crate::tokenizer::Message::new("user", t.clone())],
                     };
                     let (ids, mask) = self.tok.render_chat(&msgs)?;
-                    let mask = if self.assistant_only { mask } else { vec![true; ids.len()] };
+                    let mask = if self.assistant_only {
+                        mask
+                    } else {
+                        vec![true; ids.len()]
+                    };
                     Ok((ids, mask))
                 })
                 .collect(),
@@ -255,7 +262,11 @@ impl LmSampler {
         self.consumed[i] += ids.len() as u64;
         let doc = self.docs as u32;
         self.docs += 1;
-        Ok(ids.into_iter().zip(mask).map(|(t, m)| Slot(t, m, doc, i as u16)).collect())
+        Ok(ids
+            .into_iter()
+            .zip(mask)
+            .map(|(t, m)| Slot(t, m, doc, i as u16))
+            .collect())
     }
 
     /// Builds one row of `seq_len + 1` slots.
@@ -302,7 +313,13 @@ impl LmSampler {
         for _ in 0..rows {
             data.push(self.next_row()?);
         }
-        Ok(pack(&data, self.seq_len, self.mode, self.tok.token_bytes(), self.shares.len()))
+        Ok(pack(
+            &data,
+            self.seq_len,
+            self.mode,
+            self.tok.token_bytes(),
+            self.shares.len(),
+        ))
     }
 }
 
@@ -341,7 +358,11 @@ pub fn pack(rows: &[Vec<Slot>], seq_len: usize, mode: PackMode, token_bytes: &[u
                 }
                 positions.push(pos);
                 // Padding gets a distinct id per position so it never attends to a document.
-                docs.push(if cur.2 == u32::MAX { -(i as i64) - 1 } else { cur.2 as i64 });
+                docs.push(if cur.2 == u32::MAX {
+                    -(i as i64) - 1
+                } else {
+                    cur.2 as i64
+                });
                 pos += 1;
             }
         }

@@ -39,11 +39,7 @@ fn message_fields() -> Fields {
 }
 
 fn message_item_field() -> Arc<Field> {
-    Arc::new(Field::new(
-        "item",
-        DataType::Struct(message_fields()),
-        false,
-    ))
+    Arc::new(Field::new("item", DataType::Struct(message_fields()), false))
 }
 
 /// Schema of [`write_text`]: `text: Utf8`.
@@ -62,11 +58,7 @@ pub fn chat_schema() -> SchemaRef {
 
 /// Schema of [`write_tasks`]: `prompt: Utf8, answer: Utf8, task: Utf8`.
 pub fn tasks_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        utf8("prompt"),
-        utf8("answer"),
-        utf8("task"),
-    ]))
+    Arc::new(Schema::new(vec![utf8("prompt"), utf8("answer"), utf8("task")]))
 }
 
 /// Writes the batches produced by `batch(start, end)` for consecutive row ranges to `path`.
@@ -78,8 +70,7 @@ fn write_parquet(
 ) -> anyhow::Result<()> {
     let tmp: PathBuf = path.with_extension("parquet.tmp");
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating directory {}", dir.display()))?;
     }
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let props = WriterProperties::builder()
@@ -91,30 +82,22 @@ fn write_parquet(
     let mut start = 0;
     while start < rows {
         let end = (start + ROW_GROUP_ROWS).min(rows);
-        let b = batch(start, end)
-            .with_context(|| format!("building rows {start}..{end} of {}", path.display()))?;
-        writer
-            .write(&b)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        writer
-            .flush()
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let b = batch(start, end).with_context(|| format!("building rows {start}..{end} of {}", path.display()))?;
+        writer.write(&b).with_context(|| format!("writing {}", tmp.display()))?;
+        writer.flush().with_context(|| format!("writing {}", tmp.display()))?;
         start = end;
     }
     let mut buf = writer
         .into_inner()
         .with_context(|| format!("finishing {}", tmp.display()))?;
-    buf.flush()
-        .with_context(|| format!("writing {}", tmp.display()))?;
+    buf.flush().with_context(|| format!("writing {}", tmp.display()))?;
     let file = buf
         .into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all()
-        .with_context(|| format!("syncing {}", tmp.display()))?;
+    file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
     drop(file);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -214,15 +197,8 @@ mod tests {
                 let item = list.value(i);
                 let s = item.as_struct();
                 let roles = s.column_by_name("role").expect("role").as_string::<i32>();
-                let contents = s
-                    .column_by_name("content")
-                    .expect("content")
-                    .as_string::<i32>();
-                back.push(
-                    (0..s.len())
-                        .map(|j| msg(roles.value(j), contents.value(j)))
-                        .collect(),
-                );
+                let contents = s.column_by_name("content").expect("content").as_string::<i32>();
+                back.push((0..s.len()).map(|j| msg(roles.value(j), contents.value(j))).collect());
             }
         }
         assert_eq!(back, data);
@@ -231,9 +207,7 @@ mod tests {
     #[test]
     fn text_and_tasks_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let docs: Vec<String> = (0..123)
-            .map(|i| format!("doc {i}\nwith two lines"))
-            .collect();
+        let docs: Vec<String> = (0..123).map(|i| format!("doc {i}\nwith two lines")).collect();
         let p = dir.path().join("text.parquet");
         write_text(&p, &docs).expect("write text");
         let (schema, batches, _) = read_all(&p);
@@ -276,10 +250,7 @@ mod tests {
         let b = dir.path().join("b.parquet");
         write_chat(&a, &data).expect("write a");
         write_chat(&b, &data).expect("write b");
-        let (ba, bb) = (
-            std::fs::read(&a).expect("read a"),
-            std::fs::read(&b).expect("read b"),
-        );
+        let (ba, bb) = (std::fs::read(&a).expect("read a"), std::fs::read(&b).expect("read b"));
         assert_eq!(ba, bb);
         write_chat(&a, &data).expect("overwrite a");
         assert_eq!(std::fs::read(&a).expect("read a"), bb);
@@ -292,9 +263,6 @@ mod tests {
         std::fs::write(&blocker, b"x").expect("write");
         let bad = blocker.join("out.parquet");
         let err = write_text(&bad, &["a".to_string()]).expect_err("must fail");
-        assert!(
-            format!("{err:#}").contains(&blocker.display().to_string()),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains(&blocker.display().to_string()), "{err:#}");
     }
 }

@@ -48,7 +48,14 @@ struct Args {
 }
 
 /// Streams one reply to `out`; returns its text.
-fn reply(model: &Gpt, tok: &Tok, history: &mut Vec<Message>, sampling: &SamplingConfig, device: Device, out: &mut impl Write) -> Result<String> {
+fn reply(
+    model: &Gpt,
+    tok: &Tok,
+    history: &mut Vec<Message>,
+    sampling: &SamplingConfig,
+    device: Device,
+    out: &mut impl Write,
+) -> Result<String> {
     let max_ctx = model.config().max_seq_len;
     let mut ids = tok.render_prompt(history)?;
     // Drop the oldest exchanges (keeping a system message) until prompt + reply fit.
@@ -63,12 +70,17 @@ fn reply(model: &Gpt, tok: &Tok, history: &mut Vec<Message>, sampling: &Sampling
         }
     }
     if ids.len() as i64 >= max_ctx {
-        bail!("the prompt ({} tokens) does not fit the model's context of {max_ctx}", ids.len());
+        bail!(
+            "the prompt ({} tokens) does not fit the model's context of {max_ctx}",
+            ids.len()
+        );
     }
     let budget = sampling.max_new_tokens.min(max_ctx - ids.len() as i64);
     let _g = tch::no_grad_guard();
     let mut cache = model.new_cache(1, ids.len() as i64 + budget);
-    let input = Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]).to_device(device);
+    let input = Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())
+        .view([1, -1])
+        .to_device(device);
     let logits = model.forward(&input, &Positions::CAUSAL, Some(&mut cache));
     let mut last = logits.select(1, ids.len() as i64 - 1);
     let mut gen: Vec<u32> = Vec::new();
@@ -102,7 +114,12 @@ fn run(a: Args) -> Result<()> {
     let device = a.device.resolve()?;
     seed_everything(a.seed);
     let (_vs, model, loaded) = checkpoint::load_model(&a.checkpoint, device)?;
-    let sampling = SamplingConfig { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, max_new_tokens: a.max_new_tokens };
+    let sampling = SamplingConfig {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        max_new_tokens: a.max_new_tokens,
+    };
     sampling.validate()?;
     let mut history: Vec<Message> = a.system.iter().map(|s| Message::new("system", s.clone())).collect();
     let mut stdout = std::io::stdout();
@@ -111,7 +128,12 @@ fn run(a: Args) -> Result<()> {
         reply(&model, &loaded.tok, &mut history, &sampling, device, &mut stdout)?;
         return Ok(());
     }
-    eprintln!("chatting with {} ({} stage, step {}); empty line or Ctrl-D quits, /reset clears", a.checkpoint.display(), loaded.meta.stage, loaded.meta.step);
+    eprintln!(
+        "chatting with {} ({} stage, step {}); empty line or Ctrl-D quits, /reset clears",
+        a.checkpoint.display(),
+        loaded.meta.stage,
+        loaded.meta.step
+    );
     let stdin = std::io::stdin();
     loop {
         eprint!("you> ");

@@ -51,7 +51,9 @@ struct Args {
 }
 
 fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
-    let mut s = String::from("| task | n | accuracy (95% CI) | format | abstain | hallucination | tokens |\n|---|---|---|---|---|---|---|\n");
+    let mut s = String::from(
+        "| task | n | accuracy (95% CI) | format | abstain | hallucination | tokens |\n|---|---|---|---|---|---|---|\n",
+    );
     let mut rows: Vec<(&String, &common::tasks::KindReport)> = r.per_kind.iter().collect();
     let all = "answerable (pooled)".to_string();
     rows.push((&all, &r.answerable));
@@ -64,19 +66,33 @@ fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
             100.0 * v.ci95.1,
             100.0 * v.format_rate,
             100.0 * v.abstention_rate,
-            v.hallucination_rate.map_or("–".into(), |h| format!("{:.0}%", 100.0 * h)),
+            v.hallucination_rate
+                .map_or("–".into(), |h| format!("{:.0}%", 100.0 * h)),
             v.mean_tokens
         ));
     }
     if let Some(sr) = sampled {
         let ks: Vec<usize> = sr.answerable.pass_at_k.keys().copied().collect();
-        s.push_str(&format!("\n| task | {} |\n|---|{}\n", ks.iter().map(|k| format!("pass@{k} | maj@{k}")).collect::<Vec<_>>().join(" | "), "---|---|".repeat(ks.len())));
+        s.push_str(&format!(
+            "\n| task | {} |\n|---|{}\n",
+            ks.iter()
+                .map(|k| format!("pass@{k} | maj@{k}"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|---|".repeat(ks.len())
+        ));
         let mut rows: Vec<(&String, &common::tasks::KindReport)> = sr.per_kind.iter().collect();
         rows.push((&all, &sr.answerable));
         for (k, v) in rows {
             let cells: Vec<String> = ks
                 .iter()
-                .map(|kk| format!("{:.1}% | {:.1}%", 100.0 * v.pass_at_k.get(kk).copied().unwrap_or(f64::NAN), 100.0 * v.maj_at_k.get(kk).copied().unwrap_or(f64::NAN)))
+                .map(|kk| {
+                    format!(
+                        "{:.1}% | {:.1}%",
+                        100.0 * v.pass_at_k.get(kk).copied().unwrap_or(f64::NAN),
+                        100.0 * v.maj_at_k.get(kk).copied().unwrap_or(f64::NAN)
+                    )
+                })
                 .collect();
             s.push_str(&format!("| {k} | {} |\n", cells.join(" | ")));
         }
@@ -90,19 +106,52 @@ fn run(a: Args) -> Result<()> {
     let (_vs, model, loaded) = checkpoint::load_model(&a.checkpoint, device)?;
     let per_kind = a.per_kind.unwrap_or_else(|| {
         let c = &loaded.meta.config;
-        c["tasks"]["per_kind"].as_u64().or(c["eval"]["per_kind"].as_u64()).unwrap_or(125) as usize
+        c["tasks"]["per_kind"]
+            .as_u64()
+            .or(c["eval"]["per_kind"].as_u64())
+            .unwrap_or(125) as usize
     });
     let tasks = limit_per_kind(load_tasks(&a.tasks)?, per_kind);
     let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
-    let greedy = evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &SamplingConfig::greedy(a.max_new_tokens), 1, a.batch_size, device)?;
+    let greedy = evaluate_tasks(
+        &model,
+        &loaded.tok,
+        &tasks,
+        &grader,
+        &SamplingConfig::greedy(a.max_new_tokens),
+        1,
+        a.batch_size,
+        device,
+    )?;
     let sampled = if a.samples > 1 {
         seed_everything(a.seed);
-        let s = SamplingConfig { temperature: a.temperature, top_k: 0, top_p: 1.0, max_new_tokens: a.max_new_tokens };
-        Some(evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &s, a.samples, a.batch_size, device)?)
+        let s = SamplingConfig {
+            temperature: a.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            max_new_tokens: a.max_new_tokens,
+        };
+        Some(evaluate_tasks(
+            &model,
+            &loaded.tok,
+            &tasks,
+            &grader,
+            &s,
+            a.samples,
+            a.batch_size,
+            device,
+        )?)
     } else {
         None
     };
-    println!("{} ({} stage, step {}) on {} ({} tasks)\n", a.checkpoint.display(), loaded.meta.stage, loaded.meta.step, a.tasks.display(), tasks.len());
+    println!(
+        "{} ({} stage, step {}) on {} ({} tasks)\n",
+        a.checkpoint.display(),
+        loaded.meta.stage,
+        loaded.meta.step,
+        a.tasks.display(),
+        tasks.len()
+    );
     println!("{}", table(&greedy, sampled.as_ref()));
     println!("generation: {:.0} tokens/s", greedy.gen_tokens_per_sec);
     if let Some(out) = &a.out {

@@ -32,7 +32,9 @@ fn load(run: &Path) -> Result<Vec<Stage>> {
     let mut out = Vec::new();
     for name in STAGES {
         let dir = run.join(name);
-        let Ok(dir) = common::checkpoint::resolve_dir(&dir) else { continue };
+        let Ok(dir) = common::checkpoint::resolve_dir(&dir) else {
+            continue;
+        };
         let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)
             .with_context(|| format!("parsing {}/meta.json", dir.display()))?;
         let log = std::fs::read_to_string(dir.join("metrics.jsonl"))
@@ -43,7 +45,11 @@ fn load(run: &Path) -> Result<Vec<Stage>> {
         out.push(Stage { name, meta, log });
     }
     if out.is_empty() {
-        anyhow::bail!("{} holds no stage checkpoints (expected {}/pretrain/meta.json, …); run `just pipeline` first", run.display(), run.display());
+        anyhow::bail!(
+            "{} holds no stage checkpoints (expected {}/pretrain/meta.json, …); run `just pipeline` first",
+            run.display(),
+            run.display()
+        );
     }
     Ok(out)
 }
@@ -64,12 +70,20 @@ fn plot_loss(stages: &[Stage], path: &Path) -> Result<()> {
         if s.name == "rl" {
             continue;
         }
-        let pts: Vec<(f64, f64)> = s.log.iter().filter_map(|l| Some((offset + f(&l["step"])?, f(&l["loss"])?))).collect();
+        let pts: Vec<(f64, f64)> = s
+            .log
+            .iter()
+            .filter_map(|l| Some((offset + f(&l["step"])?, f(&l["loss"])?)))
+            .collect();
         offset += s.meta["step"].as_f64().unwrap_or(0.0);
         bounds.push(offset);
         series.push((s.name, pts));
     }
-    let ymax = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)).fold(0.0f64, f64::max).min(12.0);
+    let ymax = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(0.0f64, f64::max)
+        .min(12.0);
     let root = SVGBackend::new(path, (820, 380)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -78,13 +92,24 @@ fn plot_loss(stages: &[Stage], path: &Path) -> Result<()> {
         .x_label_area_size(36)
         .y_label_area_size(48)
         .build_cartesian_2d(0.0..offset.max(1.0), 0.0..ymax.max(0.1) * 1.05)?;
-    chart.configure_mesh().x_desc("optimizer step (stages back to back)").y_desc("loss").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step (stages back to back)")
+        .y_desc("loss")
+        .draw()?;
     let colors = [BLUE, RED, GREEN, MAGENTA];
     for (i, (name, pts)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
-        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?.label(*name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -110,11 +135,23 @@ fn plot_lines(path: &Path, title: &str, xdesc: &str, xs: &[String], series: &[(S
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
     for (i, (name, ys)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
-        let pts: Vec<(f64, f64)> = ys.iter().enumerate().filter(|(_, y)| y.is_finite()).map(|(x, y)| (x as f64, 100.0 * y)).collect();
-        chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?.label(name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+        let pts: Vec<(f64, f64)> = ys
+            .iter()
+            .enumerate()
+            .filter(|(_, y)| y.is_finite())
+            .map(|(x, y)| (x as f64, 100.0 * y))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))?;
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     root.present()?;
     Ok(())
 }
@@ -146,10 +183,19 @@ fn run(a: Args) -> Result<()> {
     }
 
     // Held-out bits per byte.
-    let lm: Vec<&Stage> = stages.iter().filter(|s| s.meta["metrics"]["heldout"].is_object() && s.name != "sft").collect();
+    let lm: Vec<&Stage> = stages
+        .iter()
+        .filter(|s| s.meta["metrics"]["heldout"].is_object() && s.name != "sft")
+        .collect();
     if let Some(first) = lm.first() {
-        let sources: Vec<String> = first.meta["metrics"]["heldout"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
-        writeln!(md, "\n## What pretraining and midtraining bought: held-out bits per byte\n")?;
+        let sources: Vec<String> = first.meta["metrics"]["heldout"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        writeln!(
+            md,
+            "\n## What pretraining and midtraining bought: held-out bits per byte\n"
+        )?;
         write!(md, "| source | random init |")?;
         for s in &lm {
             write!(md, " {} |", s.name)?;
@@ -170,10 +216,30 @@ fn run(a: Args) -> Result<()> {
             };
             writeln!(md, " {change} |")?;
         }
-        writeln!(md, "\nUnigram floor (nats/token, entropy of each held-out set's own token frequencies): {}",
-            sources.iter().map(|s| format!("{s} {:.2}", f(&first.meta["metrics"]["heldout"][s]["unigram_loss"]).unwrap_or(f64::NAN))).collect::<Vec<_>>().join(", "))?;
-        writeln!(md, "; held-out loss after pretraining: {}.",
-            sources.iter().map(|s| format!("{s} {:.2}", f(&first.meta["metrics"]["heldout"][s]["loss"]).unwrap_or(f64::NAN))).collect::<Vec<_>>().join(", "))?;
+        writeln!(
+            md,
+            "\nUnigram floor (nats/token, entropy of each held-out set's own token frequencies): {}",
+            sources
+                .iter()
+                .map(|s| format!(
+                    "{s} {:.2}",
+                    f(&first.meta["metrics"]["heldout"][s]["unigram_loss"]).unwrap_or(f64::NAN)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        writeln!(
+            md,
+            "; held-out loss after pretraining: {}.",
+            sources
+                .iter()
+                .map(|s| format!(
+                    "{s} {:.2}",
+                    f(&first.meta["metrics"]["heldout"][s]["loss"]).unwrap_or(f64::NAN)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
     }
     plot_loss(&stages, &a.run.join("loss.svg"))?;
     writeln!(md, "\n![training loss](loss.svg)")?;
@@ -197,13 +263,19 @@ fn run(a: Args) -> Result<()> {
         }
     }
     if !cols.is_empty() {
-        writeln!(md, "\n## What SFT and RL bought: held-out task accuracy (greedy answers, graded by verifiers)\n")?;
+        writeln!(
+            md,
+            "\n## What SFT and RL bought: held-out task accuracy (greedy answers, graded by verifiers)\n"
+        )?;
         write!(md, "| task |")?;
         for (c, _) in &cols {
             write!(md, " {c} |")?;
         }
         writeln!(md, "\n|---|{}", "---|".repeat(cols.len()))?;
-        let kinds: Vec<String> = cols[0].1["per_kind"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let kinds: Vec<String> = cols[0].1["per_kind"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
         let mut series: Vec<(String, Vec<f64>)> = Vec::new();
         for k in &kinds {
             write!(md, "| {k} (n={}) |", cols[0].1["per_kind"][k]["n"])?;
@@ -211,19 +283,32 @@ fn run(a: Args) -> Result<()> {
             for (_, v) in &cols {
                 let r = &v["per_kind"][k];
                 ys.push(f(&r["accuracy"]).unwrap_or(f64::NAN));
-                write!(md, " {} [{:.0}–{:.0}] |", pct(f(&r["accuracy"])), 100.0 * f(&r["ci95"][0]).unwrap_or(0.0), 100.0 * f(&r["ci95"][1]).unwrap_or(0.0))?;
+                write!(
+                    md,
+                    " {} [{:.0}–{:.0}] |",
+                    pct(f(&r["accuracy"])),
+                    100.0 * f(&r["ci95"][0]).unwrap_or(0.0),
+                    100.0 * f(&r["ci95"][1]).unwrap_or(0.0)
+                )?;
             }
             writeln!(md)?;
             series.push((k.clone(), ys));
         }
-        for (label, key) in [("answerable, pooled", "accuracy"), ("format compliance", "format_rate"), ("abstention (answerable)", "abstention_rate")] {
+        for (label, key) in [
+            ("answerable, pooled", "accuracy"),
+            ("format compliance", "format_rate"),
+            ("abstention (answerable)", "abstention_rate"),
+        ] {
             write!(md, "| {label} |")?;
             for (_, v) in &cols {
                 write!(md, " {} |", pct(f(&v["answerable"][key])))?;
             }
             writeln!(md)?;
         }
-        write!(md, "| **hallucination** (confident answers to unanswerable questions) |")?;
+        write!(
+            md,
+            "| **hallucination** (confident answers to unanswerable questions) |"
+        )?;
         let mut hall = Vec::new();
         for (_, v) in &cols {
             let h = f(&v["per_kind"]["unanswerable"]["hallucination_rate"]);
@@ -233,14 +318,30 @@ fn run(a: Args) -> Result<()> {
         writeln!(md)?;
         series.push(("hallucination".into(), hall));
         let xs: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
-        plot_lines(&a.run.join("accuracy.svg"), "held-out accuracy per task, by stage", "stage", &xs, &series)?;
+        plot_lines(
+            &a.run.join("accuracy.svg"),
+            "held-out accuracy per task, by stage",
+            "stage",
+            &xs,
+            &series,
+        )?;
         writeln!(md, "\n![accuracy by stage](accuracy.svg)")?;
         if let Some((_, last)) = cols.last() {
-            writeln!(md, "\nExamples ({}):\n", cols.last().map(|c| c.0.as_str()).unwrap_or(""))?;
+            writeln!(
+                md,
+                "\nExamples ({}):\n",
+                cols.last().map(|c| c.0.as_str()).unwrap_or("")
+            )?;
             for e in last["examples"].as_array().into_iter().flatten().take(8) {
                 let q = e[0].as_str().unwrap_or("").replace('\n', " ");
                 let ans = e[1].as_str().unwrap_or("").replace('\n', " ⏎ ");
-                writeln!(md, "- {} **Q:** {} **A:** {}", if e[2].as_bool() == Some(true) { "✅" } else { "❌" }, q.chars().take(140).collect::<String>(), ans.chars().take(160).collect::<String>())?;
+                writeln!(
+                    md,
+                    "- {} **Q:** {} **A:** {}",
+                    if e[2].as_bool() == Some(true) { "✅" } else { "❌" },
+                    q.chars().take(140).collect::<String>(),
+                    ans.chars().take(160).collect::<String>()
+                )?;
             }
         }
     }
@@ -251,12 +352,24 @@ fn run(a: Args) -> Result<()> {
         if !steps.is_empty() {
             writeln!(md, "\n## RL dynamics\n\n| step | reward | accuracy | abstain | length | zero-adv groups | clip | KL | sample tok/s |\n|---|---|---|---|---|---|---|---|---|")?;
             let every = (steps.len() / 8).max(1);
-            for l in steps.iter().enumerate().filter(|(i, _)| i % every == 0 || *i + 1 == steps.len()).map(|(_, l)| l) {
+            for l in steps
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % every == 0 || *i + 1 == steps.len())
+                .map(|(_, l)| l)
+            {
                 writeln!(
                     md,
                     "| {} | {:.3} | {} | {} | {:.1} | {} | {} | {:.4} | {:.0} |",
-                    l["step"], f(&l["reward_mean"]).unwrap_or(0.0), pct(f(&l["accuracy"])), pct(f(&l["abstention_rate"])),
-                    f(&l["completion_len"]).unwrap_or(0.0), pct(f(&l["zero_adv_groups"])), pct(f(&l["clip_frac"])), f(&l["kl"]).unwrap_or(0.0), f(&l["sample_tok_per_s"]).unwrap_or(0.0)
+                    l["step"],
+                    f(&l["reward_mean"]).unwrap_or(0.0),
+                    pct(f(&l["accuracy"])),
+                    pct(f(&l["abstention_rate"])),
+                    f(&l["completion_len"]).unwrap_or(0.0),
+                    pct(f(&l["zero_adv_groups"])),
+                    pct(f(&l["clip_frac"])),
+                    f(&l["kl"]).unwrap_or(0.0),
+                    f(&l["sample_tok_per_s"]).unwrap_or(0.0)
                 )?;
             }
         }
@@ -272,13 +385,33 @@ fn run(a: Args) -> Result<()> {
             let mut ks_sorted: Vec<usize> = ks.iter().filter_map(|k| k.parse().ok()).collect();
             ks_sorted.sort();
             let xs: Vec<String> = ks_sorted.iter().map(|k| k.to_string()).collect();
-            let pv: Vec<f64> = ks_sorted.iter().map(|k| f(&p[&k.to_string()]).unwrap_or(f64::NAN)).collect();
-            let mv: Vec<f64> = ks_sorted.iter().map(|k| f(&m[&k.to_string()]).unwrap_or(f64::NAN)).collect();
+            let pv: Vec<f64> = ks_sorted
+                .iter()
+                .map(|k| f(&p[&k.to_string()]).unwrap_or(f64::NAN))
+                .collect();
+            let mv: Vec<f64> = ks_sorted
+                .iter()
+                .map(|k| f(&m[&k.to_string()]).unwrap_or(f64::NAN))
+                .collect();
             writeln!(md, "\n## Test-time compute: more samples, slowly more accuracy (final checkpoint, answerable tasks, T = {})\n", v["temperature"])?;
             writeln!(md, "| k | {} |\n|---|{}", xs.join(" | "), "---|".repeat(xs.len()))?;
-            writeln!(md, "| pass@k | {} |", pv.iter().map(|x| pct(Some(*x))).collect::<Vec<_>>().join(" | "))?;
-            writeln!(md, "| maj@k | {} |", mv.iter().map(|x| pct(Some(*x))).collect::<Vec<_>>().join(" | "))?;
-            plot_lines(&a.run.join("passk.svg"), "pass@k and majority vote against k", "k (samples per question)", &xs, &[("pass@k".into(), pv), ("maj@k".into(), mv)])?;
+            writeln!(
+                md,
+                "| pass@k | {} |",
+                pv.iter().map(|x| pct(Some(*x))).collect::<Vec<_>>().join(" | ")
+            )?;
+            writeln!(
+                md,
+                "| maj@k | {} |",
+                mv.iter().map(|x| pct(Some(*x))).collect::<Vec<_>>().join(" | ")
+            )?;
+            plot_lines(
+                &a.run.join("passk.svg"),
+                "pass@k and majority vote against k",
+                "k (samples per question)",
+                &xs,
+                &[("pass@k".into(), pv), ("maj@k".into(), mv)],
+            )?;
             writeln!(md, "\n![pass@k](passk.svg)")?;
         }
     }
@@ -294,12 +427,27 @@ fn run(a: Args) -> Result<()> {
                     .iter()
                     .map(|x| {
                         let name = x["config"]["name"].as_str().unwrap_or("?");
-                        format!("{name} {:.0}% ({} tokens)", 100.0 * f(&x["share"]).unwrap_or(0.0), common::progress::format_count(f(&consumed[name]).unwrap_or(0.0)))
+                        format!(
+                            "{name} {:.0}% ({} tokens)",
+                            100.0 * f(&x["share"]).unwrap_or(0.0),
+                            common::progress::format_count(f(&consumed[name]).unwrap_or(0.0))
+                        )
                     })
                     .collect();
-                writeln!(md, "- **{}** ({}): {}", s.name, mix["path"].as_str().unwrap_or("?"), parts.join(", "))?;
+                writeln!(
+                    md,
+                    "- **{}** ({}): {}",
+                    s.name,
+                    mix["path"].as_str().unwrap_or("?"),
+                    parts.join(", ")
+                )?;
             }
-            None => writeln!(md, "- **{}**: prompts from {}", s.name, mix["prompts"].as_str().unwrap_or("?"))?,
+            None => writeln!(
+                md,
+                "- **{}**: prompts from {}",
+                s.name,
+                mix["prompts"].as_str().unwrap_or("?")
+            )?,
         }
     }
     let out = a.run.join("report.md");
