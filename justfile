@@ -90,9 +90,10 @@ chat checkpoint='runs/default/rl' *flags='': build
 report run='default': build
     {{bin}}/report runs/{{run}}
 
-# Benchmarks: machine peak, training and sampling throughput against PyTorch
-bench: build
-    {{bin}}/pretrain --help > /dev/null
+# Benchmarks: machine peak, training and sampling throughput against PyTorch (writes bench/results.json)
+bench *flags='': build
+    [ -f data/default/manifest.json ] || {{bin}}/datasets build --out data/default
+    {{bin}}/bench --python "{{venv}}/bin/python" {{flags}}
 
 # Remove build outputs, runs and generated data (keeps ./.venv)
 clean:

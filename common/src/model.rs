@@ -459,15 +459,22 @@ impl Gpt {
             ),
             None => (self.rope_cos.narrow(0, offset, t), self.rope_sin.narrow(0, offset, t)),
         };
+        // Rotary tables follow the weights' precision (bf16 models stay bf16 end to end).
+        let kind = self.embed_tokens.kind();
+        let rope = if rope.0.kind() == kind {
+            rope
+        } else {
+            (rope.0.to_kind(kind), rope.1.to_kind(kind))
+        };
         let mut x = self.embed_tokens.embedding(tokens);
         for (i, block) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
             let a = block
                 .self_attn
                 .forward(&block.input_layernorm.forward(&x), &rope, pos, c);
-            x = x + a;
+            x += a;
             let m = block.mlp.forward(&block.post_attention_layernorm.forward(&x));
-            x = x + m;
+            x += m;
         }
         if let Some(c) = cache {
             c.len = offset + t;

@@ -654,7 +654,9 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         let flat = flat_groups(&rewards, g);
         let loss_mask: Vec<bool> = (0..rewards.len())
             .map(|i| {
-                !(cfg.rl.loss == LossKind::Dapo && flat[i / g]) && !(overlong == Overlong::Mask && !gen.finished[i])
+                let dropped = cfg.rl.loss == LossKind::Dapo && flat[i / g];
+                let masked = overlong == Overlong::Mask && !gen.finished[i];
+                !dropped && !masked
             })
             .collect();
         let sample_secs = t0.elapsed().as_secs_f64();

@@ -217,7 +217,7 @@ pub fn generate(
             Some(&mut cache),
         );
         last = logits.select(1, 0);
-        next_pos = next_pos + 1;
+        next_pos += 1;
     }
     let secs = t0.elapsed().as_secs_f64();
     Ok(Generation {

@@ -465,29 +465,7 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         if trained == 0 {
             bail!("step {step}: the batch has no trained tokens (all targets masked); check the mix format and data.seq_len");
         }
-        opt.zero_grad();
-        let mut loss_sum = 0.0;
-        for b in &batches {
-            let b = b.to_device(device);
-            let logits = model.forward(
-                &b.input,
-                &Positions {
-                    ids: b.positions.as_ref(),
-                    mask: b.mask.as_ref(),
-                },
-                None,
-            );
-            let v = logits.size()[2];
-            let loss = logits.view([-1, v]).f_cross_entropy_loss::<Tensor>(
-                &b.target.view([-1]),
-                None,
-                Reduction::Sum,
-                IGNORE,
-                0.0,
-            )? / trained as f64;
-            loss.backward();
-            loss_sum += loss.double_value(&[]);
-        }
+        let loss_sum = lm_backward(&model, &mut opt, &batches, trained, device)?;
         if !loss_sum.is_finite() {
             bail!(
                 "{stage}: loss became {loss_sum} at step {step} (lr {lr:.2e}); stopped without saving, so the last good checkpoint in {} is kept. Lower train.lr or raise train.warmup_steps",
@@ -570,6 +548,35 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         out.display()
     );
     Ok(meta)
+}
+
+/// Zeroes the gradients and accumulates the gradient of the mean loss over the trained
+/// tokens of all `batches` (micro-batches of one optimizer step); returns that loss.
+pub fn lm_backward(model: &Gpt, opt: &mut AdamW, batches: &[PackedBatch], trained: i64, device: Device) -> Result<f64> {
+    opt.zero_grad();
+    let mut loss_sum = 0.0;
+    for b in batches {
+        let b = b.to_device(device);
+        let logits = model.forward(
+            &b.input,
+            &Positions {
+                ids: b.positions.as_ref(),
+                mask: b.mask.as_ref(),
+            },
+            None,
+        );
+        let v = logits.size()[2];
+        let loss = logits.view([-1, v]).f_cross_entropy_loss::<Tensor>(
+            &b.target.view([-1]),
+            None,
+            Reduction::Sum,
+            IGNORE,
+            0.0,
+        )? / trained.max(1) as f64;
+        loss.backward();
+        loss_sum += loss.double_value(&[]);
+    }
+    Ok(loss_sum)
 }
 
 /// `encyclopedia 2.31 (1.10 bpb) | chatter …`

@@ -403,3 +403,64 @@ fn exhausted_source_is_an_error_not_a_silent_repeat() -> Result<()> {
     assert!(e.contains("source `small`") && e.contains("max_epochs = 2"), "{e}");
     Ok(())
 }
+
+#[test]
+fn masked_user_tokens_contribute_no_gradient() -> Result<()> {
+    use common::model::{Gpt, GptConfig, Positions};
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let tok = tok(d)?;
+    let convs = vec![vec![
+        Message::new("user", "What is 12?"),
+        Message::new("assistant", "Answer: 12"),
+    ]];
+    write_chat(&d.join("c.parquet"), &convs)?;
+    let mix = load_mix(&write_mix(
+        d,
+        &format!(
+            "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
+            d.display()
+        ),
+    )?)?;
+    let mut s = LmSampler::new(&mix, &tok, 24, PackMode::Documents, true, 0, false, None)?;
+    let b = s.next_batch(1)?;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = Gpt::new(vs.root(), &GptConfig::preset("tiny", tok.vocab_size() as i64)?);
+    let pos = Positions {
+        ids: b.positions.as_ref(),
+        mask: b.mask.as_ref(),
+    };
+    let logits = model.forward(&b.input, &pos, None).detach().set_requires_grad(true);
+    let loss_of = |target: &tch::Tensor| {
+        logits
+            .view([-1, tok.vocab_size() as i64])
+            .cross_entropy_loss::<tch::Tensor>(&target.view([-1]), None, tch::Reduction::Sum, IGNORE, 0.0)
+    };
+    let loss = loss_of(&b.target);
+    loss.backward();
+    let grad = logits
+        .grad()
+        .abs()
+        .sum_dim_intlist(2, false, tch::Kind::Float)
+        .view([-1]);
+    let target: Vec<i64> = Vec::try_from(b.target.flatten(0, -1))?;
+    let grad: Vec<f32> = Vec::try_from(grad)?;
+    let user_positions: Vec<usize> = (0..target.len()).filter(|&i| target[i] == IGNORE).collect();
+    assert!(user_positions.len() >= 4, "the user turn is masked");
+    for &i in &user_positions {
+        assert_eq!(grad[i], 0.0, "position {i} is masked but has a gradient");
+    }
+    assert!(
+        grad.iter().zip(&target).any(|(g, &t)| t != IGNORE && *g > 0.0),
+        "assistant tokens do get gradient"
+    );
+    // Changing what a user position would predict leaves the loss unchanged: it is never scored.
+    let mut changed = target.clone();
+    let i = user_positions[1];
+    changed[i] = (tok.vocab_size() - 1) as i64; // a different token...
+    let changed_t = tch::Tensor::from_slice(&changed).view([1, -1]);
+    let masked_again = changed_t.masked_fill(&b.target.eq(IGNORE), IGNORE); // ...still masked by the chat mask
+    assert_eq!(loss_of(&masked_again).double_value(&[]), loss.double_value(&[]));
+    Ok(())
+}

@@ -343,3 +343,34 @@ fn inspect(target: &str, tokenizer: &Path, samples: usize, format: Option<&str>)
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_is_byte_identical_for_a_seed_and_loads_back() -> Result<()> {
+        let a = tempfile::tempdir()?;
+        let b = tempfile::tempdir()?;
+        build(7, a.path(), "small", 512)?;
+        build(7, b.path(), "small", 512)?;
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(a.path().join("manifest.json"))?)?;
+        let files = manifest["files"].as_array().cloned().unwrap_or_default();
+        assert!(files.len() >= 10);
+        for f in &files {
+            let rel = f["path"].as_str().unwrap_or("");
+            assert_eq!(
+                std::fs::read(a.path().join(rel))?,
+                std::fs::read(b.path().join(rel))?,
+                "{rel} differs between two builds"
+            );
+            assert!(f["rows"].as_u64().unwrap_or(0) > 0 && f["tokens"].as_u64().unwrap_or(0) > 0);
+        }
+        assert_eq!(manifest["seed"], 7);
+        // Every file reads back through the project's own loaders.
+        let tasks = common::tasks::load_tasks(&a.path().join("eval/tasks.parquet"))?;
+        assert!(tasks.len() >= 1000);
+        Ok(())
+    }
+}

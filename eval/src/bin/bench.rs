@@ -1,0 +1,462 @@
+//! `bench`: how fast, against what, and how close to the machine's limit.
+//!
+//! Measures the machine's matmul peak, training throughput (tokens/s, MFU, peak memory) of
+//! the default model and a larger preset, KV-cache sampling against full recomputation,
+//! the data path, and the same training and sampling in the PyTorch reference
+//! (`bench/reference.py`), side by side in one run, and writes a JSON results file.
+//! Each measurement runs in its own process so peak memory is its own.
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use common::data::mix::load_mix;
+use common::data::sampler::{LmSampler, PackMode};
+use common::device::{configure_threads, device_name, DeviceChoice};
+use common::model::{Gpt, GptConfig, Positions};
+use common::optim::{AdamW, AdamWConfig};
+use common::perf::matmul_gflops;
+use common::sampling::{generate, SamplingConfig};
+use common::tokenizer::Tok;
+use common::train::lm_backward;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// Benchmark lib2expert against the machine's peak and a PyTorch reference.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    one: Option<One>,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto", global = true)]
+    device: DeviceChoice,
+    /// Results file.
+    #[arg(long, default_value = "bench/results.json")]
+    out: PathBuf,
+    /// Python with torch, for the reference.
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: String,
+    /// Also time torch.compile in the reference (slow to compile on CPU).
+    #[arg(long)]
+    compile: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum One {
+    /// (internal) one training measurement, printed as JSON.
+    Train {
+        #[arg(long)]
+        preset: String,
+        #[arg(long)]
+        batch: i64,
+        #[arg(long)]
+        micro: i64,
+        #[arg(long)]
+        seq: i64,
+        #[arg(long)]
+        steps: usize,
+        #[arg(long)]
+        bf16: bool,
+    },
+    /// (internal) sampling measurements, printed as JSON.
+    Sample,
+    /// (internal) data path measurement, printed as JSON.
+    Data,
+}
+
+const VOCAB: i64 = 4096;
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn tokenizer() -> Option<Tok> {
+    Tok::load(std::path::Path::new("data/default/tokenizer.json")).ok()
+}
+
+fn one_train(
+    preset: &str,
+    batch: i64,
+    micro: i64,
+    seq: i64,
+    steps: usize,
+    bf16: bool,
+    device: Device,
+) -> Result<Value> {
+    let cfg = GptConfig::preset(preset, VOCAB)?;
+    tch::manual_seed(0);
+    let mut vs = nn::VarStore::new(device);
+    let model = Gpt::new(vs.root(), &cfg);
+    if bf16 {
+        vs.bfloat16();
+    }
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        },
+    );
+    // Real data when the default world exists (so the data path is part of the step), else random tokens.
+    let mut sampler = match (
+        tokenizer(),
+        load_mix(std::path::Path::new("configs/mixes/pretrain.toml")),
+    ) {
+        (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Some(LmSampler::new(
+            &mix,
+            &tok,
+            seq as usize,
+            PackMode::Stream,
+            false,
+            0,
+            true,
+            None,
+        )?),
+        _ => None,
+    };
+    let random = || {
+        let t = Tensor::randint(VOCAB, [micro, seq + 1], (Kind::Int64, Device::Cpu));
+        common::data::sampler::PackedBatch {
+            input: t.narrow(1, 0, seq),
+            target: t.narrow(1, 1, seq),
+            positions: None,
+            mask: None,
+            trained_tokens: micro * seq,
+            per_source: vec![],
+            trained_bytes: 0,
+        }
+    };
+    let (mut data_s, mut compute_s, mut total_s) = (0.0, 0.0, 0.0);
+    for i in 0..steps + 2 {
+        let t0 = Instant::now();
+        let batches = (0..batch / micro)
+            .map(|_| match sampler.as_mut() {
+                Some(s) => s.next_batch(micro as usize),
+                None => Ok(random()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let t1 = Instant::now();
+        let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
+        let loss = lm_backward(&model, &mut opt, &batches, trained, device)?;
+        let _norm = opt.clip_grad_norm(1.0);
+        opt.step(1e-3);
+        if device != Device::Cpu {
+            let _ = vs
+                .variables()
+                .values()
+                .next()
+                .map(|v| v.sum(Kind::Float).double_value(&[]));
+        }
+        let t2 = Instant::now();
+        // Bookkeeping of the real loop: a metrics line as JSON.
+        let _line = json!({"step": i, "loss": loss}).to_string();
+        let t3 = Instant::now();
+        if i >= 2 {
+            data_s += (t1 - t0).as_secs_f64();
+            compute_s += (t2 - t1).as_secs_f64();
+            total_s += (t3 - t0).as_secs_f64();
+        }
+    }
+    let tps = (batch * seq * steps as i64) as f64 / total_s;
+    Ok(json!({
+        "preset": preset, "params": cfg.num_params(), "matmul_params": cfg.matmul_params(), "bf16": bf16,
+        "batch": batch, "micro_batch": micro, "seq_len": seq, "tok_per_s": tps,
+        "flops_per_token": cfg.train_flops_per_token(seq), "peak_rss_mb": peak_rss_mb(),
+        "data_fraction": data_s / total_s, "outside_libtorch_fraction": (total_s - compute_s) / total_s,
+        "real_data": sampler.is_some(),
+    }))
+}
+
+fn one_sample(device: Device) -> Result<Value> {
+    let cfg = GptConfig::preset("default", VOCAB)?;
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let model = Gpt::new(vs.root(), &cfg);
+    let (prompt, new) = (32usize, 64i64);
+    let g = SamplingConfig::greedy(new);
+    let mut out = serde_json::Map::new();
+    for b in [1usize, 8, 64] {
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|r| (0..prompt).map(|i| ((i * 7 + r) % 4000) as u32 + 10).collect())
+            .collect();
+        let _ = generate(&model, &prompts, &g, u32::MAX, 0, device)?; // warm-up
+        let gen = generate(&model, &prompts, &g, u32::MAX, 0, device)?;
+        out.insert(format!("cache_b{b}"), json!(gen.tokens_per_sec));
+    }
+    // Without a cache: recompute the whole sequence for every new token (batch 8).
+    let _guard = tch::no_grad_guard();
+    let b = 8i64;
+    let mut seq = Tensor::randint(4000, [b, prompt as i64], (Kind::Int64, device));
+    let t0 = Instant::now();
+    for _ in 0..new {
+        let logits = model.forward(&seq, &Positions::CAUSAL, None);
+        let next = logits.select(1, -1).argmax(-1, true);
+        seq = Tensor::cat(&[seq, next], 1);
+    }
+    let _ = seq.sum(Kind::Int64).int64_value(&[]);
+    out.insert(
+        "no_cache_b8".into(),
+        json!((b * new) as f64 / t0.elapsed().as_secs_f64()),
+    );
+    Ok(Value::Object(out))
+}
+
+fn one_data() -> Result<Value> {
+    let tok = tokenizer().context("data/default/tokenizer.json is missing: run `just datasets` first")?;
+    let mix = load_mix(std::path::Path::new("configs/mixes/pretrain.toml"))?;
+    let t0 = Instant::now();
+    let mut s = LmSampler::new(&mix, &tok, 256, PackMode::Stream, false, 0, true, None)?;
+    let mut tokens = 0i64;
+    while tokens < 1_000_000 {
+        tokens += s.next_batch(32)?.trained_tokens;
+    }
+    Ok(json!({"tok_per_s": tokens as f64 / t0.elapsed().as_secs_f64(), "tokens": tokens}))
+}
+
+fn sub(args: &[&str], device: DeviceChoice) -> Result<Value> {
+    let exe = std::env::current_exe()?;
+    let o = Command::new(exe)
+        .args(args)
+        .args(["--device", &device.to_string()])
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "bench {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
+fn reference(python: &str, cfg: &GptConfig, extra: Value) -> Result<Value> {
+    let mut c = serde_json::to_value(cfg)?;
+    if let (Some(m), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        m.extend(e.clone());
+    }
+    let o = Command::new(python)
+        .arg("bench/reference.py")
+        .arg(c.to_string())
+        .output()
+        .with_context(|| format!("running {python} bench/reference.py"))?;
+    if !o.status.success() {
+        bail!(
+            "PyTorch reference failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
+fn run_all(a: &Args) -> Result<()> {
+    let threads = configure_threads();
+    let device = a.device.resolve()?;
+    let t_all = Instant::now();
+    let (kind_peak, n) = if device == Device::Cpu {
+        (Kind::Float, 1024)
+    } else {
+        (Kind::BFloat16, 8192)
+    };
+    let fp32 = matmul_gflops(device, Kind::Float, if device == Device::Cpu { 1024 } else { 8192 }, 10);
+    let bf16 = matmul_gflops(device, Kind::BFloat16, n, 10);
+    let peak = if kind_peak == Kind::Float { fp32 } else { bf16 };
+    eprintln!(
+        "bench: matmul fp32 {fp32:.0} GFLOP/s, bf16 {bf16:.0} GFLOP/s on {} ({threads} threads)",
+        device_name(device)
+    );
+    let mfu = |r: &Value, p: f64| {
+        r["tok_per_s"].as_f64().unwrap_or(0.0) * r["flops_per_token"].as_f64().unwrap_or(0.0) / (p * 1e9)
+    };
+
+    let cpu = device == Device::Cpu;
+    let (b_big, s_big) = if cpu { (4, 256) } else { (32, 1024) };
+    let dflt = [
+        "train",
+        "--preset",
+        "default",
+        "--batch",
+        "32",
+        "--micro",
+        "16",
+        "--seq",
+        "256",
+        "--steps",
+        if cpu { "6" } else { "20" },
+    ];
+    let ours = sub(&dflt, a.device)?;
+    eprintln!(
+        "bench: default fp32 {:.0} tok/s",
+        ours["tok_per_s"].as_f64().unwrap_or(0.0)
+    );
+    let ours_bf16 = sub(&[&dflt[..], &["--bf16"]].concat(), a.device)?;
+    let big = sub(
+        &[
+            "train",
+            "--preset",
+            "d12",
+            "--batch",
+            &b_big.to_string(),
+            "--micro",
+            &b_big.to_string(),
+            "--seq",
+            &s_big.to_string(),
+            "--steps",
+            "3",
+        ],
+        a.device,
+    )?;
+    eprintln!("bench: d12 {:.0} tok/s", big["tok_per_s"].as_f64().unwrap_or(0.0));
+    let sample = sub(&["sample"], a.device)?;
+    let data = sub(&["data"], a.device).unwrap_or_else(|e| json!({"error": e.to_string()}));
+
+    let cfg = GptConfig::preset("default", VOCAB)?;
+    let reference = if cpu {
+        reference(
+            &a.python,
+            &cfg,
+            json!({"threads": threads, "batch_size": 32, "micro_batch_size": 16, "seq_len": 256, "steps": 6,
+                   "compile": a.compile, "sample": true, "prompt_len": 32, "new_tokens": 64, "sample_batches": [1, 8, 64]}),
+        )
+        .unwrap_or_else(|e| json!({"error": e.to_string()}))
+    } else {
+        json!({"skipped": "the reference runs on the CPU only"})
+    };
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) if y > 0.0 => json!(x / y),
+        _ => Value::Null,
+    };
+    let results = json!({
+        "date": std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        "device": device_name(device), "threads": threads,
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())),
+        "matmul_gflops": {"fp32": fp32, "bf16": bf16},
+        "mfu_formula": "MFU = tokens/s x (6 N + 6 L T d) / measured peak; N = parameters in matrix products (blocks + output head, not the embedding lookup), L layers, T sequence length, d width",
+        "train": {
+            "default_fp32": ours, "default_bf16": ours_bf16, "d12_fp32": big,
+            "mfu": {"default_fp32": mfu(&ours, fp32), "default_bf16_vs_bf16_peak": mfu(&ours_bf16, bf16), "d12_fp32": mfu(&big, fp32)},
+        },
+        "sampling": sample,
+        "data": data,
+        "reference": reference,
+        "ratios": {
+            "train_ours_over_pytorch": ratio(ours["tok_per_s"].as_f64(), reference["train_tok_per_s"].as_f64()),
+            "train_ours_over_pytorch_compiled": ratio(ours["tok_per_s"].as_f64(), reference["train_tok_per_s_compiled"].as_f64()),
+            "sample_b1_ours_over_pytorch": ratio(sample["cache_b1"].as_f64(), reference["sample_tok_per_s"]["1"].as_f64()),
+            "sample_b8_ours_over_pytorch": ratio(sample["cache_b8"].as_f64(), reference["sample_tok_per_s"]["8"].as_f64()),
+            "sample_b64_ours_over_pytorch": ratio(sample["cache_b64"].as_f64(), reference["sample_tok_per_s"]["64"].as_f64()),
+            "cache_over_no_cache_b8": ratio(sample["cache_b8"].as_f64(), sample["no_cache_b8"].as_f64()),
+            "data_path_over_training": ratio(data["tok_per_s"].as_f64(), ours["tok_per_s"].as_f64()),
+            "bf16_over_fp32_training": ratio(ours_bf16["tok_per_s"].as_f64(), ours["tok_per_s"].as_f64()),
+        },
+        "peak_gflops_used": peak,
+        "bench_secs": t_all.elapsed().as_secs_f64(),
+    });
+    if let Some(p) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    let r = &results["ratios"];
+    let fmt = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
+    let tf = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.0}"));
+    println!("| measure | lib2expert | PyTorch eager | ratio |\n|---|---|---|---|");
+    println!("| matmul fp32 / bf16 (GFLOP/s) | {fp32:.0} / {bf16:.0} | | |");
+    println!(
+        "| train default fp32 (tok/s) | {} (MFU {:.0}%) | {} | {} |",
+        tf(&ours["tok_per_s"]),
+        100.0 * mfu(&ours, fp32),
+        tf(&reference["train_tok_per_s"]),
+        fmt(&r["train_ours_over_pytorch"])
+    );
+    if reference["train_tok_per_s_compiled"].is_number() {
+        println!(
+            "| train default fp32, torch.compile (tok/s) | {} | {} | {} |",
+            tf(&ours["tok_per_s"]),
+            tf(&reference["train_tok_per_s_compiled"]),
+            fmt(&r["train_ours_over_pytorch_compiled"])
+        );
+    }
+    println!(
+        "| train default bf16 (tok/s) | {} (x{} of fp32) | | |",
+        tf(&ours_bf16["tok_per_s"]),
+        fmt(&r["bf16_over_fp32_training"])
+    );
+    println!(
+        "| train d12 fp32 (tok/s, batch {b_big}x{s_big}) | {} (MFU {:.0}%) | | |",
+        tf(&big["tok_per_s"]),
+        100.0 * mfu(&big, fp32)
+    );
+    println!(
+        "| peak memory default / d12 (MB) | {} / {} | | |",
+        tf(&ours["peak_rss_mb"]),
+        tf(&big["peak_rss_mb"])
+    );
+    for b in ["1", "8", "64"] {
+        println!(
+            "| sampling, KV cache, batch {b} (tok/s) | {} | {} | {} |",
+            tf(&sample[format!("cache_b{b}")]),
+            tf(&reference["sample_tok_per_s"][b]),
+            fmt(&r[format!("sample_b{b}_ours_over_pytorch")])
+        );
+    }
+    println!(
+        "| sampling without cache, batch 8 (tok/s) | {} | | cache is x{} |",
+        tf(&sample["no_cache_b8"]),
+        fmt(&r["cache_over_no_cache_b8"])
+    );
+    println!(
+        "| data path: Parquet + tokenize + pack (tok/s) | {} | | x{} of training |",
+        tf(&data["tok_per_s"]),
+        fmt(&r["data_path_over_training"])
+    );
+    println!(
+        "| time outside libtorch per step (data + bookkeeping) | {:.2}% | | |",
+        100.0 * ours["outside_libtorch_fraction"].as_f64().unwrap_or(f64::NAN)
+    );
+    eprintln!(
+        "bench: results in {} ({:.0}s)",
+        a.out.display(),
+        t_all.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    common::cli::exit_on_error(|| {
+        configure_threads();
+        let device = a.device.resolve()?;
+        match &a.one {
+            Some(One::Train {
+                preset,
+                batch,
+                micro,
+                seq,
+                steps,
+                bf16,
+            }) => {
+                println!("{}", one_train(preset, *batch, *micro, *seq, *steps, *bf16, device)?);
+                Ok(())
+            }
+            Some(One::Sample) => {
+                println!("{}", one_sample(device)?);
+                Ok(())
+            }
+            Some(One::Data) => {
+                println!("{}", one_data()?);
+                Ok(())
+            }
+            None => run_all(&a),
+        }
+    })
+}
