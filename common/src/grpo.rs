@@ -98,7 +98,7 @@ pub fn policy_loss(
         let kl = d.exp() - &d - 1.0;
         kl_sum = (&kl * mask).sum(Kind::Float).double_value(&[]);
         if kl_coef > 0.0 {
-            per_token += kl * kl_coef;
+            per_token = per_token + kl * kl_coef;
         }
     }
     let masked = per_token * mask;

@@ -472,9 +472,9 @@ impl Gpt {
             let a = block
                 .self_attn
                 .forward(&block.input_layernorm.forward(&x), &rope, pos, c);
-            x += a;
+            x = x + a;
             let m = block.mlp.forward(&block.post_attention_layernorm.forward(&x));
-            x += m;
+            x = x + m;
         }
         if let Some(c) = cache {
             c.len = offset + t;

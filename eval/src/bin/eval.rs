@@ -36,9 +36,9 @@ struct Args {
     /// Longest answer in tokens.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: i64,
-    /// Rows generated together.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
+    /// Rows generated together (default: what the checkpoint's stage used, else 128).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -111,6 +111,25 @@ fn run(a: Args) -> Result<()> {
             .or(c["eval"]["per_kind"].as_u64())
             .unwrap_or(125) as usize
     });
+    let batch_size = a.batch_size.unwrap_or_else(|| {
+        let c = &loaded.meta.config;
+        c["tasks"]["batch_size"]
+            .as_u64()
+            .or(c["eval"]["batch_size"].as_u64())
+            .unwrap_or(128) as usize
+    });
+    let max_new_tokens = {
+        let c = &loaded.meta.config;
+        c["tasks"]["max_new_tokens"]
+            .as_i64()
+            .or(c["eval"]["max_new_tokens"].as_i64())
+            .unwrap_or(a.max_new_tokens)
+    };
+    let max_new_tokens = if a.max_new_tokens != 64 {
+        a.max_new_tokens
+    } else {
+        max_new_tokens
+    };
     let tasks = limit_per_kind(load_tasks(&a.tasks)?, per_kind);
     let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
     let greedy = evaluate_tasks(
@@ -118,9 +137,9 @@ fn run(a: Args) -> Result<()> {
         &loaded.tok,
         &tasks,
         &grader,
-        &SamplingConfig::greedy(a.max_new_tokens),
+        &SamplingConfig::greedy(max_new_tokens),
         1,
-        a.batch_size,
+        batch_size,
         device,
     )?;
     let sampled = if a.samples > 1 {
@@ -129,7 +148,7 @@ fn run(a: Args) -> Result<()> {
             temperature: a.temperature,
             top_k: 0,
             top_p: 1.0,
-            max_new_tokens: a.max_new_tokens,
+            max_new_tokens,
         };
         Some(evaluate_tasks(
             &model,
@@ -138,7 +157,7 @@ fn run(a: Args) -> Result<()> {
             &grader,
             &s,
             a.samples,
-            a.batch_size,
+            batch_size,
             device,
         )?)
     } else {
