@@ -16,7 +16,7 @@ default:
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ -x "{{venv}}/bin/python" ] && "{{venv}}/bin/python" -c "import torch, tokenizers, numpy; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
+    if [ -x "{{venv}}/bin/python" ] && "{{venv}}/bin/python" -c "import torch, tokenizers, numpy, transformers; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
         exit 0
     fi
     echo "setup: installing torch==2.11.0 into {{venv}} (about 1 minute, 4.6 GB)"

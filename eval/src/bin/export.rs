@@ -1,0 +1,105 @@
+//! `export`: writes a checkpoint as a Hugging Face model directory that
+//! `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
+//! load without custom code (architecture `LlamaForCausalLM`, with a chat template).
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use common::checkpoint;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Export a checkpoint to another format.
+///
+/// Example: export --to hf runs/default/rl exported/rl
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Target format (hf: a Hugging Face transformers directory).
+    #[arg(long, default_value = "hf")]
+    to: String,
+    /// Checkpoint directory.
+    checkpoint: PathBuf,
+    /// Output directory (created; existing files are replaced).
+    out: PathBuf,
+}
+
+/// The chat template of `common::tokenizer`, in Jinja for `tokenizer.apply_chat_template`.
+const CHAT_TEMPLATE: &str = "{{ '<|bos|>' }}{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
+
+fn export_hf(ckpt: &Path, out: &Path) -> Result<()> {
+    let loaded = checkpoint::load(ckpt)?;
+    let c = &loaded.config;
+    let tok = &loaded.tok;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // Tensor names are already the Llama names; only the dtype is made explicit.
+    let tensors: Vec<(String, tch::Tensor)> = loaded
+        .weights
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_kind(tch::Kind::Float).contiguous()))
+        .collect();
+    tch::Tensor::write_safetensors(&tensors, out.join("model.safetensors"))
+        .with_context(|| format!("writing {}", out.join("model.safetensors").display()))?;
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.n_embd,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.n_layer,
+        "num_attention_heads": c.n_head,
+        "num_key_value_heads": c.n_kv_head,
+        "head_dim": c.head_dim(),
+        "max_position_embeddings": c.max_seq_len,
+        "rms_norm_eps": c.norm_eps,
+        "rope_theta": c.rope_theta,
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "tie_word_embeddings": c.tie_embeddings,
+        "bos_token_id": tok.bos,
+        "eos_token_id": tok.end,
+        "pad_token_id": tok.pad,
+        "torch_dtype": "float32",
+        "initializer_range": 0.02,
+    });
+    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        out.join("generation_config.json"),
+        serde_json::to_string_pretty(
+            &json!({"bos_token_id": tok.bos, "eos_token_id": tok.end, "pad_token_id": tok.pad}),
+        )?,
+    )?;
+    tok.save(&out.join("tokenizer.json"))?;
+    let tok_cfg = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<|bos|>",
+        "eos_token": "<|end|>",
+        "pad_token": "<|pad|>",
+        "model_max_length": c.max_seq_len,
+        "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": false,
+    });
+    std::fs::write(
+        out.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tok_cfg)?,
+    )?;
+    std::fs::write(
+        out.join("special_tokens_map.json"),
+        serde_json::to_string_pretty(&json!({"bos_token": "<|bos|>", "eos_token": "<|end|>", "pad_token": "<|pad|>"}))?,
+    )?;
+    eprintln!(
+        "export: wrote a LlamaForCausalLM directory to {} (from {} step {})",
+        out.display(),
+        loaded.meta.stage,
+        loaded.meta.step
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    common::cli::exit_on_error(|| match a.to.as_str() {
+        "hf" => export_hf(&a.checkpoint, &a.out),
+        other => bail!("unknown export format `{other}`: expected hf"),
+    })
+}

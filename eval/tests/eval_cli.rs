@@ -1,0 +1,79 @@
+//! `eval` reproduces the task metrics a stage wrote into meta.json; `chat --prompt` answers;
+//! `report` turns a run into a page.
+use anyhow::Result;
+use common::config::{CommonArgs, LmConfig};
+use common::data::PackMode;
+use common::testing::{tiny_checkpoint, tiny_world};
+use common::train::{run_lm_stage, StageSpec};
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    tiny_checkpoint(d, &d.join("run/midtrain"), "midtrain")?;
+    let args = CommonArgs {
+        init: Some(d.join("run/midtrain")),
+        out: Some(d.join("run/sft")),
+        ..Default::default()
+    };
+    std::env::set_var("L2E_PROGRESS", "quiet");
+    let cfg = LmConfig::load(&d.join("configs/sft.toml"), &args, "sft")?;
+    let spec = StageSpec {
+        stage: "sft",
+        pack: PackMode::Documents,
+        assistant_only: true,
+        needs_init: true,
+    };
+    let meta = run_lm_stage(&spec, &cfg, &args)?;
+
+    let out = d.join("eval.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_eval"))
+        .arg(d.join("run/sft"))
+        .arg("--tasks")
+        .arg(d.join("eval/tasks.parquet"))
+        .args(["--samples", "4", "--out"])
+        .arg(&out)
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| arithmetic |") && table.contains("pass@4"), "{table}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    for kind in ["arithmetic", "facts", "program", "unanswerable"] {
+        assert_eq!(
+            v["greedy"]["per_kind"][kind]["accuracy"], meta.metrics["tasks"]["per_kind"][kind]["accuracy"],
+            "{kind}: eval and meta.json disagree"
+        );
+        assert_eq!(
+            v["greedy"]["per_kind"][kind]["abstention_rate"],
+            meta.metrics["tasks"]["per_kind"][kind]["abstention_rate"]
+        );
+    }
+    let pk = &v["sampled"]["answerable"]["pass_at_k"];
+    assert!(
+        pk["1"].as_f64().unwrap_or(2.0) <= pk["4"].as_f64().unwrap_or(-1.0),
+        "pass@k grows with k: {pk}"
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_chat"))
+        .arg(d.join("run/sft"))
+        .args(["--prompt", "What is 2 + 3?", "--max-new-tokens", "8"])
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).trim().is_empty(),
+        "chat printed an answer"
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_report")).arg(d.join("run")).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(d.join("run/report.md"))?;
+    assert!(
+        md.contains("What SFT and RL bought") && md.contains("hallucination"),
+        "{md}"
+    );
+    assert!(d.join("run/accuracy.svg").exists() && d.join("run/loss.svg").exists());
+    Ok(())
+}
