@@ -168,6 +168,28 @@ fn default_seq_len() -> i64 {
     256
 }
 
+/// Precision of the forward and backward passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in fp32.
+    #[default]
+    Fp32,
+    /// Mixed precision: fp32 master weights, optimiser and loss; bf16 activations and matmuls
+    /// (1.7x faster on CPUs with AMX/AVX-512 bf16, standard on GPUs).
+    Bf16,
+}
+
+impl Precision {
+    /// The tensor kind activations are computed in.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+}
+
 /// `[train]`: optimisation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -218,6 +240,9 @@ pub struct TrainSection {
     /// Save a resumable checkpoint every this many steps (0 = only at the end).
     #[serde(default)]
     pub save_every: u64,
+    /// fp32 | bf16 (mixed precision; weights and optimiser stay fp32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn default_batch() -> i64 {

@@ -180,13 +180,38 @@ impl RmsNorm {
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
         let d = *x.size().last().unwrap_or(&1);
-        x.rms_norm([d], Some(&self.weight), self.eps)
+        if x.kind() == self.weight.kind() {
+            x.rms_norm([d], Some(&self.weight), self.eps)
+        } else {
+            // Reduced-precision activations: normalise in fp32, hand back the input's precision.
+            x.to_kind(self.weight.kind())
+                .rms_norm([d], Some(&self.weight), self.eps)
+                .to_kind(x.kind())
+        }
     }
 }
 
-fn linear(p: nn::Path, d_in: i64, d_out: i64, std: f64) -> nn::Linear {
-    let ws = p.var("weight", &[d_out, d_in], nn::Init::Randn { mean: 0.0, stdev: std });
-    nn::Linear { ws, bs: None }
+/// A bias-free linear layer that computes in the precision of its input: with bf16
+/// activations the fp32 weight is cast on the fly (autograd flows back to the fp32 master).
+#[derive(Debug)]
+struct Linear {
+    ws: Tensor,
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if self.ws.kind() == x.kind() {
+            x.matmul(&self.ws.tr())
+        } else {
+            x.matmul(&self.ws.to_kind(x.kind()).tr())
+        }
+    }
+}
+
+fn linear(p: nn::Path, d_in: i64, d_out: i64, std: f64) -> Linear {
+    Linear {
+        ws: p.var("weight", &[d_out, d_in], nn::Init::Randn { mean: 0.0, stdev: std }),
+    }
 }
 
 /// Per-layer key/value cache, pre-allocated to `capacity` positions.
@@ -253,10 +278,10 @@ impl Positions<'_> {
 }
 
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     n_head: i64,
     n_kv_head: i64,
     head_dim: i64,
@@ -353,9 +378,9 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 }
 
 struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
 }
 
 impl Mlp {
@@ -390,6 +415,7 @@ pub struct Gpt {
     lm_head: Option<Tensor>,
     rope_cos: Tensor,
     rope_sin: Tensor,
+    compute: Kind,
 }
 
 impl Gpt {
@@ -421,6 +447,7 @@ impl Gpt {
             )
         });
         let (rope_cos, rope_sin) = rope_tables(cfg, p.device());
+        let compute = embed_tokens.kind();
         Gpt {
             cfg: cfg.clone(),
             embed_tokens,
@@ -429,7 +456,19 @@ impl Gpt {
             lm_head,
             rope_cos,
             rope_sin,
+            compute,
         }
+    }
+
+    /// Computes in `kind` (e.g. `Kind::BFloat16`) while the weights stay in their own
+    /// precision (mixed precision: fp32 master weights, bf16 matmuls). Logits are fp32.
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = kind;
+    }
+
+    /// The precision activations are computed in.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute
     }
 
     /// The architecture.
@@ -460,13 +499,16 @@ impl Gpt {
             None => (self.rope_cos.narrow(0, offset, t), self.rope_sin.narrow(0, offset, t)),
         };
         // Rotary tables follow the weights' precision (bf16 models stay bf16 end to end).
-        let kind = self.embed_tokens.kind();
+        let kind = self.compute;
         let rope = if rope.0.kind() == kind {
             rope
         } else {
             (rope.0.to_kind(kind), rope.1.to_kind(kind))
         };
         let mut x = self.embed_tokens.embedding(tokens);
+        if x.kind() != self.compute {
+            x = x.to_kind(self.compute);
+        }
         for (i, block) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
             let a = block
@@ -484,7 +526,12 @@ impl Gpt {
 
     /// Output head applied to hidden states.
     pub fn logits(&self, h: &Tensor) -> Tensor {
-        h.matmul(&self.lm_head.as_ref().unwrap_or(&self.embed_tokens).tr())
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if h.kind() == w.kind() {
+            h.matmul(&w.tr())
+        } else {
+            h.matmul(&w.to_kind(h.kind()).tr()).to_kind(w.kind())
+        }
     }
 
     /// A fresh cache sized for this model.
@@ -589,6 +636,27 @@ mod tests {
         // fp32, same kernels up to summation order: agreement to ~1e-6.
         assert!(diff < 1e-5, "max |full - cached| = {diff}");
         assert_eq!(cache.len(), 12);
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_compute_tracks_fp32_and_keeps_fp32_masters() -> Result<()> {
+        tch::manual_seed(1);
+        let cfg = tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut m = Gpt::new(vs.root(), &cfg);
+        let tokens = Tensor::randint(cfg.vocab_size, [2, 16], (Kind::Int64, Device::Cpu));
+        let full = m.forward(&tokens, &Positions::CAUSAL, None);
+        m.set_compute_kind(Kind::BFloat16);
+        let half = m.forward(&tokens, &Positions::CAUSAL, None);
+        assert_eq!(half.kind(), Kind::Float, "logits come back in fp32");
+        let diff = (&full - &half).abs().max().double_value(&[]);
+        // bf16 has 8 bits of mantissa: logits of a tiny random model agree to ~1e-2.
+        assert!(diff < 5e-2, "bf16 vs fp32 logits differ by {diff}");
+        half.sum(Kind::Float).backward();
+        let g = vs.variables()["model.layers.0.mlp.up_proj.weight"].grad();
+        assert_eq!(g.kind(), Kind::Float, "gradients reach the fp32 master weights");
+        assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         Ok(())
     }
 

@@ -23,9 +23,9 @@ pub fn matmul_gflops(device: Device, kind: Kind, n: i64, reps: usize) -> f64 {
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
-/// The peak MFU is reported against: `L2E_PEAK_GFLOPS` if set, else a quick measurement
-/// (fp32 on the CPU; bf16 on CUDA, the precision GPUs train in).
-pub fn peak_gflops(device: Device) -> f64 {
+/// The peak MFU is reported against: `L2E_PEAK_GFLOPS` if set, else a quick measurement of
+/// matmuls in the precision the model computes in (`kind`).
+pub fn peak_gflops(device: Device, kind: Kind) -> f64 {
     if let Some(v) = std::env::var("L2E_PEAK_GFLOPS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -33,7 +33,7 @@ pub fn peak_gflops(device: Device) -> f64 {
         return v;
     }
     match device {
-        Device::Cpu => matmul_gflops(device, Kind::Float, 1024, 5),
-        _ => matmul_gflops(device, Kind::BFloat16, 8192, 10),
+        Device::Cpu => matmul_gflops(device, kind, 1024, 5),
+        _ => matmul_gflops(device, kind, 8192, 10),
     }
 }

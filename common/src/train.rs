@@ -290,6 +290,8 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         let model = Gpt::new(vs.root(), &mcfg);
         (vs, model, tok, Meta::new(stage))
     };
+    let mut model = model;
+    model.set_compute_kind(cfg.train.precision.kind());
     let mcfg: GptConfig = model.config().clone();
     let seq_len = cfg.data.seq_len;
     if seq_len > mcfg.max_seq_len {
@@ -357,16 +359,17 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
     let micro = cfg.train.micro_batch_size;
     let step_tokens = (cfg.train.batch_size * seq_len) as f64;
     let flops_per_token = mcfg.train_flops_per_token(seq_len);
-    let peak = crate::perf::peak_gflops(device);
+    let peak = crate::perf::peak_gflops(device, cfg.train.precision.kind());
 
     eprintln!(
-        "{stage}: {} parameters ({} in matmuls), {} layers x {} wide, vocab {}, on {} ({threads} threads, peak {:.0} GFLOP/s measured)",
+        "{stage}: {} parameters ({} in matmuls), {} layers x {} wide, vocab {}, on {} ({threads} threads, {:?}, peak {:.0} GFLOP/s measured)",
         format_count(mcfg.num_params() as f64),
         format_count(mcfg.matmul_params() as f64),
         mcfg.n_layer,
         mcfg.n_embd,
         mcfg.vocab_size,
         device_name(device),
+        cfg.train.precision,
         peak
     );
     eprintln!(

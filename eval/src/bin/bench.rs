@@ -93,10 +93,11 @@ fn one_train(
 ) -> Result<Value> {
     let cfg = GptConfig::preset(preset, VOCAB)?;
     tch::manual_seed(0);
-    let mut vs = nn::VarStore::new(device);
-    let model = Gpt::new(vs.root(), &cfg);
+    let vs = nn::VarStore::new(device);
+    let mut model = Gpt::new(vs.root(), &cfg);
     if bf16 {
-        vs.bfloat16();
+        // Mixed precision as in training (`precision = "bf16"`): fp32 masters, bf16 compute.
+        model.set_compute_kind(Kind::BFloat16);
     }
     let mut opt = AdamW::new(
         &vs,
