@@ -540,7 +540,7 @@ impl Gpt {
             &self.cfg,
             batch,
             capacity,
-            self.embed_tokens.kind(),
+            self.compute,
             self.embed_tokens.device(),
         )
     }
@@ -657,6 +657,12 @@ mod tests {
         let g = vs.variables()["model.layers.0.mlp.up_proj.weight"].grad();
         assert_eq!(g.kind(), Kind::Float, "gradients reach the fp32 master weights");
         assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // Generation with the cache runs in the compute precision too.
+        let _g = tch::no_grad_guard();
+        let mut cache = m.new_cache(2, 20);
+        let a = m.forward(&tokens.narrow(1, 0, 8), &Positions::CAUSAL, Some(&mut cache));
+        let b = m.forward(&tokens.narrow(1, 8, 1), &Positions::CAUSAL, Some(&mut cache));
+        assert_eq!((a.size()[1], b.size()[1]), (8, 1));
         Ok(())
     }
 

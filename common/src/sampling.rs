@@ -174,14 +174,11 @@ pub fn generate(
         .logical_or(&eye.unsqueeze(0))
         .unsqueeze(1);
     let mut cache = model.new_cache(bi, total);
-    let logits = model.forward(
-        &ids,
-        &Positions {
-            ids: Some(&pos_t),
-            mask: Some(&prefill_mask),
-        },
-        Some(&mut cache),
-    );
+    // Without left padding (e.g. an RL group of one prompt), plain causal attention from
+    // the cache is exact and lets SDPA take its fast, mask-free path.
+    let padded = pads.iter().any(|&p| p > 0);
+    let prefill = if padded { Positions { ids: Some(&pos_t), mask: Some(&prefill_mask) } } else { Positions::CAUSAL };
+    let logits = model.forward(&ids, &prefill, Some(&mut cache));
     let mut last = logits.select(1, p_len - 1);
     let mut next_pos =
         Tensor::from_slice(&prompts.iter().map(|p| p.len() as i64).collect::<Vec<_>>()).to_device(device);
@@ -208,14 +205,8 @@ pub fn generate(
         let cur = p_len + step;
         let mask = valid.narrow(1, 0, cur + 1).view([bi, 1, 1, cur + 1]);
         let posn = next_pos.view([bi, 1]);
-        let logits = model.forward(
-            &next.view([bi, 1]),
-            &Positions {
-                ids: Some(&posn),
-                mask: Some(&mask),
-            },
-            Some(&mut cache),
-        );
+        let step_pos = if padded { Positions { ids: Some(&posn), mask: Some(&mask) } } else { Positions::CAUSAL };
+        let logits = model.forward(&next.view([bi, 1]), &step_pos, Some(&mut cache));
         last = logits.select(1, 0);
         next_pos += 1;
     }

@@ -137,7 +137,7 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
     )?;
     std::fs::write(
         cfgs.join("sft.toml"),
-        format!("[data]\nmix = \"{d}/configs/mixes/sft.toml\"\nseq_len = 64\n\n{train}\n[eval]\nmix = \"{d}/configs/mixes/sft-heldout.toml\"\ntokens = 256\n\n[tasks]\npath = \"{d}/eval/tasks.parquet\"\nper_kind = 3\nmax_new_tokens = 8\nbatch_size = 16\neval_start = true\n"),
+        format!("[data]\nmix = \"{d}/configs/mixes/sft.toml\"\nseq_len = 64\n\n{train}precision = \"bf16\"\n\n[eval]\nmix = \"{d}/configs/mixes/sft-heldout.toml\"\ntokens = 256\n\n[tasks]\npath = \"{d}/eval/tasks.parquet\"\nper_kind = 3\nmax_new_tokens = 8\nbatch_size = 16\neval_start = true\n"),
     )?;
     std::fs::write(
         cfgs.join("rl.toml"),
