@@ -272,13 +272,18 @@ fn run(a: Args) -> Result<()> {
             write!(md, " {c} |")?;
         }
         writeln!(md, "\n|---|{}", "---|".repeat(cols.len()))?;
+        write!(md, "| questions per task |")?;
+        for (_, v) in &cols {
+            write!(md, " {} |", v["per_kind"]["arithmetic"]["n"])?;
+        }
+        writeln!(md)?;
         let kinds: Vec<String> = cols[0].1["per_kind"]
             .as_object()
             .map(|o| o.keys().cloned().collect())
             .unwrap_or_default();
         let mut series: Vec<(String, Vec<f64>)> = Vec::new();
         for k in &kinds {
-            write!(md, "| {k} (n={}) |", cols[0].1["per_kind"][k]["n"])?;
+            write!(md, "| {k} |")?;
             let mut ys = Vec::new();
             for (_, v) in &cols {
                 let r = &v["per_kind"][k];
