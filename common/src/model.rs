@@ -536,13 +536,7 @@ impl Gpt {
 
     /// A fresh cache sized for this model.
     pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
-        KvCache::new(
-            &self.cfg,
-            batch,
-            capacity,
-            self.compute,
-            self.embed_tokens.device(),
-        )
+        KvCache::new(&self.cfg, batch, capacity, self.compute, self.embed_tokens.device())
     }
 }
 

@@ -177,7 +177,14 @@ pub fn generate(
     // Without left padding (e.g. an RL group of one prompt), plain causal attention from
     // the cache is exact and lets SDPA take its fast, mask-free path.
     let padded = pads.iter().any(|&p| p > 0);
-    let prefill = if padded { Positions { ids: Some(&pos_t), mask: Some(&prefill_mask) } } else { Positions::CAUSAL };
+    let prefill = if padded {
+        Positions {
+            ids: Some(&pos_t),
+            mask: Some(&prefill_mask),
+        }
+    } else {
+        Positions::CAUSAL
+    };
     let logits = model.forward(&ids, &prefill, Some(&mut cache));
     let mut last = logits.select(1, p_len - 1);
     let mut next_pos =
@@ -205,7 +212,14 @@ pub fn generate(
         let cur = p_len + step;
         let mask = valid.narrow(1, 0, cur + 1).view([bi, 1, 1, cur + 1]);
         let posn = next_pos.view([bi, 1]);
-        let step_pos = if padded { Positions { ids: Some(&posn), mask: Some(&mask) } } else { Positions::CAUSAL };
+        let step_pos = if padded {
+            Positions {
+                ids: Some(&posn),
+                mask: Some(&mask),
+            }
+        } else {
+            Positions::CAUSAL
+        };
         let logits = model.forward(&next.view([bi, 1]), &step_pos, Some(&mut cache));
         last = logits.select(1, 0);
         next_pos += 1;

@@ -75,7 +75,7 @@ fn exported_checkpoint_matches_in_transformers() -> Result<()> {
 
     let gen = generate(
         &model,
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         &SamplingConfig::greedy(20),
         u32::MAX,
         loaded.tok.pad,
