@@ -111,6 +111,9 @@ pub struct RlSection {
     /// Save every this many steps (0 = at the end only).
     #[serde(default)]
     pub save_every: u64,
+    /// fp32 | bf16 (mixed precision for sampling and updates; weights and optimiser stay fp32).
+    #[serde(default)]
+    pub precision: crate::config::Precision,
 }
 
 fn one_u() -> usize {
@@ -451,6 +454,8 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         (Some(dir), Some(_)) => checkpoint::load_model(dir, device)?,
         _ => checkpoint::load_model(&init, device).with_context(|| format!("loading --init {}", init.display()))?,
     };
+    let mut model = model;
+    model.set_compute_kind(cfg.rl.precision.kind());
     let tok: Tok = loaded.tok.clone();
     let mut meta = if resume.is_some() {
         loaded.meta.clone()
@@ -460,7 +465,8 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         m
     };
     let reference = if cfg.rl.kl_coef > 0.0 {
-        let (rvs, rmodel, _) = checkpoint::load_model(&init, device)?;
+        let (rvs, mut rmodel, _) = checkpoint::load_model(&init, device)?;
+        rmodel.set_compute_kind(cfg.rl.precision.kind());
         Some((rvs, rmodel))
     } else {
         None
