@@ -64,13 +64,21 @@ sft config='configs/sft.toml' run='default' *flags='': build
 rl config='configs/rl.toml' run='default' *flags='': build
     {{bin}}/rl --config {{config}} --init runs/{{run}}/sft --out runs/{{run}}/rl --resume {{flags}}
 
-# The whole ladder: datasets → pretrain → midtrain → sft → rl → eval → report (complete stages are skipped)
-pipeline run='default' mix='configs/mixes/pretrain.toml': build
+# The whole ladder: datasets → pretrain → midtrain → sft → rl → eval → report (complete stages are skipped). Options: run=NAME mix=FILE
+pipeline *args='': build
     #!/usr/bin/env bash
     set -euo pipefail
-    b="{{bin}}"; r="runs/{{run}}"
+    run=default; mix=configs/mixes/pretrain.toml
+    for a in {{args}}; do
+        case "$a" in
+            run=*) run="${a#run=}" ;;
+            mix=*) mix="${a#mix=}" ;;
+            *) echo "pipeline: unknown argument '$a' (expected run=NAME or mix=FILE)" >&2; exit 2 ;;
+        esac
+    done
+    b="{{bin}}"; r="runs/$run"
     [ -f data/default/manifest.json ] || "$b/datasets" build --out data/default
-    "$b/pretrain" --config configs/pretrain.toml --mix {{mix}} --out "$r/pretrain" --resume
+    "$b/pretrain" --config configs/pretrain.toml --mix "$mix" --out "$r/pretrain" --resume
     "$b/midtrain" --config configs/midtrain.toml --init "$r/pretrain" --out "$r/midtrain" --resume
     "$b/sft" --config configs/sft.toml --init "$r/midtrain" --out "$r/sft" --resume
     "$b/rl" --config configs/rl.toml --init "$r/sft" --out "$r/rl" --resume
