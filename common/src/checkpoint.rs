@@ -373,6 +373,59 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
     Ok(TrainState { tensors, json })
 }
 
+/// What a stage's `--out` holds when the stage starts.
+pub enum OutState {
+    /// No checkpoint: start a new run.
+    Fresh,
+    /// A complete checkpoint of this stage: nothing to do.
+    Complete(Meta),
+    /// A partial run of this stage to continue.
+    Resume {
+        /// Directory holding it (may be the `.prev` fallback).
+        dir: PathBuf,
+        /// Its resumable state.
+        state: TrainState,
+        /// Its metrics log.
+        log: Vec<serde_json::Value>,
+    },
+}
+
+/// Decides what to do with `out` for `stage`: refuses an existing checkpoint without
+/// `--resume` or of another stage, reports a complete one, loads the state of a partial one.
+pub fn prepare_out(out: &Path, stage: &str, resume: bool) -> Result<OutState> {
+    let Ok(dir) = resolve_dir(out) else {
+        return Ok(OutState::Fresh);
+    };
+    let meta = read_meta(&dir)?;
+    if !resume {
+        bail!(
+            "{} already holds a {} checkpoint (step {}); pass --resume to continue it, or choose another --out",
+            out.display(),
+            meta.stage,
+            meta.step
+        );
+    }
+    if meta.stage != stage {
+        bail!(
+            "{} holds a {} checkpoint, not {stage}: choose another --out",
+            out.display(),
+            meta.stage
+        );
+    }
+    if meta.complete {
+        eprintln!(
+            "{stage}: {} is complete (step {}/{}); nothing to do",
+            out.display(),
+            meta.step,
+            meta.total_steps
+        );
+        return Ok(OutState::Complete(meta));
+    }
+    let state = load_state(&dir)?;
+    let log = crate::metrics::read_jsonl(&dir.join("metrics.jsonl"));
+    Ok(OutState::Resume { dir, state, log })
+}
+
 /// A reference to `dir` as a parent of a new run.
 pub fn parent_ref(dir: &Path, meta: &Meta) -> ParentRef {
     ParentRef {

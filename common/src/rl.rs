@@ -5,10 +5,11 @@
 //! the policy with the clipped ratio objective for `inner_epochs` optimizer steps, with an
 //! optional KL penalty to the frozen starting model. Log-probs are always recomputed with
 //! the sampling settings (temperature, top-k, top-p) so the ratio is unbiased.
-use crate::checkpoint::{self, Meta, TrainState};
+use crate::checkpoint::{self, Meta, OutState, TrainState};
 use crate::config::{load_toml, CommonArgs};
 use crate::device::{configure_threads, device_name, seed_everything, DeviceChoice};
 use crate::grpo::{advantages, batch_normaliser, flat_groups, policy_loss, LossKind};
+use crate::metrics::MetricsLog;
 use crate::model::{Gpt, Positions};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::progress::{format_count, format_secs, Progress};
@@ -24,7 +25,6 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -413,46 +413,23 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     let out = cfg.out.clone().unwrap_or_else(|| crate::config::default_out("rl"));
     configure_threads();
     let device = cfg.rl.device.resolve()?;
-    let existing = checkpoint::resolve_dir(&out).ok();
-    let mut resume: Option<(RlState, TrainState)> = None;
-    if let Some(dir) = &existing {
-        let meta = checkpoint::read_meta(dir)?;
-        if !args.resume {
-            bail!(
-                "{} already holds a {} checkpoint (step {}); pass --resume to continue it, or choose another --out",
-                out.display(),
-                meta.stage,
-                meta.step
-            );
+    let mut resume: Option<(RlState, TrainState, PathBuf, Vec<Value>)> = None;
+    match checkpoint::prepare_out(&out, "rl", args.resume)? {
+        OutState::Fresh => {}
+        OutState::Complete(meta) => return Ok(meta),
+        OutState::Resume { dir, state, log } => {
+            let s: RlState = serde_json::from_value(state.json.clone()).context("reading the RL trainer state")?;
+            eprintln!("rl: resuming {} from step {}", out.display(), s.step);
+            resume = Some((s, state, dir, log));
         }
-        if meta.stage != "rl" {
-            bail!(
-                "{} holds a {} checkpoint, not rl: choose another --out",
-                out.display(),
-                meta.stage
-            );
-        }
-        if meta.complete {
-            eprintln!(
-                "rl: {} is complete (step {}/{}); nothing to do",
-                out.display(),
-                meta.step,
-                meta.total_steps
-            );
-            return Ok(meta);
-        }
-        let st = checkpoint::load_state(dir)?;
-        let s: RlState = serde_json::from_value(st.json.clone()).context("reading the RL trainer state")?;
-        eprintln!("rl: resuming {} from step {}", out.display(), s.step);
-        resume = Some((s, st));
     }
     let init = cfg
         .init
         .clone()
         .context("rl starts from a checkpoint: pass --init <dir> (e.g. runs/default/sft)")?;
-    let (vs, model, loaded) = match (&existing, &resume) {
-        (Some(dir), Some(_)) => checkpoint::load_model(dir, device)?,
-        _ => checkpoint::load_model(&init, device).with_context(|| format!("loading --init {}", init.display()))?,
+    let (vs, model, loaded) = match &resume {
+        Some((_, _, dir, _)) => checkpoint::load_model(dir, device)?,
+        None => checkpoint::load_model(&init, device).with_context(|| format!("loading --init {}", init.display()))?,
     };
     let mut model = model;
     model.set_compute_kind(cfg.rl.precision.kind());
@@ -501,39 +478,14 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         tokens_sampled: 0,
         train_secs: 0.0,
     };
-    let mut log_lines: Vec<Value> = Vec::new();
-    if let Some((s, state)) = &resume {
+    let mut previous_log = None;
+    if let Some((s, state, _, lines)) = resume.take() {
         opt.load_state_tensors(&state.tensors)?;
-        st = s.clone();
-        if let Some(dir) = &existing {
-            log_lines = std::fs::read_to_string(dir.join("metrics.jsonl"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|l| l["step"].as_u64().is_none_or(|x| x <= s.step))
-                .collect();
-        }
+        previous_log = Some((s.step, lines));
+        st = s;
     }
-    let log_path = out.with_file_name(format!(
-        "{}.metrics.jsonl",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "rl".into())
-    ));
-    if let Some(d) = log_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d)?;
-    }
-    std::fs::write(
-        &log_path,
-        log_lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )
-    .with_context(|| format!("writing {}", log_path.display()))?;
-    let push = |lines: &mut Vec<Value>, v: Value| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&log_path)?;
-        writeln!(f, "{v}")?;
-        lines.push(v);
-        Ok(())
-    };
+    let resumed = previous_log.is_some();
+    let mut log = MetricsLog::open(&out, "rl", previous_log)?;
 
     meta.stage = "rl".into();
     meta.total_steps = cfg.rl.steps;
@@ -587,9 +539,9 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         };
         checkpoint::save(&out, &vs, model.config(), &tok, meta, lines, Some(&state))
     };
-    if resume.is_none() {
+    if !resumed {
         if let Some(r) = eval(&model)? {
-            push(&mut log_lines, json!({"stage": "rl", "step": 0, "eval": r.clone()}))?;
+            log.push(json!({"stage": "rl", "step": 0, "eval": r.clone()}))?;
             meta.metrics.insert("tasks_start".into(), r);
         }
     }
@@ -611,7 +563,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     progress.update(st.step, "");
     while st.step < cfg.rl.steps {
         if stop.load(Ordering::SeqCst) {
-            save(&mut meta, &log_lines, &opt, &st)?;
+            save(&mut meta, &log.lines, &opt, &st)?;
             bail!(
                 "interrupted at step {}; the checkpoint in {} resumes with --resume",
                 st.step,
@@ -765,29 +717,26 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
                 format_count(gen.tokens_per_sec)
             ),
         );
-        push(&mut log_lines, line)?;
+        log.push(line)?;
         let last = st.step == cfg.rl.steps;
         if let Some(e) = &cfg.eval {
             if e.every > 0 && st.step % e.every == 0 && !last {
                 if let Some(r) = eval(&model)? {
-                    push(&mut log_lines, json!({"stage": "rl", "step": st.step, "eval": r}))?;
+                    log.push(json!({"stage": "rl", "step": st.step, "eval": r}))?;
                 }
             }
         }
         if cfg.rl.save_every > 0 && st.step % cfg.rl.save_every == 0 && !last {
-            save(&mut meta, &log_lines, &opt, &st)?;
+            save(&mut meta, &log.lines, &opt, &st)?;
         }
     }
     progress.finish();
-    save(&mut meta, &log_lines, &opt, &st)?;
+    save(&mut meta, &log.lines, &opt, &st)?;
     if let Some(r) = eval(&model)? {
-        push(
-            &mut log_lines,
-            json!({"stage": "rl", "step": st.step, "eval": r.clone()}),
-        )?;
+        log.push(json!({"stage": "rl", "step": st.step, "eval": r.clone()}))?;
         meta.metrics.insert("tasks".into(), r);
     }
-    let rl_lines: Vec<&Value> = log_lines.iter().filter(|l| l.get("reward_mean").is_some()).collect();
+    let rl_lines: Vec<&Value> = log.lines.iter().filter(|l| l.get("reward_mean").is_some()).collect();
     let avg = |k: &str| rl_lines.iter().filter_map(|l| l[k].as_f64()).sum::<f64>() / rl_lines.len().max(1) as f64;
     meta.metrics.insert(
         "train".into(),
@@ -800,7 +749,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         }),
     );
     meta.complete = true;
-    save(&mut meta, &log_lines, &opt, &st)?;
+    save(&mut meta, &log.lines, &opt, &st)?;
     eprintln!(
         "rl: done: {} steps in {}; checkpoint {}",
         st.step,

@@ -2,12 +2,13 @@
 //! gradient accumulation to a token batch, global-norm clipping, a schedule, held-out
 //! evaluation per source, periodic atomic checkpoints, `--resume`, Ctrl-C saves, and a
 //! JSON-lines metrics log.
-use crate::checkpoint::{self, Meta, TrainState};
+use crate::checkpoint::{self, Meta, OutState, TrainState};
 use crate::config::{CommonArgs, LmConfig};
 use crate::data::mix::{load_mix, ResolvedMix};
 use crate::data::parquet::read_all;
 use crate::data::sampler::{Cursor, LmSampler, PackMode, PackedBatch, IGNORE};
 use crate::device::{configure_threads, device_name, seed_everything};
+use crate::metrics::MetricsLog;
 use crate::model::{Gpt, GptConfig, Positions};
 use crate::optim::AdamW;
 use crate::progress::{format_count, format_secs, Progress};
@@ -16,7 +17,6 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -106,6 +106,20 @@ pub fn build_eval_sets(
     Ok(out)
 }
 
+/// Summed cross-entropy (nats) of `model` over the trained targets of a batch on `device`.
+pub fn lm_loss_sum(model: &Gpt, b: &PackedBatch) -> Result<Tensor> {
+    let pos = Positions {
+        ids: b.positions.as_ref(),
+        mask: b.mask.as_ref(),
+    };
+    let logits = model.forward(&b.input, &pos, None);
+    let v = logits.size()[2];
+    Ok(logits
+        .view([-1, v])
+        .to_kind(Kind::Float)
+        .f_cross_entropy_loss::<Tensor>(&b.target.view([-1]), None, Reduction::Sum, IGNORE, 0.0)?)
+}
+
 /// Loss (nats/token) and bits per byte of `model` on each set.
 pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<BTreeMap<String, Value>> {
     let _guard = tch::no_grad_guard();
@@ -114,19 +128,7 @@ pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<BTreeMa
         let (mut nats, mut toks, mut bytes) = (0.0, 0i64, 0i64);
         for b in &set.batches {
             let b = b.to_device(device);
-            let logits = model.forward(
-                &b.input,
-                &Positions {
-                    ids: b.positions.as_ref(),
-                    mask: b.mask.as_ref(),
-                },
-                None,
-            );
-            let v = logits.size()[2];
-            let loss = logits
-                .view([-1, v])
-                .to_kind(Kind::Float)
-                .f_cross_entropy_loss::<Tensor>(&b.target.view([-1]), None, Reduction::Sum, IGNORE, 0.0)?;
+            let loss = lm_loss_sum(model, &b)?;
             nats += loss.double_value(&[]);
             toks += b.trained_tokens;
             bytes += b.trained_bytes;
@@ -139,58 +141,6 @@ pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<BTreeMa
         );
     }
     Ok(out)
-}
-
-/// Appends JSON lines to `<run dir>/<stage>.metrics.jsonl` and keeps them for the checkpoint.
-struct MetricsLog {
-    path: PathBuf,
-    lines: Vec<Value>,
-}
-
-impl MetricsLog {
-    fn open(out: &Path, stage: &str, keep_until_step: Option<u64>, previous: Vec<Value>) -> Result<Self> {
-        let name = format!(
-            "{}.metrics.jsonl",
-            out.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| stage.into())
-        );
-        let path = out.with_file_name(name);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let lines: Vec<Value> = match keep_until_step {
-            Some(s) => previous
-                .into_iter()
-                .filter(|l| l["step"].as_u64().is_none_or(|x| x <= s))
-                .collect(),
-            None => Vec::new(),
-        };
-        let mut text = String::new();
-        for l in &lines {
-            text.push_str(&serde_json::to_string(l)?);
-            text.push('\n');
-        }
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(MetricsLog { path, lines })
-    }
-
-    fn push(&mut self, line: Value) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
-        writeln!(f, "{}", serde_json::to_string(&line)?).with_context(|| format!("writing {}", self.path.display()))?;
-        self.lines.push(line);
-        Ok(())
-    }
-}
-
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
-        .unwrap_or_default()
 }
 
 /// Reads up to `mb` megabytes of text from the mix, by share, to train a tokenizer.
@@ -217,46 +167,22 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
     let out = cfg.out_dir();
     let threads = configure_threads();
     let device = cfg.train.device.resolve()?;
-    let existing = checkpoint::resolve_dir(&out).ok();
-
     // Where the weights come from: this run's own state (resume), an init checkpoint, or scratch.
-    let mut resume_state: Option<(SavedState, TrainState)> = None;
-    if let Some(dir) = &existing {
-        let meta = checkpoint::read_meta(dir)?;
-        if !args.resume {
-            bail!(
-                "{} already holds a {} checkpoint (step {}); pass --resume to continue it, or choose another --out",
-                out.display(),
-                meta.stage,
-                meta.step
-            );
+    let mut resume_state: Option<(SavedState, TrainState, PathBuf, Vec<Value>)> = None;
+    match checkpoint::prepare_out(&out, stage, args.resume)? {
+        OutState::Fresh => {}
+        OutState::Complete(meta) => return Ok(meta),
+        OutState::Resume { dir, state, log } => {
+            let saved: SavedState = serde_json::from_value(state.json.clone())
+                .with_context(|| format!("reading the trainer state of {}", dir.display()))?;
+            eprintln!("{stage}: resuming {} from step {}", out.display(), saved.step);
+            resume_state = Some((saved, state, dir, log));
         }
-        if meta.stage != stage {
-            bail!(
-                "{} holds a {} checkpoint, not {stage}: choose another --out",
-                out.display(),
-                meta.stage
-            );
-        }
-        if meta.complete {
-            eprintln!(
-                "{stage}: {} is complete (step {}/{}); nothing to do",
-                out.display(),
-                meta.step,
-                meta.total_steps
-            );
-            return Ok(meta);
-        }
-        let state = checkpoint::load_state(dir)?;
-        let saved: SavedState = serde_json::from_value(state.json.clone())
-            .with_context(|| format!("reading the trainer state of {}", dir.display()))?;
-        eprintln!("{stage}: resuming {} from step {}", out.display(), saved.step);
-        resume_state = Some((saved, state));
     }
 
     let mix = load_mix(&cfg.data.mix)?;
     seed_everything(cfg.train.seed);
-    let (vs, model, tok, mut meta) = if let Some(dir) = existing.as_ref().filter(|_| resume_state.is_some()) {
+    let (vs, model, tok, mut meta) = if let Some((_, _, dir, _)) = &resume_state {
         let (vs, model, loaded) = checkpoint::load_model(dir, device)?;
         (vs, model, loaded.tok, loaded.meta)
     } else if let Some(init) = &cfg.init {
@@ -308,7 +234,7 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         );
     }
 
-    let cursor = resume_state.as_ref().map(|(s, _)| s.cursor.clone());
+    let cursor = resume_state.as_ref().map(|(s, ..)| s.cursor.clone());
     let mut sampler = LmSampler::new(
         &mix,
         &tok,
@@ -337,17 +263,15 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
 
     let mut opt = AdamW::new(&vs, cfg.train.adamw());
     let (mut step, mut tokens_seen, mut train_secs) = (0u64, 0u64, 0.0f64);
-    let previous_log = existing
-        .as_ref()
-        .map(|d| read_jsonl(&d.join("metrics.jsonl")))
-        .unwrap_or_default();
-    if let Some((saved, state)) = &resume_state {
+    let mut previous_log = None;
+    if let Some((saved, state, _, log)) = resume_state {
         opt.load_state_tensors(&state.tensors)?;
         step = saved.step;
         tokens_seen = saved.tokens_seen;
         train_secs = saved.train_secs;
+        previous_log = Some((saved.step, log));
     }
-    let mut log = MetricsLog::open(&out, stage, resume_state.as_ref().map(|(s, _)| s.step), previous_log)?;
+    let mut log = MetricsLog::open(&out, stage, previous_log)?;
 
     meta.stage = stage.to_string();
     meta.total_steps = cfg.train.steps;
@@ -560,22 +484,7 @@ pub fn lm_backward(model: &Gpt, opt: &mut AdamW, batches: &[PackedBatch], traine
     let mut loss_sum = 0.0;
     for b in batches {
         let b = b.to_device(device);
-        let logits = model.forward(
-            &b.input,
-            &Positions {
-                ids: b.positions.as_ref(),
-                mask: b.mask.as_ref(),
-            },
-            None,
-        );
-        let v = logits.size()[2];
-        let loss = logits.view([-1, v]).f_cross_entropy_loss::<Tensor>(
-            &b.target.view([-1]),
-            None,
-            Reduction::Sum,
-            IGNORE,
-            0.0,
-        )? / trained.max(1) as f64;
+        let loss = lm_loss_sum(model, &b)? / trained.max(1) as f64;
         loss.backward();
         loss_sum += loss.double_value(&[]);
     }
