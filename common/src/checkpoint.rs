@@ -189,6 +189,9 @@ pub fn save(
         serde_json::to_string_pretty(config)?.as_bytes(),
     )?;
     write_synced(&partial.join("tokenizer.json"), tok.to_json()?.as_bytes())?;
+    for (name, text) in tok.sidecar_files()? {
+        write_synced(&partial.join(name), text.as_bytes())?;
+    }
     write_synced(
         &partial.join("meta.json"),
         serde_json::to_string_pretty(meta)?.as_bytes(),
@@ -251,7 +254,7 @@ pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
         return Ok(prev);
     }
     if dir.exists() {
-        bail!("{} is not a lib2expert checkpoint (no meta.json); expected a directory written by a stage (e.g. runs/<run>/pretrain)", dir.display());
+        bail!("{} is not a lib2expert checkpoint (no meta.json) nor a Hugging Face model directory (no config.json with a model_type); expected a directory written by a stage (e.g. runs/<run>/pretrain) or by transformers' save_pretrained", dir.display());
     }
     bail!(
         "checkpoint {} does not exist; run the stage that writes it first, or pass another --init",
@@ -268,8 +271,12 @@ pub fn read_meta(dir: &Path) -> Result<Meta> {
 }
 
 /// Loads and checks a checkpoint: architecture, tokenizer against vocabulary, tensor
-/// names, shapes and dtypes. Weights stay on the CPU until [`load_into`].
+/// names, shapes and dtypes. Weights stay on the CPU until [`load_into`]. A Hugging Face
+/// model directory loads too (see [`crate::hf`]), as a checkpoint of stage `hf`.
 pub fn load(dir: &Path) -> Result<Loaded> {
+    if crate::hf::is_hf_dir(dir) {
+        return crate::hf::load(dir);
+    }
     let dir = resolve_dir(dir)?;
     let config = crate::model::read_config(&dir.join("config.json"))?;
     let tok = Tok::load(&dir.join("tokenizer.json"))?;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod grpo;
+pub mod hf;
 pub mod metrics;
 pub mod model;
 pub mod optim;

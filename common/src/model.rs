@@ -14,6 +14,10 @@
 //! | `model.layers.{i}.mlp.{gate,up,down}_proj.weight` | `[f, d]`, `[f, d]`, `[d, f]` |
 //! | `model.norm.weight` | `[d]` |
 //! | `lm_head.weight` | `[vocab, d]` (absent when embeddings are tied) |
+//!
+//! Imported Hugging Face models add what their family needs: `…{q,k,v}_proj.bias` (Qwen2),
+//! `…o_proj.bias` and `…mlp.*.bias` (Llama's `attention_bias` / `mlp_bias`), a head
+//! dimension other than `d / h`, and scaled rotary frequencies (`linear`, `llama3`).
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
@@ -46,6 +50,47 @@ pub struct GptConfig {
     /// Whether the output head shares the input embedding matrix.
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// Dimension of one attention head when it is not `n_embd / n_head` (some imported models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<i64>,
+    /// Biases on the query, key and value projections (Qwen2; Llama with `attention_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection (Llama with `attention_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub o_bias: bool,
+    /// Biases on the MLP projections (Llama with `mlp_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mlp_bias: bool,
+    /// Scaling of the rotary frequencies (imported long-context models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How rotary frequencies are scaled, as Hugging Face `rope_scaling` / `rope_parameters` name it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (every frequency divided by it).
+    Linear {
+        /// Divisor of the frequencies.
+        factor: f64,
+    },
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
+    Llama3 {
+        /// Divisor of the low frequencies.
+        factor: f64,
+        /// Wavelengths longer than `original_max_position_embeddings / low_freq_factor` are scaled.
+        low_freq_factor: f64,
+        /// Wavelengths shorter than `original_max_position_embeddings / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// Context length the model was first trained with.
+        original_max_position_embeddings: i64,
+    },
 }
 
 fn default_rope_theta() -> f64 {
@@ -80,6 +125,11 @@ impl GptConfig {
             rope_theta: default_rope_theta(),
             norm_eps: default_norm_eps(),
             tie_embeddings: false,
+            head_dim: None,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            rope_scaling: None,
         })
     }
 
@@ -99,7 +149,11 @@ impl GptConfig {
                 bail!("model.{name} must be positive, got {v}");
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if let Some(hd) = self.head_dim {
+            if hd <= 0 || hd % 2 != 0 {
+                bail!("model.head_dim must be positive and even for rotary embeddings, got {hd}");
+            }
+        } else if self.n_embd % self.n_head != 0 {
             bail!(
                 "model.n_embd ({}) must be divisible by model.n_head ({})",
                 self.n_embd,
@@ -127,7 +181,7 @@ impl GptConfig {
 
     /// Dimension of one attention head.
     pub fn head_dim(&self) -> i64 {
-        self.n_embd / self.n_head
+        self.head_dim.unwrap_or(self.n_embd / self.n_head)
     }
 
     /// Number of parameters in total.
@@ -138,25 +192,42 @@ impl GptConfig {
     }
 
     fn block_params(&self) -> i64 {
+        self.block_matmul_params() + self.block_bias_params() + 2 * self.n_embd
+    }
+
+    fn block_matmul_params(&self) -> i64 {
         let d = self.n_embd;
         let hd = self.head_dim();
-        let attn = d * self.n_head * hd * 2 + d * self.n_kv_head * hd * 2;
-        attn + 3 * d * self.intermediate_size + 2 * d
+        d * self.n_head * hd * 2 + d * self.n_kv_head * hd * 2 + 3 * d * self.intermediate_size
+    }
+
+    fn block_bias_params(&self) -> i64 {
+        let hd = self.head_dim();
+        let mut n = 0;
+        if self.qkv_bias {
+            n += (self.n_head + 2 * self.n_kv_head) * hd;
+        }
+        if self.o_bias {
+            n += self.n_embd;
+        }
+        if self.mlp_bias {
+            n += 2 * self.intermediate_size + self.n_embd;
+        }
+        n
     }
 
     /// Parameters that take part in matrix products per token: every block's matrices and
-    /// the output head, not the input embedding lookup nor the norms. This is the `N` of
-    /// the `6·N` training FLOPs per token.
+    /// the output head, not the input embedding lookup, the norms nor the biases. This is
+    /// the `N` of the `6·N` training FLOPs per token.
     pub fn matmul_params(&self) -> i64 {
-        let d = self.n_embd;
-        self.n_layer * (self.block_params() - 2 * d) + self.vocab_size * d
+        self.n_layer * self.block_matmul_params() + self.vocab_size * self.n_embd
     }
 
     /// Training FLOPs per token: `6·N` plus attention scores and values,
     /// `6 · n_layer · 2 · seq · d` (forward `2·2·seq·d`, backward twice that) for causal
     /// attention averaged over positions (`seq/2` keys each, so `6·L·2·(seq/2)·d·2`).
     pub fn train_flops_per_token(&self, seq_len: i64) -> f64 {
-        6.0 * self.matmul_params() as f64 + 6.0 * (self.n_layer * seq_len * self.n_embd) as f64
+        6.0 * self.matmul_params() as f64 + 6.0 * (self.n_layer * seq_len * self.n_head * self.head_dim()) as f64
     }
 }
 
@@ -191,26 +262,34 @@ impl Module for RmsNorm {
     }
 }
 
-/// A bias-free linear layer that computes in the precision of its input: with bf16
+/// A linear layer (bias optional) that computes in the precision of its input: with bf16
 /// activations the fp32 weight is cast on the fly (autograd flows back to the fp32 master).
 #[derive(Debug)]
 struct Linear {
     ws: Tensor,
+    bs: Option<Tensor>,
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
-        if self.ws.kind() == x.kind() {
+        let same = self.ws.kind() == x.kind();
+        let y = if same {
             x.matmul(&self.ws.tr())
         } else {
             x.matmul(&self.ws.to_kind(x.kind()).tr())
+        };
+        match &self.bs {
+            None => y,
+            Some(b) if same => y + b,
+            Some(b) => y + b.to_kind(x.kind()),
         }
     }
 }
 
-fn linear(p: nn::Path, d_in: i64, d_out: i64, std: f64) -> Linear {
+fn linear(p: nn::Path, d_in: i64, d_out: i64, std: f64, bias: bool) -> Linear {
     Linear {
         ws: p.var("weight", &[d_out, d_in], nn::Init::Randn { mean: 0.0, stdev: std }),
+        bs: bias.then(|| p.var("bias", &[d_out], nn::Init::Const(0.0))),
     }
 }
 
@@ -294,10 +373,10 @@ impl Attention {
         let std = 0.02;
         let out_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
         Attention {
-            q_proj: linear(&p / "q_proj", d, cfg.n_head * hd, std),
-            k_proj: linear(&p / "k_proj", d, cfg.n_kv_head * hd, std),
-            v_proj: linear(&p / "v_proj", d, cfg.n_kv_head * hd, std),
-            o_proj: linear(&p / "o_proj", cfg.n_head * hd, d, out_std),
+            q_proj: linear(&p / "q_proj", d, cfg.n_head * hd, std, cfg.qkv_bias),
+            k_proj: linear(&p / "k_proj", d, cfg.n_kv_head * hd, std, cfg.qkv_bias),
+            v_proj: linear(&p / "v_proj", d, cfg.n_kv_head * hd, std, cfg.qkv_bias),
+            o_proj: linear(&p / "o_proj", cfg.n_head * hd, d, out_std, cfg.o_bias),
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             head_dim: hd,
@@ -387,9 +466,15 @@ impl Mlp {
     fn new(p: nn::Path, cfg: &GptConfig) -> Self {
         let out_std = 0.02 / (2.0 * cfg.n_layer as f64).sqrt();
         Mlp {
-            gate_proj: linear(&p / "gate_proj", cfg.n_embd, cfg.intermediate_size, 0.02),
-            up_proj: linear(&p / "up_proj", cfg.n_embd, cfg.intermediate_size, 0.02),
-            down_proj: linear(&p / "down_proj", cfg.intermediate_size, cfg.n_embd, out_std),
+            gate_proj: linear(&p / "gate_proj", cfg.n_embd, cfg.intermediate_size, 0.02, cfg.mlp_bias),
+            up_proj: linear(&p / "up_proj", cfg.n_embd, cfg.intermediate_size, 0.02, cfg.mlp_bias),
+            down_proj: linear(
+                &p / "down_proj",
+                cfg.intermediate_size,
+                cfg.n_embd,
+                out_std,
+                cfg.mlp_bias,
+            ),
         }
     }
 
@@ -550,12 +635,45 @@ impl EmbeddingExt for Tensor {
     }
 }
 
+/// Rotary inverse frequencies, `head_dim / 2` of them, scaled as configured (the
+/// formulas of Hugging Face `modeling_rope_utils`).
+pub fn rope_inv_freq(cfg: &GptConfig) -> Vec<f64> {
+    let hd = cfg.head_dim();
+    let base: Vec<f64> = (0..hd / 2)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64))
+        .collect();
+    match &cfg.rope_scaling {
+        None => base,
+        Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let old = *original_max_position_embeddings as f64;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
 /// Rotary tables `[max_seq_len, head_dim]` (Hugging Face "rotate half" layout).
 fn rope_tables(cfg: &GptConfig, device: Device) -> (Tensor, Tensor) {
-    let hd = cfg.head_dim();
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32)
-        .collect();
+    let inv_freq: Vec<f32> = rope_inv_freq(cfg).into_iter().map(|f| f as f32).collect();
     let inv_freq = Tensor::from_slice(&inv_freq);
     let t = Tensor::arange(cfg.max_seq_len, (Kind::Float, Device::Cpu));
     let freqs = t.outer(&inv_freq);

@@ -358,8 +358,7 @@ struct Rollouts {
 fn build_rollouts(
     prompts: &[Vec<u32>],
     completions: &[Vec<u32>],
-    finished: &[bool],
-    end: u32,
+    ended_with: &[Option<u32>],
     pad: u32,
     loss_mask: &[bool],
     adv: Vec<f64>,
@@ -371,8 +370,9 @@ fn build_rollouts(
             let mut s = prompts[i].clone();
             let start = s.len();
             s.extend(&completions[i]);
-            if finished[i] {
-                s.push(end);
+            // The stop token the policy sampled is part of its answer (it learns to stop).
+            if let Some(stop) = ended_with[i] {
+                s.push(stop);
             }
             (s, start)
         })
@@ -589,7 +589,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         }
         // Sample (seeded per step, so a resumed run samples what an uninterrupted one would).
         seed_everything(cfg.rl.seed.wrapping_add(st.step * 7919));
-        let gen = generate(&model, &prompts, &cfg.sampling, tok.end, tok.pad, device)?;
+        let gen = generate(&model, &prompts, &cfg.sampling, tok.stops(), tok.pad, device)?;
         let texts: Vec<String> = gen.tokens.iter().map(|t| tok.decode(t)).collect::<Result<_>>()?;
         let verdicts: Vec<Verdict> = texts
             .par_iter()
@@ -622,7 +622,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         // Update.
         let t1 = Instant::now();
         let lr = schedule.lr(st.step);
-        let roll = build_rollouts(&prompts, &gen.tokens, &gen.finished, tok.end, tok.pad, &loss_mask, adv);
+        let roll = build_rollouts(&prompts, &gen.tokens, &gen.ended_with, tok.pad, &loss_mask, adv);
         let n = roll.keep.len();
         let (mut clipped, mut counted, mut kl_sum, mut grad_norm, mut loss_val) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let train_tokens = roll.mask.sum(Kind::Float).double_value(&[]);

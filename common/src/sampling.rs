@@ -107,8 +107,10 @@ impl SamplingConfig {
 pub struct Generation {
     /// Generated ids per row, without the stop token.
     pub tokens: Vec<Vec<u32>>,
-    /// Whether each row ended with the stop token (false = cut at `max_new_tokens`).
+    /// Whether each row ended with a stop token (false = cut at `max_new_tokens`).
     pub finished: Vec<bool>,
+    /// The stop token that ended each finished row.
+    pub ended_with: Vec<Option<u32>>,
     /// Tokens generated per second over the whole batch.
     pub tokens_per_sec: f64,
     /// Seconds spent.
@@ -116,12 +118,12 @@ pub struct Generation {
 }
 
 /// Generates a continuation of every prompt, batched, with the KV cache; stops a row at
-/// `stop` (e.g. `<|end|>`). `pad` fills the left of shorter prompts.
+/// any of `stops` (e.g. `<|end|>`). `pad` fills the left of shorter prompts.
 pub fn generate(
     model: &Gpt,
     prompts: &[Vec<u32>],
     cfg: &SamplingConfig,
-    stop: u32,
+    stops: &[u32],
     pad: u32,
     device: Device,
 ) -> Result<Generation> {
@@ -133,6 +135,7 @@ pub fn generate(
         return Ok(Generation {
             tokens: vec![],
             finished: vec![],
+            ended_with: vec![],
             tokens_per_sec: 0.0,
             secs: 0.0,
         });
@@ -191,6 +194,7 @@ pub fn generate(
         Tensor::from_slice(&prompts.iter().map(|p| p.len() as i64).collect::<Vec<_>>()).to_device(device);
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
+    let mut ended_with = vec![None; b];
     let mut generated = 0usize;
     for step in 0..new {
         let next = cfg.pick(&last);
@@ -200,8 +204,9 @@ pub fn generate(
                 continue;
             }
             generated += 1;
-            if t as u32 == stop {
+            if stops.contains(&(t as u32)) {
                 done[r] = true;
+                ended_with[r] = Some(t as u32);
             } else {
                 out[r].push(t as u32);
             }
@@ -228,6 +233,7 @@ pub fn generate(
     Ok(Generation {
         tokens: out,
         finished: done,
+        ended_with,
         tokens_per_sec: generated as f64 / secs.max(1e-9),
         secs,
     })
@@ -248,9 +254,9 @@ mod tests {
         let prompts = vec![vec![5u32, 6, 7, 8, 9], vec![11u32, 12], vec![20u32, 21, 22]];
         let g = SamplingConfig::greedy(6);
         // Stop id 49 may or may not occur; compare raw greedy paths.
-        let batch = generate(&m, &prompts, &g, 49, 0, Device::Cpu)?;
+        let batch = generate(&m, &prompts, &g, &[49], 0, Device::Cpu)?;
         for (i, p) in prompts.iter().enumerate() {
-            let single = generate(&m, std::slice::from_ref(p), &g, 49, 0, Device::Cpu)?;
+            let single = generate(&m, std::slice::from_ref(p), &g, &[49], 0, Device::Cpu)?;
             assert_eq!(
                 batch.tokens[i], single.tokens[0],
                 "row {i}: batching changed the output"

@@ -137,6 +137,34 @@ pub struct TaskReport {
     pub gen_tokens_per_sec: f64,
     /// A few examples (prompt, completion, verdict) for the report.
     pub examples: Vec<(String, String, bool)>,
+    /// Every sample with its grade (written by `eval --log-samples`; not part of meta.json).
+    #[serde(skip)]
+    pub log: Vec<SampleLog>,
+}
+
+/// One graded answer, for inspection (`eval --log-samples`, one JSON object per line).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SampleLog {
+    /// Task kind.
+    pub task: String,
+    /// The question.
+    pub prompt: String,
+    /// The reference answer.
+    pub answer: String,
+    /// Which sample of this question (0 = the first; greedy when only one is drawn).
+    pub sample: usize,
+    /// The model's completion, decoded.
+    pub completion: String,
+    /// The final answer the verifier extracted, normalised.
+    pub extracted: String,
+    /// Graded correct.
+    pub correct: bool,
+    /// Said "I don't know".
+    pub abstained: bool,
+    /// Had an `Answer:` line.
+    pub formatted: bool,
+    /// Stopped before the token limit.
+    pub finished: bool,
 }
 
 struct Graded {
@@ -230,6 +258,7 @@ pub fn evaluate_tasks(
     let mut gen_tokens = 0usize;
     let mut gen_secs = 0.0;
     let mut examples = Vec::new();
+    let mut log = Vec::with_capacity(tasks.len() * samples);
     let per_batch = (batch_size / samples).max(1);
     for chunk in tasks.chunks(per_batch) {
         let mut prompts = Vec::with_capacity(chunk.len() * samples);
@@ -237,7 +266,7 @@ pub fn evaluate_tasks(
             let p = tok.render_prompt(&[Message::new("user", t.prompt.clone())])?;
             prompts.extend(std::iter::repeat_n(p, samples));
         }
-        let gen = generate(model, &prompts, sampling, tok.end, tok.pad, device)?;
+        let gen = generate(model, &prompts, sampling, tok.stops(), tok.pad, device)?;
         gen_tokens += gen.tokens.iter().map(Vec::len).sum::<usize>();
         gen_secs += gen.secs;
         for (i, t) in chunk.iter().enumerate() {
@@ -250,9 +279,24 @@ pub fn evaluate_tasks(
             if examples.len() < 12 && graded.iter().filter(|g| g.kind == t.kind).count() < 3 {
                 examples.push((t.prompt.clone(), texts[0].clone(), verdicts[0].correct));
             }
+            let answers: Vec<String> = texts.iter().map(|c| normalize(&final_answer(c))).collect();
+            for (j, (text, v)) in texts.iter().zip(&verdicts).enumerate() {
+                log.push(SampleLog {
+                    task: t.kind.clone(),
+                    prompt: t.prompt.clone(),
+                    answer: t.answer.clone(),
+                    sample: j,
+                    completion: text.clone(),
+                    extracted: answers[j].clone(),
+                    correct: v.correct,
+                    abstained: v.abstained,
+                    formatted: v.formatted,
+                    finished: gen.finished[rows.start + j],
+                });
+            }
             graded.push(Graded {
                 kind: t.kind.clone(),
-                answers: texts.iter().map(|c| normalize(&final_answer(c))).collect(),
+                answers,
                 verdicts,
                 lengths: gen.tokens[rows.clone()].iter().map(Vec::len).collect(),
                 truncated: gen.finished[rows].iter().map(|f| !f).collect(),
@@ -272,6 +316,7 @@ pub fn evaluate_tasks(
         samples,
         gen_tokens_per_sec: gen_tokens as f64 / gen_secs.max(1e-9),
         examples,
+        log,
     })
 }
 

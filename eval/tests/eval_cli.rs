@@ -36,6 +36,8 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         .arg(d.join("eval/tasks.parquet"))
         .args(["--samples", "4", "--out"])
         .arg(&out)
+        .arg("--log-samples")
+        .arg(d.join("samples.jsonl"))
         .output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = String::from_utf8_lossy(&o.stdout);
@@ -51,6 +53,26 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
             meta.metrics["tasks"]["per_kind"][kind]["abstention_rate"]
         );
     }
+    // The sample log holds every graded answer; its greedy lines give back the accuracy.
+    let log: Vec<Value> = std::fs::read_to_string(d.join("samples.jsonl"))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let greedy: Vec<&Value> = log.iter().filter(|r| r["mode"] == "greedy").collect();
+    let n = v["greedy"]["per_kind"]["arithmetic"]["n"].as_u64().unwrap_or(0) as usize;
+    let arith: Vec<&&Value> = greedy.iter().filter(|r| r["task"] == "arithmetic").collect();
+    assert_eq!(arith.len(), n);
+    let right = arith.iter().filter(|r| r["correct"] == true).count();
+    assert_eq!(
+        right as f64 / n as f64,
+        v["greedy"]["per_kind"]["arithmetic"]["accuracy"]
+            .as_f64()
+            .unwrap_or(-1.0)
+    );
+    assert_eq!(log.len(), greedy.len() * 5, "1 greedy + 4 sampled answers per question");
+    assert!(arith
+        .iter()
+        .all(|r| r["prompt"].is_string() && r["completion"].is_string()));
     let pk = &v["sampled"]["answerable"]["pass_at_k"];
     assert!(
         pk["1"].as_f64().unwrap_or(2.0) <= pk["4"].as_f64().unwrap_or(-1.0),

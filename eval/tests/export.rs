@@ -77,7 +77,7 @@ fn exported_checkpoint_matches_in_transformers() -> Result<()> {
         &model,
         std::slice::from_ref(&prompt),
         &SamplingConfig::greedy(20),
-        u32::MAX,
+        &[],
         loaded.tok.pad,
         Device::Cpu,
     )?;

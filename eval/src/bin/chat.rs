@@ -87,7 +87,7 @@ fn reply(
     let mut shown = 0;
     for _ in 0..budget {
         let next = sampling.pick(&last).int64_value(&[0]) as u32;
-        if next == tok.end {
+        if tok.stops().contains(&next) {
             break;
         }
         gen.push(next);

@@ -48,6 +48,10 @@ struct Args {
     /// Write the full report as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Write every graded answer here, one JSON object per line (task, prompt, answer,
+    /// completion, extracted answer, verdict): greedy answers, then the --samples draws.
+    #[arg(long, value_name = "FILE.jsonl")]
+    log_samples: Option<PathBuf>,
 }
 
 fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
@@ -179,6 +183,19 @@ fn run(a: Args) -> Result<()> {
             "greedy": greedy, "sampled": sampled, "temperature": a.temperature,
         });
         std::fs::write(out, serde_json::to_string_pretty(&j)?).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if let Some(path) = &a.log_samples {
+        let mut text = String::new();
+        for (mode, r) in [("greedy", Some(&greedy)), ("sampled", sampled.as_ref())] {
+            for rec in r.map(|r| r.log.as_slice()).unwrap_or_default() {
+                let mut v = serde_json::to_value(rec)?;
+                v["mode"] = mode.into();
+                text.push_str(&serde_json::to_string(&v)?);
+                text.push('\n');
+            }
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("samples: {}", path.display());
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `export`: writes a checkpoint as a Hugging Face model directory that
 //! `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
-//! load without custom code (architecture `LlamaForCausalLM`, with a chat template).
+//! load without custom code (`LlamaForCausalLM`, or `Qwen2ForCausalLM` for an imported
+//! Qwen2), with a chat template.
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use common::checkpoint;
@@ -39,54 +40,38 @@ fn export_hf(ckpt: &Path, out: &Path) -> Result<()> {
         .collect();
     tch::Tensor::write_safetensors(&tensors, out.join("model.safetensors"))
         .with_context(|| format!("writing {}", out.join("model.safetensors").display()))?;
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.n_embd,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.n_layer,
-        "num_attention_heads": c.n_head,
-        "num_key_value_heads": c.n_kv_head,
-        "head_dim": c.head_dim(),
-        "max_position_embeddings": c.max_seq_len,
-        "rms_norm_eps": c.norm_eps,
-        "rope_theta": c.rope_theta,
-        "hidden_act": "silu",
-        "attention_bias": false,
-        "mlp_bias": false,
-        "tie_word_embeddings": c.tie_embeddings,
-        "bos_token_id": tok.bos,
-        "eos_token_id": tok.end,
-        "pad_token_id": tok.pad,
-        "torch_dtype": "float32",
-        "initializer_range": 0.02,
-    });
+    let config = common::hf::config_to_hf(c, tok)?;
     std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    std::fs::write(
-        out.join("generation_config.json"),
-        serde_json::to_string_pretty(
-            &json!({"bos_token_id": tok.bos, "eos_token_id": tok.end, "pad_token_id": tok.pad}),
-        )?,
-    )?;
+    // The tokenizer, with its chat template: an imported template travels as it came;
+    // lib2expert's own is written out in Jinja.
     tok.save(&out.join("tokenizer.json"))?;
-    let tok_cfg = json!({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<|bos|>",
-        "eos_token": "<|end|>",
-        "pad_token": "<|pad|>",
-        "model_max_length": c.max_seq_len,
-        "chat_template": CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": false,
-    });
-    std::fs::write(
-        out.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(&tok_cfg)?,
-    )?;
-    std::fs::write(
-        out.join("special_tokens_map.json"),
-        serde_json::to_string_pretty(&json!({"bos_token": "<|bos|>", "eos_token": "<|end|>", "pad_token": "<|pad|>"}))?,
-    )?;
+    if tok.chat_template().is_none() {
+        std::fs::write(
+            out.join("generation_config.json"),
+            serde_json::to_string_pretty(
+                &json!({"bos_token_id": tok.bos, "eos_token_id": tok.end, "pad_token_id": tok.pad}),
+            )?,
+        )?;
+        let tok_cfg = json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<|bos|>",
+            "eos_token": "<|end|>",
+            "pad_token": "<|pad|>",
+            "model_max_length": c.max_seq_len,
+            "chat_template": CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": false,
+        });
+        std::fs::write(
+            out.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&tok_cfg)?,
+        )?;
+        std::fs::write(
+            out.join("special_tokens_map.json"),
+            serde_json::to_string_pretty(
+                &json!({"bos_token": "<|bos|>", "eos_token": "<|end|>", "pad_token": "<|pad|>"}),
+            )?,
+        )?;
+    }
     eprintln!(
         "export: wrote a LlamaForCausalLM directory to {} (from {} step {})",
         out.display(),
