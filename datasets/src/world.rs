@@ -2960,7 +2960,7 @@ fn sft_conversation(r: &mut R, ctx: &Ctx) -> Vec<Message> {
     // Single-turn arithmetic, facts, program; two turns; a question about a throwaway
     // entity the annotator has no record of (~4%: SFT stays mostly confident, but "I don't
     // know" gets a foothold that RL can reinforce).
-    let kind = weighted(r, &[28, 30, 25, 17, 4]);
+    let kind = weighted(r, &[36, 27, 21, 12, 4]);
     if kind < 3 {
         let (u, a) = sft_exchange(r, ctx, kind);
         conv.push(msg("user", u));
