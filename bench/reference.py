@@ -91,24 +91,31 @@ def train_tps(model, c, batch, micro, seq, steps, compiled):
     data = torch.randint(0, v, (batch, seq + 1))
 
     def step():
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         for m in range(batch // micro):
             x = data[m * micro : (m + 1) * micro, :-1]
             y = data[m * micro : (m + 1) * micro, 1:]
             loss = F.cross_entropy(fwd(x).view(-1, v), y.reshape(-1)) / (batch // micro)
             loss.backward()
+        t1 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        t2 = time.perf_counter()
         opt.step()
+        t3 = time.perf_counter()
+        return t1 - t0, t2 - t1, t3 - t2
 
     for _ in range(2):
         step()
-    times = []
+    times, phases = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        step()
+        phases.append(step())
         times.append(time.perf_counter() - t0)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
     # Median step time, as the Rust side: robust to a step slowed by another process.
-    return batch * seq / sorted(times)[len(times) // 2]
+    phase_secs = {k: med([p[i] for p in phases]) for i, k in enumerate(["forward_backward", "clip", "optimizer"])}
+    return batch * seq / med(times), phase_secs
 
 
 @torch.no_grad()
@@ -142,10 +149,10 @@ def main():
     model = GPT(c)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     if c.get("train", True):
-        out["train_tok_per_s"] = train_tps(model, c, c["batch_size"], c["micro_batch_size"], c["seq_len"], c["steps"], False)
+        out["train_tok_per_s"], out["phase_secs"] = train_tps(model, c, c["batch_size"], c["micro_batch_size"], c["seq_len"], c["steps"], False)
         if c.get("compile", False):
             try:
-                out["train_tok_per_s_compiled"] = train_tps(model, c, c["batch_size"], c["micro_batch_size"], c["seq_len"], c["steps"], True)
+                out["train_tok_per_s_compiled"], out["phase_secs_compiled"] = train_tps(model, c, c["batch_size"], c["micro_batch_size"], c["seq_len"], c["steps"], True)
             except Exception as e:  # compile needs a working C++ toolchain; report, do not fail
                 out["compile_error"] = str(e).splitlines()[0][:200]
     if c.get("sample", False):

@@ -139,6 +139,8 @@ fn one_train(
     };
     let (mut data_s, mut compute_s, mut total_s) = (0.0, 0.0, 0.0);
     let mut step_secs: Vec<f64> = Vec::new();
+    // Median seconds of each phase of a step, to compare with PyTorch phase by phase.
+    let mut phases: [Vec<f64>; 3] = Default::default();
     for i in 0..steps + 2 {
         let t0 = Instant::now();
         let batches = (0..batch / micro)
@@ -149,16 +151,23 @@ fn one_train(
             .collect::<Result<Vec<_>>>()?;
         let t1 = Instant::now();
         let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
+        let sync = || {
+            if device != Device::Cpu {
+                let _ = vs
+                    .variables()
+                    .values()
+                    .next()
+                    .map(|v| v.sum(Kind::Float).double_value(&[]));
+            }
+        };
         let loss = lm_backward(&model, &mut opt, &batches, trained, device)?;
+        sync();
+        let t_fb = Instant::now();
         let _norm = opt.clip_grad_norm(1.0);
+        sync();
+        let t_clip = Instant::now();
         opt.step(1e-3);
-        if device != Device::Cpu {
-            let _ = vs
-                .variables()
-                .values()
-                .next()
-                .map(|v| v.sum(Kind::Float).double_value(&[]));
-        }
+        sync();
         let t2 = Instant::now();
         // Bookkeeping of the real loop: a metrics line as JSON.
         let _line = json!({"step": i, "loss": loss}).to_string();
@@ -168,18 +177,27 @@ fn one_train(
             compute_s += (t2 - t1).as_secs_f64();
             total_s += (t3 - t0).as_secs_f64();
             step_secs.push((t3 - t0).as_secs_f64());
+            phases[0].push((t_fb - t1).as_secs_f64());
+            phases[1].push((t_clip - t_fb).as_secs_f64());
+            phases[2].push((t2 - t_clip).as_secs_f64());
         }
     }
     // Median step time: robust to a step slowed by another process on a shared machine.
     step_secs.sort_by(f64::total_cmp);
     let median = step_secs[step_secs.len() / 2];
     let tps = (batch * seq) as f64 / median;
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [fb, clip, optim] = &mut phases;
+    let phase_secs = json!({"forward_backward": med(fb), "clip": med(clip), "optimizer": med(optim)});
     Ok(json!({
         "preset": preset, "params": cfg.num_params(), "matmul_params": cfg.matmul_params(), "bf16": bf16,
         "batch": batch, "micro_batch": micro, "seq_len": seq, "tok_per_s": tps,
         "flops_per_token": cfg.train_flops_per_token(seq), "peak_rss_mb": peak_rss_mb(),
         "data_fraction": data_s / total_s, "outside_libtorch_fraction": (total_s - compute_s) / total_s,
-        "real_data": sampler.is_some(),
+        "real_data": sampler.is_some(), "phase_secs": phase_secs,
     }))
 }
 
@@ -394,6 +412,21 @@ fn run_all(a: &Args) -> Result<()> {
             tf(&ours["tok_per_s"]),
             tf(&reference["train_tok_per_s_compiled"]),
             fmt(&r["train_ours_over_pytorch_compiled"])
+        );
+    }
+    for (name, key) in [
+        ("forward + backward", "forward_backward"),
+        ("grad-norm clip", "clip"),
+        ("AdamW step", "optimizer"),
+    ] {
+        let o = ours["phase_secs"][key].as_f64();
+        let t = reference["phase_secs"][key].as_f64();
+        println!(
+            "| — of which {name} (ms per step, median) | {} | {} | {} |",
+            o.map_or("n/a".into(), |x| format!("{:.1}", 1e3 * x)),
+            t.map_or("n/a".into(), |x| format!("{:.1}", 1e3 * x)),
+            // Time ratio PyTorch / ours: above 1 means this phase is faster here.
+            fmt(&ratio(t, o))
         );
     }
     println!(
