@@ -121,13 +121,23 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
-            let _ = p.m.g_mul_scalar_(beta1).g_add_(&(&g * (1.0 - beta1)));
+            // The update of torch.optim.AdamW, in place with one temporary besides g·(1 − β2):
+            // m ← lerp(m, g, 1 − β1); v ← β2·v + (1 − β2)·g²; θ ← θ·(1 − lr·wd);
+            // θ ← θ − (lr / bc1) · m / (√v / √bc2 + ε), the step size folded into the divisor.
+            let _ = p.m.lerp_(&g, 1.0 - beta1);
             let _ = p.v.g_mul_scalar_(beta2).addcmul_(&g, &g.g_mul_scalar(1.0 - beta2));
             if p.decay && weight_decay > 0.0 {
                 let _ = p.var.g_mul_scalar_(1.0 - lr * weight_decay);
             }
-            let denom = (&p.v / bc2).sqrt().g_add_scalar_(eps);
-            let _ = p.var.addcdiv_(&p.m.g_mul_scalar(-lr / bc1), &denom);
+            if lr == 0.0 {
+                continue;
+            }
+            let mut denom = p.v.sqrt();
+            let _ = denom
+                .g_div_scalar_(bc2.sqrt())
+                .g_add_scalar_(eps)
+                .g_mul_scalar_(-bc1 / lr);
+            let _ = p.var.addcdiv_(&p.m, &denom);
         }
     }
 
@@ -201,6 +211,43 @@ mod tests {
         // The norm gain has no weight decay: 1 − 0.1.
         let nv: Vec<f32> = Vec::try_from(n)?;
         assert!((nv[0] - 0.9).abs() < 1e-6, "{nv:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn matches_a_scalar_adamw_over_several_steps() -> Result<()> {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[3, 2], nn::Init::Const(0.5));
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let mut opt = AdamW::new(&vs, cfg);
+        // Reference in f64, element by element, as torch.optim.AdamW writes it.
+        let mut theta = vec![0.5f64; 6];
+        let (mut m, mut v) = (vec![0.0f64; 6], vec![0.0f64; 6]);
+        let lrs = [0.1, 0.05, 0.02, 0.0, 0.01];
+        for (t, &lr) in lrs.iter().enumerate() {
+            let coef: Vec<f32> = (0..6).map(|i| ((i as f32 + 1.0) * (t as f32 + 1.0)).sin() * 2.0).collect();
+            opt.zero_grad();
+            (&w * &w * Tensor::from_slice(&coef).view([3, 2])).sum(Kind::Float).backward();
+            opt.step(lr);
+            let step = (t + 1) as i32;
+            for i in 0..6 {
+                let g = 2.0 * theta[i] * coef[i] as f64;
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.95 * v[i] + 0.05 * g * g;
+                theta[i] *= 1.0 - lr * 0.1;
+                let denom = (v[i] / (1.0 - 0.95f64.powi(step))).sqrt() + 1e-8;
+                theta[i] -= lr / (1.0 - 0.9f64.powi(step)) * m[i] / denom;
+            }
+            let ours: Vec<f32> = Vec::try_from(w.flatten(0, -1))?;
+            for (a, b) in ours.iter().zip(&theta) {
+                assert!((*a as f64 - b).abs() < 1e-5, "step {step}: {ours:?} vs {theta:?}");
+            }
+        }
         Ok(())
     }
 
