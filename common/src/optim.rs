@@ -230,9 +230,13 @@ mod tests {
         let (mut m, mut v) = (vec![0.0f64; 6], vec![0.0f64; 6]);
         let lrs = [0.1, 0.05, 0.02, 0.0, 0.01];
         for (t, &lr) in lrs.iter().enumerate() {
-            let coef: Vec<f32> = (0..6).map(|i| ((i as f32 + 1.0) * (t as f32 + 1.0)).sin() * 2.0).collect();
+            let coef: Vec<f32> = (0..6)
+                .map(|i| ((i as f32 + 1.0) * (t as f32 + 1.0)).sin() * 2.0)
+                .collect();
             opt.zero_grad();
-            (&w * &w * Tensor::from_slice(&coef).view([3, 2])).sum(Kind::Float).backward();
+            (&w * &w * Tensor::from_slice(&coef).view([3, 2]))
+                .sum(Kind::Float)
+                .backward();
             opt.step(lr);
             let step = (t + 1) as i32;
             for i in 0..6 {

@@ -256,8 +256,13 @@ fn run(a: Args) -> Result<()> {
     }
     if let Some(rl) = stages.iter().find(|s| s.name == "rl") {
         if rl.meta["metrics"]["tasks"].is_object() {
-            if cols.is_empty() {
-                cols.push(("before RL".into(), rl.meta["metrics"]["tasks_start"].clone()));
+            // RL's gain is read against its own starting point on the same questions (the SFT
+            // stage may have graded a different number of them).
+            if rl.meta["metrics"]["tasks_start"].is_object() {
+                cols.push((
+                    "before RL (same questions as RL)".into(),
+                    rl.meta["metrics"]["tasks_start"].clone(),
+                ));
             }
             cols.push(("RL".into(), rl.meta["metrics"]["tasks"].clone()));
         }
