@@ -13,6 +13,7 @@
 //! A generation prompt ends with `<|assistant|>`; generation stops at `<|end|>`. In SFT
 //! only the assistant's content and its closing `<|end|>` are trained on.
 use anyhow::{anyhow, bail, Context, Result};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -313,13 +314,8 @@ impl Tok {
     }
 
     /// Ids of the special (added, `special: true`) tokens.
-    fn special_ids(&self) -> Vec<u32> {
-        self.inner
-            .get_added_tokens_decoder()
-            .iter()
-            .filter(|(_, t)| t.special)
-            .map(|(&i, _)| i)
-            .collect()
+    fn special_ids(&self) -> HashSet<u32> {
+        special_ids(&self.inner)
     }
 
     /// Writes `tokenizer.json` (and, for a Hugging Face chat template, its
@@ -525,6 +521,16 @@ impl Tok {
 
 const NO_TEMPLATE: &str = "this tokenizer has no chat template, so conversations cannot be rendered: add a `chat_template` (Jinja, e.g. ChatML) to tokenizer_config.json beside tokenizer.json, or start from a chat model";
 
+/// Ids of the tokenizer's special (added, `special: true`) tokens.
+fn special_ids(inner: &Tokenizer) -> HashSet<u32> {
+    inner
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(&i, _)| i)
+        .collect()
+}
+
 /// Bytes of text per id (0 for special tokens). Byte-level BPE stores one character per
 /// byte; SentencePiece-style vocabularies write `▁` for a space and `<0xNN>` for a raw byte.
 fn token_bytes(inner: &Tokenizer) -> Vec<u32> {
@@ -532,12 +538,7 @@ fn token_bytes(inner: &Tokenizer) -> Vec<u32> {
     let byte_level = ByteLevel::alphabet()
         .iter()
         .all(|c| inner.token_to_id(&c.to_string()).is_some());
-    let special: std::collections::HashSet<u32> = inner
-        .get_added_tokens_decoder()
-        .iter()
-        .filter(|(_, t)| t.special)
-        .map(|(&i, _)| i)
-        .collect();
+    let special = special_ids(inner);
     (0..n as u32)
         .map(|i| {
             if special.contains(&i) {
