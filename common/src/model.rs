@@ -268,20 +268,36 @@ impl Module for RmsNorm {
 struct Linear {
     ws: Tensor,
     bs: Option<Tensor>,
+    lora: Option<Lora>,
+}
+
+/// A low-rank adapter on a linear layer (LoRA): `y += scale · x Aᵀ Bᵀ`, with `A` `[r, in]`
+/// and `B` `[out, r]` (zero at the start, so the adapted model starts as the base model).
+#[derive(Debug)]
+struct Lora {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+}
+
+fn in_kind(t: &Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.to_kind(kind)
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let same = self.ws.kind() == x.kind();
-        let y = if same {
-            x.matmul(&self.ws.tr())
-        } else {
-            x.matmul(&self.ws.to_kind(x.kind()).tr())
-        };
+        let kind = x.kind();
+        let mut y = x.matmul(&in_kind(&self.ws, kind).tr());
+        if let Some(l) = &self.lora {
+            y = y + x.matmul(&in_kind(&l.a, kind).tr()).matmul(&in_kind(&l.b, kind).tr()) * l.scale;
+        }
         match &self.bs {
             None => y,
-            Some(b) if same => y + b,
-            Some(b) => y + b.to_kind(x.kind()),
+            Some(b) => y + in_kind(b, kind),
         }
     }
 }
@@ -290,7 +306,19 @@ fn linear(p: nn::Path, d_in: i64, d_out: i64, std: f64, bias: bool) -> Linear {
     Linear {
         ws: p.var("weight", &[d_out, d_in], nn::Init::Randn { mean: 0.0, stdev: std }),
         bs: bias.then(|| p.var("bias", &[d_out], nn::Init::Const(0.0))),
+        lora: None,
     }
+}
+
+/// Low-rank adaptation of every linear layer of the blocks (attention q/k/v/o, MLP
+/// gate/up/down): the base weights stay frozen and only the adapters train.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank r of each adapter.
+    pub rank: i64,
+    /// The adapter's output is scaled by alpha / r.
+    pub alpha: f64,
 }
 
 /// Per-layer key/value cache, pre-allocated to `capacity` positions.
@@ -419,18 +447,20 @@ impl Attention {
                 let k_all = kc.narrow(2, 0, total);
                 let v_all = vc.narrow(2, 0, total);
                 // With a cache, queries sit at the end of the keys: causal from the bottom
-                // right. SDPA's `is_causal` aligns top-left, so build the mask unless the
-                // caller gave one or a single query attends everything.
+                // right. SDPA's `is_causal` aligns top-left, which is the same thing when the
+                // cache was empty (the prompt); otherwise build the mask unless the caller gave
+                // one or a single query attends everything.
                 let mask_owned;
-                let mask = match pos.mask {
-                    Some(m) => Some(m),
-                    None if t == 1 => None,
+                let (mask, is_causal) = match pos.mask {
+                    Some(m) => (Some(m), false),
+                    None if t == 1 => (None, false),
+                    None if offset == 0 => (None, true),
                     None => {
                         mask_owned = causal_mask(t, total, x.device());
-                        Some(&mask_owned)
+                        (Some(&mask_owned), false)
                     }
                 };
-                Tensor::scaled_dot_product_attention(&q, &k_all, &v_all, mask, 0.0, false, None, gqa)
+                Tensor::scaled_dot_product_attention(&q, &k_all, &v_all, mask, 0.0, is_causal, None, gqa)
             }
         };
         let y = y.transpose(1, 2).contiguous().view([b, t, self.n_head * self.head_dim]);
@@ -489,6 +519,32 @@ struct Block {
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
+}
+
+const LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+impl Block {
+    fn linears(&self) -> [(&'static str, &Linear); 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        let l = [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &m.gate_proj, &m.up_proj, &m.down_proj];
+        std::array::from_fn(|i| (LINEARS[i], l[i]))
+    }
+
+    fn linears_mut(&mut self) -> [(&'static str, &mut Linear); 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        let [q, k, v, o] = [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj];
+        let [g, u, d] = [&mut m.gate_proj, &mut m.up_proj, &mut m.down_proj];
+        let mut it = [q, k, v, o, g, u, d].into_iter();
+        std::array::from_fn(|i| (LINEARS[i], it.next().expect("seven linear layers")))
+    }
 }
 
 /// The GPT. Build it in a `VarStore` (`Gpt::new(vs.root(), &cfg)`), then call `forward`.
@@ -617,6 +673,52 @@ impl Gpt {
         } else {
             h.matmul(&w.to_kind(h.kind()).tr()).to_kind(w.kind())
         }
+    }
+
+    /// Adds a LoRA adapter to every linear layer of the blocks, its parameters created under
+    /// `p` (a separate `VarStore`, so an optimiser can take the adapters alone) with PEFT's
+    /// names (`model.layers.0.self_attn.q_proj.lora_A`, `[r, in]`; `lora_B`, `[out, r]`).
+    pub fn add_lora(&mut self, p: &nn::Path, cfg: LoraConfig) -> Result<()> {
+        if cfg.rank < 1 || !(cfg.alpha > 0.0) {
+            bail!("LoRA needs rank >= 1 and alpha > 0 (got rank {}, alpha {})", cfg.rank, cfg.alpha);
+        }
+        for (i, block) in self.layers.iter_mut().enumerate() {
+            for (name, lin) in block.linears_mut() {
+                if lin.lora.is_some() {
+                    bail!("layer {i} {name} already has a LoRA adapter");
+                }
+                let (d_out, d_in) = lin.ws.size2()?;
+                let mut lp = p / "model" / "layers" / i;
+                for part in name.split('.') {
+                    lp = &lp / part;
+                }
+                // A as PEFT initialises it (Kaiming-uniform, bound 1/sqrt(in)); B zero.
+                let bound = 1.0 / (d_in as f64).sqrt();
+                let a = lp.var("lora_A", &[cfg.rank, d_in], nn::Init::Uniform { lo: -bound, up: bound });
+                let b = lp.var("lora_B", &[d_out, cfg.rank], nn::Init::Const(0.0));
+                lin.lora = Some(Lora {
+                    a,
+                    b,
+                    scale: cfg.alpha / cfg.rank as f64,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What the adapters add to each base weight, `scale · B A`, by the weight's name
+    /// (e.g. `model.layers.0.mlp.down_proj.weight`); empty without adapters.
+    pub fn lora_deltas(&self) -> Vec<(String, Tensor)> {
+        let _g = tch::no_grad_guard();
+        let mut out = Vec::new();
+        for (i, block) in self.layers.iter().enumerate() {
+            for (name, lin) in block.linears() {
+                if let Some(l) = &lin.lora {
+                    out.push((format!("model.layers.{i}.{name}.weight"), l.b.matmul(&l.a) * l.scale));
+                }
+            }
+        }
+        out
     }
 
     /// A fresh cache sized for this model.

@@ -10,7 +10,7 @@ use crate::config::{load_toml, CommonArgs};
 use crate::device::{configure_threads, device_name, seed_everything, DeviceChoice};
 use crate::grpo::{advantages, batch_normaliser, flat_groups, policy_loss, LossKind};
 use crate::metrics::MetricsLog;
-use crate::model::{Gpt, Positions};
+use crate::model::{Gpt, LoraConfig, Positions};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::progress::{format_count, format_secs, Progress};
 use crate::sampling::{generate, SamplingConfig};
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::{Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// What to do with completions cut at `max_new_tokens` (they never reached `<|end|>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +114,17 @@ pub struct RlSection {
     /// fp32 | bf16 (mixed precision for sampling and updates; weights and optimiser stay fp32).
     #[serde(default)]
     pub precision: crate::config::Precision,
+    /// LoRA rank: > 0 freezes the model and trains a low-rank adapter on every linear layer
+    /// of the blocks (merged into the weights of each saved checkpoint); 0 = full fine-tuning.
+    #[serde(default)]
+    pub lora_rank: i64,
+    /// LoRA scale numerator: adapters are scaled by lora_alpha / lora_rank.
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
+}
+
+fn default_lora_alpha() -> f64 {
+    32.0
 }
 
 fn one_u() -> usize {
@@ -288,6 +299,9 @@ impl RlConfig {
         if r.kl_coef < 0.0 {
             bail!("rl.kl_coef must be >= 0");
         }
+        if r.lora_rank < 0 || !(r.lora_alpha > 0.0) {
+            bail!("rl.lora_rank must be >= 0 (0 = full fine-tuning) and rl.lora_alpha > 0");
+        }
         self.sampling.validate()?;
         if self.sampling.temperature == 0.0 {
             bail!("sampling.temperature = 0 gives identical samples in a group (no learning signal); use about 1.0");
@@ -427,19 +441,54 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         .init
         .clone()
         .context("rl starts from a checkpoint: pass --init <dir> (e.g. runs/default/sft)")?;
-    let (vs, model, loaded) = match &resume {
-        Some((_, _, dir, _)) => checkpoint::load_model(dir, device)?,
-        None => checkpoint::load_model(&init, device).with_context(|| format!("loading --init {}", init.display()))?,
+    let lora = (cfg.rl.lora_rank > 0).then_some(LoraConfig {
+        rank: cfg.rl.lora_rank,
+        alpha: cfg.rl.lora_alpha,
+    });
+    // A LoRA run resumes from its starting weights plus the adapters kept in the state (the
+    // saved weights have the adapters merged in).
+    let (mut vs, model, loaded) = match &resume {
+        Some((_, _, dir, _)) if lora.is_none() => checkpoint::load_model(dir, device)?,
+        _ => checkpoint::load_model(&init, device).with_context(|| format!("loading --init {}", init.display()))?,
     };
     let mut model = model;
     model.set_compute_kind(cfg.rl.precision.kind());
-    let tok: Tok = loaded.tok.clone();
-    let mut meta = if resume.is_some() {
-        loaded.meta.clone()
-    } else {
-        let mut m = Meta::new("rl");
-        m.parent = Some(checkpoint::parent_ref(&loaded.dir, &loaded.meta));
-        m
+    let adapters = nn::VarStore::new(device);
+    if let Some(l) = lora {
+        model.add_lora(&adapters.root(), l)?;
+        vs.freeze();
+        if let Some((_, state, dir, _)) = &resume {
+            let saved: std::collections::BTreeMap<&str, &Tensor> =
+                state.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            let _g = tch::no_grad_guard();
+            for (name, mut var) in adapters.variables() {
+                let Some(t) = saved.get(format!("adapter.{name}").as_str()) else {
+                    bail!(
+                        "{} has no LoRA adapter {name} in its state: it was not saved by a run with rl.lora_rank = {}",
+                        dir.display(),
+                        cfg.rl.lora_rank
+                    );
+                };
+                if t.size() != var.size() {
+                    bail!("LoRA adapter {name} in {} has shape {:?}, expected {:?} (another lora_rank?)", dir.display(), t.size(), var.size());
+                }
+                var.copy_(&t.to_device(device));
+            }
+        }
+    }
+    let trained = if lora.is_some() { &adapters } else { &vs };
+    let tok: Tok = match &resume {
+        Some((_, _, dir, _)) if lora.is_some() => checkpoint::load(dir)?.tok,
+        _ => loaded.tok.clone(),
+    };
+    let mut meta = match &resume {
+        Some((_, _, dir, _)) if lora.is_some() => checkpoint::load(dir)?.meta,
+        Some(_) => loaded.meta.clone(),
+        None => {
+            let mut m = Meta::new("rl");
+            m.parent = Some(checkpoint::parent_ref(&loaded.dir, &loaded.meta));
+            m
+        }
     };
     let reference = if cfg.rl.kl_coef > 0.0 {
         let (rvs, mut rmodel, _) = checkpoint::load_model(&init, device)?;
@@ -463,7 +512,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     );
     let schedule = cfg.schedule();
     let mut opt = AdamW::new(
-        &vs,
+        trained,
         AdamWConfig {
             beta1: 0.9,
             beta2: 0.95,
@@ -511,6 +560,15 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         cfg.overlong(),
         device_name(device)
     );
+    if let Some(l) = lora {
+        eprintln!(
+            "rl: LoRA rank {} (alpha {}) on every linear layer: {} trainable parameters, the model's {} frozen",
+            l.rank,
+            l.alpha,
+            format_count(adapters.variables().values().map(|v| v.numel() as f64).sum()),
+            format_count(vs.variables().values().map(|v| v.numel() as f64).sum())
+        );
+    }
 
     let eval = |model: &Gpt| -> Result<Option<Value>> {
         let (Some(e), Some(list)) = (&cfg.eval, &eval_tasks) else {
@@ -533,11 +591,40 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         meta.step = st.step;
         meta.tokens_seen = st.tokens_sampled;
         meta.train_secs = st.train_secs;
+        let mut tensors = opt.state_tensors();
+        if lora.is_none() {
+            let state = TrainState {
+                tensors,
+                json: serde_json::to_value(st)?,
+            };
+            return checkpoint::save(&out, &vs, model.config(), &tok, meta, lines, Some(&state));
+        }
+        // The checkpoint holds plain weights (base + adapters merged), loadable by every
+        // tool; the adapters themselves go into the resumable state.
+        tensors.extend(
+            adapters
+                .variables()
+                .into_iter()
+                .map(|(k, v)| (format!("adapter.{k}"), v.shallow_clone())),
+        );
+        let mut merged = nn::VarStore::new(device);
+        let _shape = Gpt::new(merged.root(), model.config());
+        merged.copy(&vs)?;
+        let vars = merged.variables();
+        {
+            let _g = tch::no_grad_guard();
+            for (name, delta) in model.lora_deltas() {
+                let Some(w) = vars.get(&name) else {
+                    bail!("LoRA merge: the model has no weight {name}");
+                };
+                let _ = w.shallow_clone().g_add_(&delta);
+            }
+        }
         let state = TrainState {
-            tensors: opt.state_tensors(),
+            tensors,
             json: serde_json::to_value(st)?,
         };
-        checkpoint::save(&out, &vs, model.config(), &tok, meta, lines, Some(&state))
+        checkpoint::save(&out, &merged, model.config(), &tok, meta, lines, Some(&state))
     };
     if !resumed {
         if let Some(r) = eval(&model)? {
@@ -617,12 +704,26 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
                 !dropped && !masked
             })
             .collect();
+        // The batch normaliser counts every sequence in the loss (grpo/dr_grpo: sequences,
+        // dapo: their tokens, the stop token included) ...
+        let in_loss: Vec<usize> = (0..rewards.len()).filter(|&i| loss_mask[i]).collect();
+        let loss_tokens: f64 = in_loss
+            .iter()
+            .map(|&i| (gen.tokens[i].len() + usize::from(gen.ended_with[i].is_some())) as f64)
+            .sum();
+        let norm = batch_normaliser(cfg.rl.loss, in_loss.len(), loss_tokens);
+        // ... but without a KL term a sequence whose advantage is zero adds exactly nothing to
+        // the gradient, so it is not run through the model (in half the groups or more of a
+        // step every answer gets the same reward).
+        let trained: Vec<bool> = (0..rewards.len())
+            .map(|i| loss_mask[i] && (cfg.rl.kl_coef > 0.0 || adv[i] != 0.0))
+            .collect();
         let sample_secs = t0.elapsed().as_secs_f64();
 
         // Update.
         let t1 = Instant::now();
         let lr = schedule.lr(st.step);
-        let roll = build_rollouts(&prompts, &gen.tokens, &gen.ended_with, tok.pad, &loss_mask, adv);
+        let roll = build_rollouts(&prompts, &gen.tokens, &gen.ended_with, tok.pad, &trained, adv);
         let n = roll.keep.len();
         let (mut clipped, mut counted, mut kl_sum, mut grad_norm, mut loss_val) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let train_tokens = roll.mask.sum(Kind::Float).double_value(&[]);
@@ -646,7 +747,6 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
                 });
                 (old, refl)
             };
-            let norm = batch_normaliser(cfg.rl.loss, n, train_tokens);
             for epoch in 0..cfg.rl.inner_epochs {
                 opt.zero_grad();
                 let mut total = 0.0;

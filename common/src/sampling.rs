@@ -196,10 +196,16 @@ pub fn generate(
     let mut done = vec![false; b];
     let mut ended_with = vec![None; b];
     let mut generated = 0usize;
+    // Row `j` of the batch being run is prompt `active[j]`. Finished rows are dropped from
+    // the batch (and the cache) once a quarter of it has finished: answers of very different
+    // lengths, as in an RL group, then stop paying for the longest one.
+    let mut active: Vec<usize> = (0..b).collect();
+    let mut valid = valid;
     for step in 0..new {
-        let next = cfg.pick(&last);
+        let mut next = cfg.pick(&last);
         let next_v: Vec<i64> = Vec::try_from(&next.to_device(Device::Cpu))?;
-        for (r, &t) in next_v.iter().enumerate() {
+        for (j, &t) in next_v.iter().enumerate() {
+            let r = active[j];
             if done[r] {
                 continue;
             }
@@ -214,9 +220,22 @@ pub fn generate(
         if done.iter().all(|&d| d) || step == new - 1 {
             break;
         }
+        let alive: Vec<i64> = (0..active.len())
+            .filter(|&j| !done[active[j]])
+            .map(|j| j as i64)
+            .collect();
+        if 4 * alive.len() <= 3 * active.len() {
+            let idx = Tensor::from_slice(&alive).to_device(device);
+            cache.select_rows(&idx);
+            valid = valid.index_select(0, &idx);
+            next_pos = next_pos.index_select(0, &idx);
+            next = next.index_select(0, &idx);
+            active = alive.iter().map(|&j| active[j as usize]).collect();
+        }
+        let rows = active.len() as i64;
         let cur = p_len + step;
-        let mask = valid.narrow(1, 0, cur + 1).view([bi, 1, 1, cur + 1]);
-        let posn = next_pos.view([bi, 1]);
+        let mask = valid.narrow(1, 0, cur + 1).view([rows, 1, 1, cur + 1]);
+        let posn = next_pos.view([rows, 1]);
         let step_pos = if padded {
             Positions {
                 ids: Some(&posn),
@@ -225,7 +244,7 @@ pub fn generate(
         } else {
             Positions::CAUSAL
         };
-        let logits = model.forward(&next.view([bi, 1]), &step_pos, Some(&mut cache));
+        let logits = model.forward(&next.view([rows, 1]), &step_pos, Some(&mut cache));
         last = logits.select(1, 0);
         next_pos += 1;
     }
@@ -277,6 +296,35 @@ mod tests {
             }
             assert_eq!(single.tokens[0], expect, "row {i}: cache and recomputation disagree");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn rows_that_stop_early_leave_the_batch_without_changing_the_others() -> Result<()> {
+        tch::manual_seed(5);
+        let cfg = GptConfig::preset("tiny", 50)?;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Gpt::new(vs.root(), &cfg);
+        let prompts: Vec<Vec<u32>> = (0..8u32)
+            .map(|r| (0..(3 + r % 4)).map(|i| (i * 5 + r * 3) % 45 + 1).collect())
+            .collect();
+        let g = SamplingConfig::greedy(12);
+        let free = generate(&m, &prompts, &g, &[], 0, Device::Cpu)?;
+        // Stop at the first token of rows 0..3: those rows end at once (3 of 8 rows, enough
+        // to compact the batch), others end wherever those tokens first appear, or never.
+        let stops: Vec<u32> = free.tokens[..3].iter().map(|t| t[0]).collect();
+        let batch = generate(&m, &prompts, &g, &stops, 0, Device::Cpu)?;
+        for (r, p) in prompts.iter().enumerate() {
+            let single = generate(&m, std::slice::from_ref(p), &g, &stops, 0, Device::Cpu)?;
+            assert_eq!(batch.tokens[r], single.tokens[0], "row {r}");
+            assert_eq!(batch.ended_with[r], single.ended_with[0], "row {r}");
+            let cut = free.tokens[r].iter().position(|t| stops.contains(t));
+            let expect = &free.tokens[r][..cut.unwrap_or(free.tokens[r].len())];
+            assert_eq!(batch.tokens[r], expect, "row {r}: not the unstopped answer up to its stop");
+            assert_eq!(batch.finished[r], cut.is_some(), "row {r}");
+        }
+        assert!(batch.finished[..3].iter().all(|&f| f));
+        assert!(batch.tokens[..3].iter().all(Vec::is_empty));
         Ok(())
     }
 

@@ -60,7 +60,11 @@ enum One {
         bf16: bool,
     },
     /// (internal) sampling measurements, printed as JSON.
-    Sample,
+    Sample {
+        /// KV-cache sampling only (no full-recompute comparison): the paired rounds.
+        #[arg(long)]
+        cache_only: bool,
+    },
     /// (internal) data path measurement, printed as JSON.
     Data,
 }
@@ -201,7 +205,7 @@ fn one_train(
     }))
 }
 
-fn one_sample(device: Device) -> Result<Value> {
+fn one_sample(device: Device, cache_only: bool) -> Result<Value> {
     let cfg = GptConfig::preset("default", VOCAB)?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
@@ -220,6 +224,9 @@ fn one_sample(device: Device) -> Result<Value> {
             best = best.max(generate(&model, &prompts, &g, &[], 0, device)?.tokens_per_sec);
         }
         out.insert(format!("cache_b{b}"), json!(best));
+    }
+    if cache_only {
+        return Ok(Value::Object(out));
     }
     // Without a cache: recompute the whole sequence for every new token (batch 8).
     let _guard = tch::no_grad_guard();
@@ -267,7 +274,7 @@ fn sub(args: &[&str], device: DeviceChoice) -> Result<Value> {
     Ok(serde_json::from_slice(&o.stdout)?)
 }
 
-fn reference(python: &str, cfg: &GptConfig, extra: Value) -> Result<Value> {
+fn run_reference(python: &str, cfg: &GptConfig, extra: Value) -> Result<Value> {
     let mut c = serde_json::to_value(cfg)?;
     if let (Some(m), Some(e)) = (c.as_object_mut(), extra.as_object()) {
         m.extend(e.clone());
@@ -288,7 +295,7 @@ fn reference(python: &str, cfg: &GptConfig, extra: Value) -> Result<Value> {
 
 /// PyTorch eager training tokens/s of the default model alone (no sampling, no compile).
 fn reference_train(python: &str, cfg: &GptConfig, threads: usize, steps: usize) -> Result<Option<f64>> {
-    let r = reference(
+    let r = run_reference(
         python,
         cfg,
         json!({"threads": threads, "batch_size": 32, "micro_batch_size": 16, "seq_len": 256, "steps": steps,
@@ -360,7 +367,7 @@ fn run_all(a: &Args) -> Result<()> {
 
     let cfg = GptConfig::preset("default", VOCAB)?;
     let reference = if cpu {
-        reference(
+        run_reference(
             &a.python,
             &cfg,
             json!({"threads": threads, "batch_size": 32, "micro_batch_size": 16, "seq_len": 256, "steps": 9,
@@ -388,11 +395,33 @@ fn run_all(a: &Args) -> Result<()> {
         }
         eprintln!("bench: paired rounds ours/PyTorch {rounds:.3?}");
     }
-    let paired = {
-        let mut r = rounds.clone();
+    let median = |xs: &[f64]| {
+        let mut r = xs.to_vec();
         r.sort_by(f64::total_cmp);
         r.get(r.len() / 2).copied()
     };
+    let paired = median(&rounds);
+    // The same for KV-cache sampling at each batch size: ours then PyTorch, three times.
+    let batches = ["1", "8", "64"];
+    let mut sample_rounds: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+    if cpu && reference["sample_tok_per_s"].is_object() {
+        for _ in 0..3 {
+            let o = sub(&["sample", "--cache-only"], a.device)?;
+            let t = run_reference(
+                &a.python,
+                &cfg,
+                json!({"threads": threads, "train": false, "sample": true, "prompt_len": 32, "new_tokens": 64,
+                       "sample_batches": [1, 8, 64]}),
+            )?;
+            for (i, b) in batches.iter().enumerate() {
+                if let (Some(o), Some(t)) = (o[format!("cache_b{b}")].as_f64(), t["sample_tok_per_s"][b].as_f64()) {
+                    sample_rounds[i].push(o / t);
+                }
+            }
+        }
+        eprintln!("bench: paired sampling rounds ours/PyTorch (batch 1, 8, 64) {sample_rounds:.3?}");
+    }
+    let sample_paired: Vec<Option<f64>> = sample_rounds.iter().map(|r| median(r)).collect();
     let results = json!({
         "date": std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
         "device": device_name(device), "threads": threads,
@@ -413,6 +442,8 @@ fn run_all(a: &Args) -> Result<()> {
             "sample_b1_ours_over_pytorch": ratio(sample["cache_b1"].as_f64(), reference["sample_tok_per_s"]["1"].as_f64()),
             "sample_b8_ours_over_pytorch": ratio(sample["cache_b8"].as_f64(), reference["sample_tok_per_s"]["8"].as_f64()),
             "sample_b64_ours_over_pytorch": ratio(sample["cache_b64"].as_f64(), reference["sample_tok_per_s"]["64"].as_f64()),
+            "sample_paired_median": {"1": sample_paired[0], "8": sample_paired[1], "64": sample_paired[2]},
+            "sample_paired_rounds": {"1": sample_rounds[0], "8": sample_rounds[1], "64": sample_rounds[2]},
             "cache_over_no_cache_b8": ratio(sample["cache_b8"].as_f64(), sample["no_cache_b8"].as_f64()),
             "data_path_over_training": ratio(data["tok_per_s"].as_f64(), ours["tok_per_s"].as_f64()),
             "bf16_over_fp32_training": ratio(ours_bf16["tok_per_s"].as_f64(), ours["tok_per_s"].as_f64()),
@@ -481,13 +512,19 @@ fn run_all(a: &Args) -> Result<()> {
         tf(&ours["peak_rss_mb"]),
         tf(&big["peak_rss_mb"])
     );
-    for b in ["1", "8", "64"] {
+    for (i, b) in batches.iter().enumerate() {
         println!(
             "| sampling, KV cache, batch {b} (tok/s) | {} | {} | {} |",
             tf(&sample[format!("cache_b{b}")]),
-            tf(&reference["sample_tok_per_s"][b]),
+            tf(&reference["sample_tok_per_s"][*b]),
             fmt(&r[format!("sample_b{b}_ours_over_pytorch")])
         );
+        if let Some(p) = sample_paired[i] {
+            println!(
+                "| sampling batch {b}, 3 paired rounds (median ratio; rounds {}) | | | {p:.2} |",
+                sample_rounds[i].iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+            );
+        }
     }
     println!(
         "| sampling without cache, batch 8 (tok/s) | {} | | cache is x{} |",
@@ -528,8 +565,8 @@ fn main() -> ExitCode {
                 println!("{}", one_train(preset, *batch, *micro, *seq, *steps, *bf16, device)?);
                 Ok(())
             }
-            Some(One::Sample) => {
-                println!("{}", one_sample(device)?);
+            Some(One::Sample { cache_only }) => {
+                println!("{}", one_sample(device, *cache_only)?);
                 Ok(())
             }
             Some(One::Data) => {
