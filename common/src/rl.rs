@@ -455,6 +455,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     model.set_compute_kind(cfg.rl.precision.kind());
     let adapters = nn::VarStore::new(device);
     if let Some(l) = lora {
+        seed_everything(cfg.rl.seed); // the adapters' initialisation
         model.add_lora(&adapters.root(), l)?;
         vs.freeze();
         if let Some((_, state, dir, _)) = &resume {
@@ -470,7 +471,12 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
                     );
                 };
                 if t.size() != var.size() {
-                    bail!("LoRA adapter {name} in {} has shape {:?}, expected {:?} (another lora_rank?)", dir.display(), t.size(), var.size());
+                    bail!(
+                        "LoRA adapter {name} in {} has shape {:?}, expected {:?} (another lora_rank?)",
+                        dir.display(),
+                        t.size(),
+                        var.size()
+                    );
                 }
                 var.copy_(&t.to_device(device));
             }

@@ -320,7 +320,10 @@ mod tests {
             assert_eq!(batch.ended_with[r], single.ended_with[0], "row {r}");
             let cut = free.tokens[r].iter().position(|t| stops.contains(t));
             let expect = &free.tokens[r][..cut.unwrap_or(free.tokens[r].len())];
-            assert_eq!(batch.tokens[r], expect, "row {r}: not the unstopped answer up to its stop");
+            assert_eq!(
+                batch.tokens[r], expect,
+                "row {r}: not the unstopped answer up to its stop"
+            );
             assert_eq!(batch.finished[r], cut.is_some(), "row {r}");
         }
         assert!(batch.finished[..3].iter().all(|&f| f));

@@ -75,3 +75,88 @@ fn tiny_grpo_run_end_to_end() -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs `rl` with `args`; returns its output.
+fn rl(args: &[&std::ffi::OsStr]) -> Result<std::process::Output> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_rl"))
+        .env("L2E_PROGRESS", "quiet")
+        .args(args)
+        .output()?)
+}
+
+fn weights(dir: &std::path::Path) -> Result<Vec<(String, tch::Tensor)>> {
+    let mut w = tch::Tensor::read_safetensors(dir.join("model.safetensors"))?;
+    w.sort_by(|x, y| x.0.cmp(&y.0));
+    Ok(w)
+}
+
+#[test]
+fn lora_run_saves_merged_weights_and_resumes_like_an_uninterrupted_run() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let init = d.join("runs/x/sft");
+    tiny_checkpoint(d, &init, "sft")?;
+    // Long random answers: some reach the end token, some are cut and penalised, so groups
+    // differ and the adapters get gradients.
+    let cfg = d.join("configs/rl-lora.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(d.join("configs/rl.toml"))?
+            .replace(
+                "kl_coef = 0.05",
+                "lora_rank = 2\nlora_alpha = 4.0\noverlong = \"penalty\"",
+            )
+            .replace("steps = 3", "steps = 6")
+            .replace("[sampling]\nmax_new_tokens = 8", "[sampling]\nmax_new_tokens = 32"),
+    )?;
+    let run = |out: &std::path::Path, extra: &[&str]| -> Result<std::process::Output> {
+        let mut a: Vec<&std::ffi::OsStr> = vec![
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--init".as_ref(),
+            init.as_os_str(),
+        ];
+        a.extend(["--out".as_ref(), out.as_os_str()]);
+        a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+        rl(&a)
+    };
+    let a = d.join("runs/a/rl");
+    let o = run(&a, &[])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("LoRA rank 2"), "{err}");
+    // The checkpoint is a plain model (adapters merged in) that moved away from the start.
+    let (wa, w0) = (weights(&a)?, weights(&init)?);
+    assert_eq!(wa.len(), w0.len(), "only the model's own tensors are saved");
+    let moved: f64 = wa
+        .iter()
+        .zip(&w0)
+        .map(|((_, x), (_, y))| (x - y).abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(moved > 0.0, "no update reached the saved weights");
+    let embed = wa.iter().zip(&w0).find(|((n, _), _)| n == "model.embed_tokens.weight");
+    let ((_, ea), (_, e0)) = embed.expect("embedding saved");
+    assert_eq!(
+        (ea - e0).abs().max().double_value(&[]),
+        0.0,
+        "the frozen embedding moved"
+    );
+    common::checkpoint::load_model(&a, tch::Device::Cpu)?;
+    // Stopped after 4 steps, then resumed to 6: the same weights as the uninterrupted run.
+    let b = d.join("runs/b/rl");
+    let o = run(&b, &["--steps", "4"])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta_path = b.join("meta.json");
+    let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
+    meta["complete"] = false.into(); // as a kill after the step-4 save leaves it
+    std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
+    let o = run(&b, &["--resume"])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&weights(&b)?) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{na} differs by {diff} after resume");
+    }
+    Ok(())
+}

@@ -522,7 +522,11 @@ fn run_all(a: &Args) -> Result<()> {
         if let Some(p) = sample_paired[i] {
             println!(
                 "| sampling batch {b}, 3 paired rounds (median ratio; rounds {}) | | | {p:.2} |",
-                sample_rounds[i].iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+                sample_rounds[i]
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
