@@ -291,13 +291,18 @@ fn in_kind(t: &Tensor, kind: Kind) -> Tensor {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        let mut y = x.matmul(&in_kind(&self.ws, kind).tr());
-        if let Some(l) = &self.lora {
-            y = y + x.matmul(&in_kind(&l.a, kind).tr()).matmul(&in_kind(&l.b, kind).tr()) * l.scale;
-        }
-        match &self.bs {
+        // `linear` (as torch.nn.Linear): the bias is fused and the weight gradient comes out
+        // in the weight's own layout.
+        let bias = self.bs.as_ref().map(|b| in_kind(b, kind));
+        let y = x.linear(&in_kind(&self.ws, kind), bias.as_ref());
+        match &self.lora {
             None => y,
-            Some(b) => y + in_kind(b, kind),
+            Some(l) => {
+                y + x
+                    .linear::<Tensor>(&in_kind(&l.a, kind), None)
+                    .linear::<Tensor>(&in_kind(&l.b, kind), None)
+                    * l.scale
+            }
         }
     }
 }
@@ -695,9 +700,9 @@ impl Gpt {
     pub fn logits(&self, h: &Tensor) -> Tensor {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         if h.kind() == w.kind() {
-            h.matmul(&w.tr())
+            h.linear::<Tensor>(w, None)
         } else {
-            h.matmul(&w.to_kind(h.kind()).tr()).to_kind(w.kind())
+            h.linear::<Tensor>(&w.to_kind(h.kind()), None).to_kind(w.kind())
         }
     }
 
