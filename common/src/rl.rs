@@ -205,6 +205,11 @@ pub struct RlEval {
     /// Rows generated together.
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
+    /// Also grade up to this many per task of the training prompts the run will sample, at
+    /// the start and at the end (0 = off): a gain there but not on held-out questions means
+    /// RL memorised answers instead of gaining skill.
+    #[serde(default)]
+    pub seen_per_kind: usize,
 }
 
 fn default_rl_per_kind() -> usize {
@@ -508,6 +513,31 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         Some(e) => Some(limit_per_kind(load_tasks(&e.tasks)?, e.per_kind)),
         None => None,
     };
+    let order_for = |epoch: u64| {
+        let mut idx: Vec<usize> = (0..tasks.len()).collect();
+        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            cfg.rl.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
+        idx
+    };
+    // The training prompts this run will sample (the order is fixed by the seed), first seen first.
+    let seen_tasks: Option<Vec<Task>> = cfg.eval.as_ref().filter(|e| e.seen_per_kind > 0).map(|e| {
+        let (mut epoch, mut index, mut order) = (0u64, 0usize, order_for(0));
+        let mut firsts = std::collections::HashSet::new();
+        let mut list = Vec::new();
+        for _ in 0..cfg.rl.steps as usize * cfg.rl.prompts_per_step {
+            if index >= order.len() {
+                epoch += 1;
+                index = 0;
+                order = order_for(epoch);
+            }
+            if firsts.insert(order[index]) {
+                list.push(tasks[order[index]].clone());
+            }
+            index += 1;
+        }
+        limit_per_kind(list, e.seen_per_kind)
+    });
     let grader = Grader::new(
         cfg.rewards,
         ProgramExec {
@@ -576,8 +606,8 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         );
     }
 
-    let eval = |model: &Gpt| -> Result<Option<Value>> {
-        let (Some(e), Some(list)) = (&cfg.eval, &eval_tasks) else {
+    let eval_on = |model: &Gpt, list: Option<&Vec<Task>>, what: &str| -> Result<Option<Value>> {
+        let (Some(e), Some(list)) = (&cfg.eval, list) else {
             return Ok(None);
         };
         let r = evaluate_tasks(
@@ -590,9 +620,11 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             e.batch_size,
             device,
         )?;
-        eprintln!("rl: held-out tasks: {}", summarize(&r));
+        eprintln!("rl: {what}: {}", summarize(&r));
         Ok(Some(serde_json::to_value(&r)?))
     };
+    let eval = |model: &Gpt| eval_on(model, eval_tasks.as_ref(), "held-out tasks");
+    let eval_seen = |model: &Gpt| eval_on(model, seen_tasks.as_ref(), "training prompts it samples");
     let save = |meta: &mut Meta, lines: &[Value], opt: &AdamW, st: &RlState| -> Result<()> {
         meta.step = st.step;
         meta.tokens_seen = st.tokens_sampled;
@@ -637,6 +669,9 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             log.push(json!({"stage": "rl", "step": 0, "eval": r.clone()}))?;
             meta.metrics.insert("tasks_start".into(), r);
         }
+        if let Some(r) = eval_seen(&model)? {
+            meta.metrics.insert("tasks_seen_start".into(), r);
+        }
     }
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -644,13 +679,6 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         let stop = stop.clone();
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
-    let order_for = |epoch: u64| {
-        let mut idx: Vec<usize> = (0..tasks.len()).collect();
-        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            cfg.rl.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ));
-        idx
-    };
     let mut order = order_for(st.epoch);
     let mut progress = Progress::new("rl", cfg.rl.steps);
     progress.update(st.step, "");
@@ -841,6 +869,9 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     if let Some(r) = eval(&model)? {
         log.push(json!({"stage": "rl", "step": st.step, "eval": r.clone()}))?;
         meta.metrics.insert("tasks".into(), r);
+    }
+    if let Some(r) = eval_seen(&model)? {
+        meta.metrics.insert("tasks_seen".into(), r);
     }
     let rl_lines: Vec<&Value> = log.lines.iter().filter(|l| l.get("reward_mean").is_some()).collect();
     let avg = |k: &str| rl_lines.iter().filter_map(|l| l[k].as_f64()).sum::<f64>() / rl_lines.len().max(1) as f64;

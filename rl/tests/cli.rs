@@ -50,6 +50,14 @@ fn tiny_grpo_run_end_to_end() -> Result<()> {
     assert_eq!(meta["step"], 3);
     assert!(meta["metrics"]["tasks"]["answerable"]["accuracy"].is_number());
     assert!(meta["metrics"]["tasks_start"]["per_kind"]["unanswerable"]["hallucination_rate"].is_number());
+    // The prompts the run sampled, graded before and after (3 steps x 2 prompts: at most 2 per task).
+    for key in ["tasks_seen_start", "tasks_seen"] {
+        let n: u64 = meta["metrics"][key]["per_kind"]
+            .as_object()
+            .map(|o| o.values().filter_map(|v| v["n"].as_u64()).sum())
+            .unwrap_or(0);
+        assert!((1..=6).contains(&n), "{key}: {n} prompts graded");
+    }
     let log = std::fs::read_to_string(out.join("metrics.jsonl"))?;
     let steps: Vec<Value> = log
         .lines()

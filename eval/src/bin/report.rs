@@ -356,6 +356,53 @@ fn run(a: Args) -> Result<()> {
         }
     }
 
+    // Memorisation or skill: RL on the prompts it trained on against held-out ones.
+    if let Some(rl) = stages.iter().find(|s| s.name == "rl") {
+        let m = &rl.meta["metrics"];
+        if m["tasks_seen"].is_object() && m["tasks_seen_start"].is_object() && m["tasks_start"].is_object() {
+            writeln!(
+                md,
+                "\n## RL: skill or memorisation? Its own training prompts against held-out questions\n\n\
+                 A gain on the prompts RL practised that does not show on held-out questions is memorised, not learned.\n\n\
+                 | task | trained-on prompts: before RL | after RL | change | held-out: before RL | after RL | change |\n|---|---|---|---|---|---|---|"
+            )?;
+            let kinds: Vec<String> = m["tasks"]["per_kind"]
+                .as_object()
+                .map(|o| o.keys().filter(|k| *k != "unanswerable").cloned().collect())
+                .unwrap_or_default();
+            let row = |label: &str, get: &dyn Fn(&Value) -> Option<f64>| -> String {
+                let (s0, s1) = (get(&m["tasks_seen_start"]), get(&m["tasks_seen"]));
+                let (h0, h1) = (get(&m["tasks_start"]), get(&m["tasks"]));
+                let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                    (Some(a), Some(b)) => format!("{:+.1}", 100.0 * (b - a)),
+                    _ => "–".into(),
+                };
+                format!(
+                    "| {label} | {} | {} | {} | {} | {} | {} |",
+                    pct(s0),
+                    pct(s1),
+                    d(s0, s1),
+                    pct(h0),
+                    pct(h1),
+                    d(h0, h1)
+                )
+            };
+            for k in &kinds {
+                writeln!(md, "{}", row(k, &|v: &Value| f(&v["per_kind"][k.as_str()]["accuracy"])))?;
+            }
+            writeln!(
+                md,
+                "{}",
+                row("answerable, pooled", &|v: &Value| f(&v["answerable"]["accuracy"]))
+            )?;
+            writeln!(
+                md,
+                "\nQuestions per task: {} trained-on, {} held-out.",
+                m["tasks_seen"]["per_kind"]["arithmetic"]["n"], m["tasks"]["per_kind"]["arithmetic"]["n"]
+            )?;
+        }
+    }
+
     // RL dynamics.
     if let Some(rl) = stages.iter().find(|s| s.name == "rl") {
         let steps: Vec<&Value> = rl.log.iter().filter(|l| l.get("reward_mean").is_some()).collect();
