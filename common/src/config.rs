@@ -243,6 +243,17 @@ pub struct TrainSection {
     /// fp32 | bf16 (mixed precision; weights and optimiser stay fp32).
     #[serde(default)]
     pub precision: Precision,
+    /// LoRA rank: > 0 freezes the `--init` model and trains low-rank adapters on every linear
+    /// layer of the blocks (merged into each saved checkpoint's weights); 0 = full training.
+    #[serde(default)]
+    pub lora_rank: i64,
+    /// LoRA scale numerator: adapters are scaled by lora_alpha / lora_rank.
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
+}
+
+fn default_lora_alpha() -> f64 {
+    32.0
 }
 
 fn default_batch() -> i64 {
@@ -289,6 +300,14 @@ impl TrainSection {
         }
     }
 
+    /// LoRA settings, when `lora_rank > 0`.
+    pub fn lora(&self) -> Option<crate::model::LoraConfig> {
+        (self.lora_rank > 0).then_some(crate::model::LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+        })
+    }
+
     /// AdamW hyper-parameters.
     pub fn adamw(&self) -> AdamWConfig {
         AdamWConfig {
@@ -323,6 +342,9 @@ impl TrainSection {
         }
         if !(self.weight_decay >= 0.0) || !(self.grad_clip >= 0.0) || !(self.eps > 0.0) {
             bail!("train.weight_decay and train.grad_clip must be >= 0 and train.eps > 0");
+        }
+        if self.lora_rank < 0 || !(self.lora_alpha > 0.0) {
+            bail!("train.lora_rank must be >= 0 (0 = full training) and train.lora_alpha > 0");
         }
         Ok(())
     }

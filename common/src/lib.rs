@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod grpo;
 pub mod hf;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -9,6 +9,7 @@ use crate::checkpoint::{self, Meta, OutState, TrainState};
 use crate::config::{load_toml, CommonArgs};
 use crate::device::{configure_threads, device_name, seed_everything, DeviceChoice};
 use crate::grpo::{advantages, batch_normaliser, flat_groups, policy_loss, LossKind};
+use crate::lora::Adapters;
 use crate::metrics::MetricsLog;
 use crate::model::{Gpt, LoraConfig, Positions};
 use crate::optim::{AdamW, AdamWConfig};
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tch::{nn, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// What to do with completions cut at `max_new_tokens` (they never reached `<|end|>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,36 +459,14 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     };
     let mut model = model;
     model.set_compute_kind(cfg.rl.precision.kind());
-    let adapters = nn::VarStore::new(device);
-    if let Some(l) = lora {
-        seed_everything(cfg.rl.seed); // the adapters' initialisation
-        model.add_lora(&adapters.root(), l)?;
-        vs.freeze();
-        if let Some((_, state, dir, _)) = &resume {
-            let saved: std::collections::BTreeMap<&str, &Tensor> =
-                state.tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-            let _g = tch::no_grad_guard();
-            for (name, mut var) in adapters.variables() {
-                let Some(t) = saved.get(format!("adapter.{name}").as_str()) else {
-                    bail!(
-                        "{} has no LoRA adapter {name} in its state: it was not saved by a run with rl.lora_rank = {}",
-                        dir.display(),
-                        cfg.rl.lora_rank
-                    );
-                };
-                if t.size() != var.size() {
-                    bail!(
-                        "LoRA adapter {name} in {} has shape {:?}, expected {:?} (another lora_rank?)",
-                        dir.display(),
-                        t.size(),
-                        var.size()
-                    );
-                }
-                var.copy_(&t.to_device(device));
-            }
-        }
+    let mut adapters = match lora {
+        Some(l) => Some(Adapters::attach(&mut model, &mut vs, l, cfg.rl.seed)?),
+        None => None,
+    };
+    if let (Some(a), Some((_, state, dir, _))) = (adapters.as_mut(), &resume) {
+        a.restore(&state.tensors, dir)?;
     }
-    let trained = if lora.is_some() { &adapters } else { &vs };
+    let trained = adapters.as_ref().map_or(&vs, |a| &a.vs);
     let tok: Tok = match &resume {
         Some((_, _, dir, _)) if lora.is_some() => checkpoint::load(dir)?.tok,
         _ => loaded.tok.clone(),
@@ -596,14 +575,8 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         cfg.overlong(),
         device_name(device)
     );
-    if let Some(l) = lora {
-        eprintln!(
-            "rl: LoRA rank {} (alpha {}) on every linear layer: {} trainable parameters, the model's {} frozen",
-            l.rank,
-            l.alpha,
-            format_count(adapters.variables().values().map(|v| v.numel() as f64).sum()),
-            format_count(vs.variables().values().map(|v| v.numel() as f64).sum())
-        );
+    if let Some(a) = &adapters {
+        eprintln!("rl: {}", a.describe(&vs));
     }
 
     let eval_on = |model: &Gpt, list: Option<&Vec<Task>>, what: &str| -> Result<Option<Value>> {
@@ -630,39 +603,28 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         meta.tokens_seen = st.tokens_sampled;
         meta.train_secs = st.train_secs;
         let mut tensors = opt.state_tensors();
-        if lora.is_none() {
-            let state = TrainState {
-                tensors,
-                json: serde_json::to_value(st)?,
-            };
-            return checkpoint::save(&out, &vs, model.config(), &tok, meta, lines, Some(&state));
-        }
-        // The checkpoint holds plain weights (base + adapters merged), loadable by every
-        // tool; the adapters themselves go into the resumable state.
-        tensors.extend(
-            adapters
-                .variables()
-                .into_iter()
-                .map(|(k, v)| (format!("adapter.{k}"), v.shallow_clone())),
-        );
-        let mut merged = nn::VarStore::new(device);
-        let _shape = Gpt::new(merged.root(), model.config());
-        merged.copy(&vs)?;
-        let vars = merged.variables();
-        {
-            let _g = tch::no_grad_guard();
-            for (name, delta) in model.lora_deltas() {
-                let Some(w) = vars.get(&name) else {
-                    bail!("LoRA merge: the model has no weight {name}");
-                };
-                let _ = w.shallow_clone().g_add_(&delta);
+        // With LoRA the checkpoint holds plain weights (adapters merged in) and the adapters
+        // go into the resumable state.
+        let merged = match &adapters {
+            Some(a) => {
+                tensors.extend(a.state_tensors());
+                Some(a.merged(&vs, &model)?)
             }
-        }
+            None => None,
+        };
         let state = TrainState {
             tensors,
             json: serde_json::to_value(st)?,
         };
-        checkpoint::save(&out, &merged, model.config(), &tok, meta, lines, Some(&state))
+        checkpoint::save(
+            &out,
+            merged.as_ref().unwrap_or(&vs),
+            model.config(),
+            &tok,
+            meta,
+            lines,
+            Some(&state),
+        )
     };
     if !resumed {
         if let Some(r) = eval(&model)? {

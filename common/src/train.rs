@@ -8,6 +8,7 @@ use crate::data::mix::{load_mix, ResolvedMix};
 use crate::data::parquet::read_all;
 use crate::data::sampler::{Cursor, LmSampler, PackMode, PackedBatch, IGNORE};
 use crate::device::{configure_threads, device_name, seed_everything};
+use crate::lora::Adapters;
 use crate::metrics::MetricsLog;
 use crate::model::{Gpt, GptConfig, Positions};
 use crate::optim::AdamW;
@@ -182,9 +183,22 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
 
     let mix = load_mix(&cfg.data.mix)?;
     seed_everything(cfg.train.seed);
-    let (vs, model, tok, mut meta) = if let Some((_, _, dir, _)) = &resume_state {
-        let (vs, model, loaded) = checkpoint::load_model(dir, device)?;
-        (vs, model, loaded.tok, loaded.meta)
+    let lora = cfg.train.lora();
+    if lora.is_some() && cfg.init.is_none() {
+        bail!("train.lora_rank > 0 adapts an existing model: pass --init <checkpoint> (or set lora_rank = 0 to train from scratch)");
+    }
+    let (mut vs, model, tok, mut meta) = if let Some((_, _, dir, _)) = &resume_state {
+        if let (Some(_), Some(init)) = (lora, &cfg.init) {
+            // A LoRA run resumes from its starting weights plus the adapters in its state
+            // (the saved weights have the adapters merged in).
+            let (vs, model, _) = checkpoint::load_model(init, device)
+                .with_context(|| format!("loading --init {} (a LoRA run resumes from it)", init.display()))?;
+            let own = checkpoint::load(dir)?;
+            (vs, model, own.tok, own.meta)
+        } else {
+            let (vs, model, loaded) = checkpoint::load_model(dir, device)?;
+            (vs, model, loaded.tok, loaded.meta)
+        }
     } else if let Some(init) = &cfg.init {
         let (vs, model, loaded) =
             checkpoint::load_model(init, device).with_context(|| format!("loading --init {}", init.display()))?;
@@ -218,6 +232,13 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
     };
     let mut model = model;
     model.set_compute_kind(cfg.train.precision.kind());
+    let mut adapters = match lora {
+        Some(l) => Some(Adapters::attach(&mut model, &mut vs, l, cfg.train.seed)?),
+        None => None,
+    };
+    if let (Some(a), Some((_, state, dir, _))) = (adapters.as_mut(), &resume_state) {
+        a.restore(&state.tensors, dir)?;
+    }
     let mcfg: GptConfig = model.config().clone();
     let seq_len = cfg.data.seq_len;
     if seq_len > mcfg.max_seq_len {
@@ -261,7 +282,7 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         None => Vec::new(),
     };
 
-    let mut opt = AdamW::new(&vs, cfg.train.adamw());
+    let mut opt = AdamW::new(adapters.as_ref().map_or(&vs, |a| &a.vs), cfg.train.adamw());
     let (mut step, mut tokens_seen, mut train_secs) = (0u64, 0u64, 0.0f64);
     let mut previous_log = None;
     if let Some((saved, state, _, log)) = resume_state {
@@ -296,6 +317,9 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
         cfg.train.precision,
         peak
     );
+    if let Some(a) = &adapters {
+        eprintln!("{stage}: {}", a.describe(&vs));
+    }
     eprintln!(
         "{stage}: {} steps x {} sequences x {} tokens = {} tokens/step ({} micro-batches of {}), mix {}",
         cfg.train.steps,
@@ -333,11 +357,29 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
             cursor: sampler.cursor(),
             seed: cfg.train.seed,
         };
+        let mut tensors = opt.state_tensors();
+        // With LoRA the checkpoint holds plain weights (adapters merged in) and the adapters
+        // go into the resumable state.
+        let merged = match &adapters {
+            Some(a) => {
+                tensors.extend(a.state_tensors());
+                Some(a.merged(vs, &model)?)
+            }
+            None => None,
+        };
         let state = TrainState {
-            tensors: opt.state_tensors(),
+            tensors,
             json: serde_json::to_value(saved)?,
         };
-        checkpoint::save(&out, vs, &mcfg, &tok, meta, &log.lines, Some(&state))
+        checkpoint::save(
+            &out,
+            merged.as_ref().unwrap_or(vs),
+            &mcfg,
+            &tok,
+            meta,
+            &log.lines,
+            Some(&state),
+        )
     };
 
     let tasks = match &cfg.tasks {

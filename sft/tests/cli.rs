@@ -43,3 +43,91 @@ fn tiny_sft_run_reports_task_metrics_before_and_after() -> Result<()> {
     assert!(meta["metrics"]["heldout"]["conversations"]["loss"].is_number());
     Ok(())
 }
+
+fn weights(dir: &std::path::Path) -> Result<Vec<(String, tch::Tensor)>> {
+    let mut w = tch::Tensor::read_safetensors(dir.join("model.safetensors"))?;
+    w.sort_by(|x, y| x.0.cmp(&y.0));
+    Ok(w)
+}
+
+#[test]
+fn lora_sft_trains_adapters_only_saves_merged_weights_and_resumes_exactly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let init = d.join("runs/x/midtrain");
+    tiny_checkpoint(d, &init, "midtrain")?;
+    let cfg = d.join("configs/sft-lora.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(d.join("configs/sft.toml"))?.replace(
+            "precision = \"bf16\"",
+            "precision = \"bf16\"\nlora_rank = 2\nlora_alpha = 4.0\nschedule = \"constant\"",
+        ),
+    )?;
+    let run = |out: &std::path::Path, extra: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_sft"))
+            .env("L2E_PROGRESS", "quiet")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--init")
+            .arg(&init)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()?)
+    };
+    let a = d.join("runs/a/sft");
+    let o = run(&a, &[])?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("LoRA rank 2"), "{err}");
+    let (wa, w0) = (weights(&a)?, weights(&init)?);
+    assert_eq!(wa.len(), w0.len(), "a plain checkpoint: the model's own tensors only");
+    let mut moved = Vec::new();
+    for ((n, x), (_, y)) in wa.iter().zip(&w0) {
+        if (x - y).abs().max().double_value(&[]) > 0.0 {
+            moved.push(n.clone());
+        }
+    }
+    // Only the adapted linear layers change; embeddings and norms stay frozen.
+    assert!(moved.iter().any(|n| n.ends_with("mlp.down_proj.weight")), "{moved:?}");
+    assert!(moved.iter().all(|n| n.contains("_proj.weight")), "{moved:?}");
+    let state = tch::Tensor::read_safetensors(a.join("state/optimizer.safetensors"))?;
+    assert!(state
+        .iter()
+        .any(|(k, _)| k == "adapter.model.layers.0.self_attn.q_proj.lora_A"));
+    // Three steps, as if killed after the step-3 save, then resumed to six.
+    let b = d.join("runs/b/sft");
+    let o = run(&b, &["--steps", "3"])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta_path = b.join("meta.json");
+    let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
+    meta["complete"] = false.into();
+    std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
+    let o = run(&b, &["--resume"])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for ((na, ta), (nb, tb)) in wa.iter().zip(&weights(&b)?) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{na} differs by {diff} after resume");
+    }
+    // LoRA needs a model to adapt.
+    let scratch = d.join("configs/pretrain-lora.toml");
+    std::fs::write(
+        &scratch,
+        std::fs::read_to_string(d.join("configs/pretrain.toml"))?.replace("[train]\n", "[train]\nlora_rank = 2\n"),
+    )?;
+    let o = Command::new(env!("CARGO_BIN_EXE_sft"))
+        .arg("--config")
+        .arg(&scratch)
+        .arg("--out")
+        .arg(d.join("runs/c"))
+        .output()?;
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("lora_rank > 0 adapts an existing model"),
+        "{e}"
+    );
+    Ok(())
+}
