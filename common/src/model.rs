@@ -922,6 +922,31 @@ mod tests {
     }
 
     #[test]
+    fn fused_inference_products_match_the_training_path() -> Result<()> {
+        tch::manual_seed(11);
+        let mut cfg = tiny();
+        cfg.qkv_bias = true;
+        cfg.mlp_bias = true;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Gpt::new(vs.root(), &cfg);
+        {
+            let _g = tch::no_grad_guard();
+            for (_, v) in vs.variables() {
+                let _ = v.shallow_clone().g_add_(&(v.randn_like() * 0.02)); // non-zero biases too
+            }
+        }
+        // 4 x 80 = 320 rows: at or above FUSE_MIN_ROWS, so inference takes the fused path.
+        let tokens = Tensor::randint(cfg.vocab_size, [4, 80], (Kind::Int64, Device::Cpu));
+        assert!(4 * 80 >= FUSE_MIN_ROWS);
+        let fused = tch::no_grad(|| m.forward(&tokens, &Positions::CAUSAL, None));
+        let separate = m.forward(&tokens, &Positions::CAUSAL, None); // under autograd: not fused
+        assert!(separate.requires_grad());
+        let diff = (&fused - &separate.detach()).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "fused vs separate products differ by {diff}");
+        Ok(())
+    }
+
+    #[test]
     fn parameter_names_and_count() -> Result<()> {
         let cfg = tiny();
         let vs = nn::VarStore::new(Device::Cpu);
