@@ -466,14 +466,15 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     if let (Some(a), Some((_, state, dir, _))) = (adapters.as_mut(), &resume) {
         a.restore(&state.tensors, dir)?;
     }
-    let trained = adapters.as_ref().map_or(&vs, |a| &a.vs);
-    let tok: Tok = match &resume {
-        Some((_, _, dir, _)) if lora.is_some() => checkpoint::load(dir)?.tok,
-        _ => loaded.tok.clone(),
+    let trainable = adapters.as_ref().map_or(&vs, |a| &a.vs);
+    // A resumed LoRA run loaded its weights from --init; its tokenizer and metadata are its own.
+    let own = match &resume {
+        Some((_, _, dir, _)) if lora.is_some() => Some(checkpoint::load(dir)?),
+        _ => None,
     };
+    let tok: Tok = own.as_ref().map_or_else(|| loaded.tok.clone(), |o| o.tok.clone());
     let mut meta = match &resume {
-        Some((_, _, dir, _)) if lora.is_some() => checkpoint::load(dir)?.meta,
-        Some(_) => loaded.meta.clone(),
+        Some(_) => own.map_or_else(|| loaded.meta.clone(), |o| o.meta),
         None => {
             let mut m = Meta::new("rl");
             m.parent = Some(checkpoint::parent_ref(&loaded.dir, &loaded.meta));
@@ -527,7 +528,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     );
     let schedule = cfg.schedule();
     let mut opt = AdamW::new(
-        trained,
+        trainable,
         AdamWConfig {
             beta1: 0.9,
             beta2: 0.95,
