@@ -937,7 +937,7 @@ mod tests {
         }
         // 4 x 80 = 320 rows: at or above FUSE_MIN_ROWS, so inference takes the fused path.
         let tokens = Tensor::randint(cfg.vocab_size, [4, 80], (Kind::Int64, Device::Cpu));
-        assert!(4 * 80 >= FUSE_MIN_ROWS);
+        const { assert!(4 * 80 >= FUSE_MIN_ROWS) };
         let fused = tch::no_grad(|| m.forward(&tokens, &Positions::CAUSAL, None));
         let separate = m.forward(&tokens, &Positions::CAUSAL, None); // under autograd: not fused
         assert!(separate.requires_grad());
