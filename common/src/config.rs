@@ -248,12 +248,8 @@ pub struct TrainSection {
     #[serde(default)]
     pub lora_rank: i64,
     /// LoRA scale numerator: adapters are scaled by lora_alpha / lora_rank.
-    #[serde(default = "default_lora_alpha")]
+    #[serde(default = "crate::lora::default_alpha")]
     pub lora_alpha: f64,
-}
-
-fn default_lora_alpha() -> f64 {
-    32.0
 }
 
 fn default_batch() -> i64 {
@@ -301,11 +297,8 @@ impl TrainSection {
     }
 
     /// LoRA settings, when `lora_rank > 0`.
-    pub fn lora(&self) -> Option<crate::model::LoraConfig> {
-        (self.lora_rank > 0).then_some(crate::model::LoraConfig {
-            rank: self.lora_rank,
-            alpha: self.lora_alpha,
-        })
+    pub fn lora(&self) -> Result<Option<crate::model::LoraConfig>> {
+        crate::lora::from_section("train", self.lora_rank, self.lora_alpha)
     }
 
     /// AdamW hyper-parameters.
@@ -343,9 +336,7 @@ impl TrainSection {
         if !(self.weight_decay >= 0.0) || !(self.grad_clip >= 0.0) || !(self.eps > 0.0) {
             bail!("train.weight_decay and train.grad_clip must be >= 0 and train.eps > 0");
         }
-        if self.lora_rank < 0 || !(self.lora_alpha > 0.0) {
-            bail!("train.lora_rank must be >= 0 (0 = full training) and train.lora_alpha > 0");
-        }
+        self.lora()?;
         Ok(())
     }
 }

@@ -7,6 +7,54 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{nn, Tensor};
 
+/// Default `lora_alpha` of every stage's config.
+pub fn default_alpha() -> f64 {
+    32.0
+}
+
+/// The LoRA settings of a config section (`train` or `rl`): `None` for `lora_rank = 0`; an
+/// error naming the keys when they are out of range.
+pub fn from_section(section: &str, rank: i64, alpha: f64) -> Result<Option<LoraConfig>> {
+    if rank < 0 || !(alpha > 0.0) {
+        bail!("{section}.lora_rank must be >= 0 (0 = full training) and {section}.lora_alpha > 0");
+    }
+    Ok((rank > 0).then_some(LoraConfig { rank, alpha }))
+}
+
+/// Attaches adapters when `cfg` asks for them (see [`Adapters::attach`]) and, when resuming,
+/// restores them from the checkpoint `resume` = (state tensors, directory).
+pub fn setup(
+    model: &mut Gpt,
+    base: &mut nn::VarStore,
+    cfg: Option<LoraConfig>,
+    seed: u64,
+    resume: Option<(&[(String, Tensor)], &Path)>,
+) -> Result<Option<Adapters>> {
+    let Some(cfg) = cfg else {
+        return Ok(None);
+    };
+    let mut a = Adapters::attach(model, base, cfg, seed)?;
+    if let Some((tensors, dir)) = resume {
+        a.restore(tensors, dir)?;
+    }
+    Ok(Some(a))
+}
+
+/// What a save writes: with adapters, they join the optimiser's `state_tensors` and the
+/// weights to save are a merged copy (returned); without, nothing changes (`None`: save `base`).
+pub fn save_parts(
+    adapters: Option<&Adapters>,
+    base: &nn::VarStore,
+    model: &Gpt,
+    state_tensors: &mut Vec<(String, Tensor)>,
+) -> Result<Option<nn::VarStore>> {
+    let Some(a) = adapters else {
+        return Ok(None);
+    };
+    state_tensors.extend(a.state_tensors());
+    Ok(Some(a.merged(base, model)?))
+}
+
 /// Prefix of the adapters' tensors in a checkpoint's `state/optimizer.safetensors`.
 const PREFIX: &str = "adapter.";
 

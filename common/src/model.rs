@@ -323,15 +323,13 @@ fn linear_many(layers: &[&Linear], x: &Tensor) -> Vec<Tensor> {
     }
     let kind = x.kind();
     let ws: Vec<Tensor> = layers.iter().map(|l| in_kind(&l.ws, kind)).collect();
-    let mut y = x.matmul(&Tensor::cat(&ws, 0).tr());
-    if layers[0].bs.is_some() {
-        let bs: Vec<Tensor> = layers
-            .iter()
-            .filter_map(|l| l.bs.as_ref())
-            .map(|b| in_kind(b, kind))
-            .collect();
-        y = y + Tensor::cat(&bs, 0);
-    }
+    let bs: Vec<Tensor> = layers
+        .iter()
+        .filter_map(|l| l.bs.as_ref())
+        .map(|b| in_kind(b, kind))
+        .collect();
+    let bias = (!bs.is_empty()).then(|| Tensor::cat(&bs, 0));
+    let y = x.linear(&Tensor::cat(&ws, 0), bias.as_ref());
     let sizes: Vec<i64> = layers.iter().map(|l| l.ws.size()[0]).collect();
     y.split_with_sizes(&sizes, -1)
 }

@@ -9,9 +9,8 @@ use crate::checkpoint::{self, Meta, OutState, TrainState};
 use crate::config::{load_toml, CommonArgs};
 use crate::device::{configure_threads, device_name, seed_everything, DeviceChoice};
 use crate::grpo::{advantages, batch_normaliser, flat_groups, policy_loss, LossKind};
-use crate::lora::Adapters;
 use crate::metrics::MetricsLog;
-use crate::model::{Gpt, LoraConfig, Positions};
+use crate::model::{Gpt, Positions};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::progress::{format_count, format_secs, Progress};
 use crate::sampling::{generate, SamplingConfig};
@@ -120,12 +119,8 @@ pub struct RlSection {
     #[serde(default)]
     pub lora_rank: i64,
     /// LoRA scale numerator: adapters are scaled by lora_alpha / lora_rank.
-    #[serde(default = "default_lora_alpha")]
+    #[serde(default = "crate::lora::default_alpha")]
     pub lora_alpha: f64,
-}
-
-fn default_lora_alpha() -> f64 {
-    32.0
 }
 
 fn one_u() -> usize {
@@ -305,9 +300,7 @@ impl RlConfig {
         if r.kl_coef < 0.0 {
             bail!("rl.kl_coef must be >= 0");
         }
-        if r.lora_rank < 0 || !(r.lora_alpha > 0.0) {
-            bail!("rl.lora_rank must be >= 0 (0 = full fine-tuning) and rl.lora_alpha > 0");
-        }
+        crate::lora::from_section("rl", r.lora_rank, r.lora_alpha)?;
         self.sampling.validate()?;
         if self.sampling.temperature == 0.0 {
             bail!("sampling.temperature = 0 gives identical samples in a group (no learning signal); use about 1.0");
@@ -447,10 +440,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         .init
         .clone()
         .context("rl starts from a checkpoint: pass --init <dir> (e.g. runs/default/sft)")?;
-    let lora = (cfg.rl.lora_rank > 0).then_some(LoraConfig {
-        rank: cfg.rl.lora_rank,
-        alpha: cfg.rl.lora_alpha,
-    });
+    let lora = crate::lora::from_section("rl", cfg.rl.lora_rank, cfg.rl.lora_alpha)?;
     // A LoRA run resumes from its starting weights plus the adapters kept in the state (the
     // saved weights have the adapters merged in).
     let (mut vs, model, loaded) = match &resume {
@@ -459,13 +449,10 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     };
     let mut model = model;
     model.set_compute_kind(cfg.rl.precision.kind());
-    let mut adapters = match lora {
-        Some(l) => Some(Adapters::attach(&mut model, &mut vs, l, cfg.rl.seed)?),
-        None => None,
-    };
-    if let (Some(a), Some((_, state, dir, _))) = (adapters.as_mut(), &resume) {
-        a.restore(&state.tensors, dir)?;
-    }
+    let saved = resume
+        .as_ref()
+        .map(|(_, state, dir, _)| (state.tensors.as_slice(), dir.as_path()));
+    let adapters = crate::lora::setup(&mut model, &mut vs, lora, cfg.rl.seed, saved)?;
     let trainable = adapters.as_ref().map_or(&vs, |a| &a.vs);
     // A resumed LoRA run loaded its weights from --init; its tokenizer and metadata are its own.
     let own = match &resume {
@@ -604,15 +591,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         meta.tokens_seen = st.tokens_sampled;
         meta.train_secs = st.train_secs;
         let mut tensors = opt.state_tensors();
-        // With LoRA the checkpoint holds plain weights (adapters merged in) and the adapters
-        // go into the resumable state.
-        let merged = match &adapters {
-            Some(a) => {
-                tensors.extend(a.state_tensors());
-                Some(a.merged(&vs, &model)?)
-            }
-            None => None,
-        };
+        let merged = crate::lora::save_parts(adapters.as_ref(), &vs, &model, &mut tensors)?;
         let state = TrainState {
             tensors,
             json: serde_json::to_value(st)?,

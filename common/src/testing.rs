@@ -158,3 +158,20 @@ pub fn tiny_checkpoint(world: &Path, out: &Path, stage: &str) -> Result<()> {
     meta.complete = true;
     checkpoint::save(out, &vs, &cfg, &tok, &mut meta, &[], None)
 }
+
+/// The tensors of a checkpoint's `model.safetensors`, sorted by name.
+pub fn sorted_weights(dir: &Path) -> Result<Vec<(String, tch::Tensor)>> {
+    let mut w = tch::Tensor::read_safetensors(dir.join("model.safetensors"))?;
+    w.sort_by(|x, y| x.0.cmp(&y.0));
+    Ok(w)
+}
+
+/// Panics unless `a` and `b` hold the same tensor names with values within `tol`.
+pub fn assert_same_weights(a: &[(String, tch::Tensor)], b: &[(String, tch::Tensor)], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: different tensor counts");
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert!(diff < tol, "{na} differs by {diff} {what}");
+    }
+}

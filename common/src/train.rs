@@ -8,7 +8,6 @@ use crate::data::mix::{load_mix, ResolvedMix};
 use crate::data::parquet::read_all;
 use crate::data::sampler::{Cursor, LmSampler, PackMode, PackedBatch, IGNORE};
 use crate::device::{configure_threads, device_name, seed_everything};
-use crate::lora::Adapters;
 use crate::metrics::MetricsLog;
 use crate::model::{Gpt, GptConfig, Positions};
 use crate::optim::AdamW;
@@ -183,7 +182,7 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
 
     let mix = load_mix(&cfg.data.mix)?;
     seed_everything(cfg.train.seed);
-    let lora = cfg.train.lora();
+    let lora = cfg.train.lora()?;
     if lora.is_some() && cfg.init.is_none() {
         bail!("train.lora_rank > 0 adapts an existing model: pass --init <checkpoint> (or set lora_rank = 0 to train from scratch)");
     }
@@ -232,13 +231,10 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
     };
     let mut model = model;
     model.set_compute_kind(cfg.train.precision.kind());
-    let mut adapters = match lora {
-        Some(l) => Some(Adapters::attach(&mut model, &mut vs, l, cfg.train.seed)?),
-        None => None,
-    };
-    if let (Some(a), Some((_, state, dir, _))) = (adapters.as_mut(), &resume_state) {
-        a.restore(&state.tensors, dir)?;
-    }
+    let saved = resume_state
+        .as_ref()
+        .map(|(_, state, dir, _)| (state.tensors.as_slice(), dir.as_path()));
+    let adapters = crate::lora::setup(&mut model, &mut vs, lora, cfg.train.seed, saved)?;
     let mcfg: GptConfig = model.config().clone();
     let seq_len = cfg.data.seq_len;
     if seq_len > mcfg.max_seq_len {
@@ -358,15 +354,7 @@ pub fn run_lm_stage(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Resu
             seed: cfg.train.seed,
         };
         let mut tensors = opt.state_tensors();
-        // With LoRA the checkpoint holds plain weights (adapters merged in) and the adapters
-        // go into the resumable state.
-        let merged = match &adapters {
-            Some(a) => {
-                tensors.extend(a.state_tensors());
-                Some(a.merged(vs, &model)?)
-            }
-            None => None,
-        };
+        let merged = crate::lora::save_parts(adapters.as_ref(), vs, &model, &mut tensors)?;
         let state = TrainState {
             tensors,
             json: serde_json::to_value(saved)?,

@@ -1,6 +1,6 @@
 //! The `rl` binary: a tiny GRPO run end to end, with every per-step figure logged.
 use anyhow::Result;
-use common::testing::{tiny_checkpoint, tiny_world};
+use common::testing::{assert_same_weights, sorted_weights as weights, tiny_checkpoint, tiny_world};
 use serde_json::Value;
 use std::process::Command;
 
@@ -92,12 +92,6 @@ fn rl(args: &[&std::ffi::OsStr]) -> Result<std::process::Output> {
         .output()?)
 }
 
-fn weights(dir: &std::path::Path) -> Result<Vec<(String, tch::Tensor)>> {
-    let mut w = tch::Tensor::read_safetensors(dir.join("model.safetensors"))?;
-    w.sort_by(|x, y| x.0.cmp(&y.0));
-    Ok(w)
-}
-
 #[test]
 fn lora_run_saves_merged_weights_and_resumes_like_an_uninterrupted_run() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -161,10 +155,6 @@ fn lora_run_saves_merged_weights_and_resumes_like_an_uninterrupted_run() -> Resu
     std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
     let o = run(&b, &["--resume"])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for ((na, ta), (nb, tb)) in wa.iter().zip(&weights(&b)?) {
-        assert_eq!(na, nb);
-        let diff = (ta - tb).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "{na} differs by {diff} after resume");
-    }
+    assert_same_weights(&wa, &weights(&b)?, 1e-5, "after resume");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The `sft` binary: a tiny run that trains on assistant tokens and grades answers.
 use anyhow::Result;
-use common::testing::{tiny_checkpoint, tiny_world};
+use common::testing::{assert_same_weights, sorted_weights as weights, tiny_checkpoint, tiny_world};
 use serde_json::Value;
 use std::process::Command;
 
@@ -42,12 +42,6 @@ fn tiny_sft_run_reports_task_metrics_before_and_after() -> Result<()> {
     }
     assert!(meta["metrics"]["heldout"]["conversations"]["loss"].is_number());
     Ok(())
-}
-
-fn weights(dir: &std::path::Path) -> Result<Vec<(String, tch::Tensor)>> {
-    let mut w = tch::Tensor::read_safetensors(dir.join("model.safetensors"))?;
-    w.sort_by(|x, y| x.0.cmp(&y.0));
-    Ok(w)
 }
 
 #[test]
@@ -107,11 +101,7 @@ fn lora_sft_trains_adapters_only_saves_merged_weights_and_resumes_exactly() -> R
     std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
     let o = run(&b, &["--resume"])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for ((na, ta), (nb, tb)) in wa.iter().zip(&weights(&b)?) {
-        assert_eq!(na, nb);
-        let diff = (ta - tb).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "{na} differs by {diff} after resume");
-    }
+    assert_same_weights(&wa, &weights(&b)?, 1e-5, "after resume");
     // LoRA needs a model to adapt.
     let scratch = d.join("configs/pretrain-lora.toml");
     std::fs::write(
