@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod curriculum;
 pub mod data;
 pub mod device;
 pub mod grpo;
@@ -15,6 +16,7 @@ pub mod model;
 pub mod optim;
 pub mod perf;
 pub mod progress;
+pub mod prompts;
 pub mod rl;
 pub mod sampling;
 pub mod schedule;

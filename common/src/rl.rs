@@ -13,15 +13,13 @@ use crate::metrics::MetricsLog;
 use crate::model::{Gpt, Positions};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::progress::{format_count, format_secs, Progress};
+use crate::prompts::{Drawn, PromptMix, PromptStream, StreamState};
 use crate::sampling::{generate, SamplingConfig};
 use crate::schedule::{Schedule, ScheduleKind};
 use crate::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize};
 use crate::tokenizer::{Message, Tok};
 use crate::verify::{Grader, ProgramExec, RewardWeights, Task, Verdict};
 use anyhow::{bail, Context, Result};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -47,7 +45,8 @@ pub enum Overlong {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RlData {
-    /// Parquet file of tasks: string columns prompt, answer, task.
+    /// A prompt mix (`.toml`: generators and Parquet prompt sets, with a curriculum; see
+    /// `common::prompts`) or one Parquet file of tasks (string columns prompt, answer, task).
     pub prompts: PathBuf,
 }
 
@@ -78,6 +77,10 @@ pub struct RlSection {
     /// Weight of the KL penalty to the starting model (0 = no reference model is kept).
     #[serde(default)]
     pub kl_coef: f64,
+    /// Dynamic sampling: up to this many extra sampling rounds per step replace groups whose
+    /// rewards all agree (they carry no gradient), and such groups leave the update. 0 = off.
+    #[serde(default)]
+    pub resample_rounds: usize,
     /// Divide advantages by the group std (default: yes for grpo/dapo, no for dr_grpo).
     pub scale_rewards: Option<bool>,
     /// keep | mask | penalty (default: penalty for dapo, keep otherwise).
@@ -189,6 +192,9 @@ impl Default for VerifierSection {
 pub struct RlEval {
     /// Parquet file of held-out tasks.
     pub tasks: PathBuf,
+    /// A harder held-out slice (e.g. `data/default/eval/hard.parquet`: one more operation
+    /// than SFT ever showed), graded at the start and the end.
+    pub hard_tasks: Option<PathBuf>,
     /// Questions per task kind.
     #[serde(default = "default_rl_per_kind")]
     pub per_kind: usize,
@@ -346,10 +352,12 @@ impl RlConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct RlState {
     step: u64,
-    epoch: u64,
-    index: usize,
     tokens_sampled: u64,
     train_secs: f64,
+    /// The prompt stream (random position, curriculum, cursors).
+    stream: StreamState,
+    /// The first prompts practised per task kind (graded before/after at the end).
+    practised: Vec<Task>,
 }
 
 /// Log-probs `[N, L]` of `targets` under `model` with the sampling settings.
@@ -421,6 +429,128 @@ fn micro_ranges(n: usize, micro: usize) -> Vec<(i64, i64)> {
         .collect()
 }
 
+/// What [`sample_step`] needs besides the stream.
+struct SampleOpts<'a> {
+    cfg: &'a RlConfig,
+    model: &'a Gpt,
+    tok: &'a Tok,
+    grader: &'a Grader,
+    device: tch::Device,
+    /// Practised prompts recorded per task kind.
+    seen_per_kind: usize,
+}
+
+/// One sampled completion, for the step's statistics.
+struct SampleStat {
+    verdict: Verdict,
+    reward: f64,
+    finished: bool,
+    len: usize,
+}
+
+/// One step's graded groups: those kept for the update (flattened, group after group), and
+/// statistics of everything sampled.
+#[derive(Default)]
+struct Sampled {
+    prompts: Vec<Vec<u32>>,
+    tokens: Vec<Vec<u32>>,
+    finished: Vec<bool>,
+    ended_with: Vec<Option<u32>>,
+    rewards: Vec<f64>,
+    verdicts: Vec<Verdict>,
+    all: Vec<SampleStat>,
+    groups_sampled: usize,
+    flat_groups: usize,
+    gen_secs: f64,
+}
+
+/// Draws `prompts_per_step` prompts, samples a group for each, grades it and feeds each
+/// group's success to the curriculum. With `resample_rounds > 0`, groups whose rewards all
+/// agree are replaced by fresh prompts for up to that many more rounds (DAPO's dynamic
+/// sampling) and left out of the update.
+fn sample_step(o: &SampleOpts, stream: &mut PromptStream, step: u64, practised: &mut Vec<Task>) -> Result<Sampled> {
+    let cfg = o.cfg;
+    let g = cfg.rl.group_size;
+    let resample = cfg.rl.resample_rounds > 0;
+    let overlong = cfg.overlong();
+    let mut out = Sampled::default();
+    for round in 0..=cfg.rl.resample_rounds {
+        let need = cfg.rl.prompts_per_step - out.rewards.len() / g;
+        if need == 0 {
+            break;
+        }
+        let drawn: Vec<Drawn> = (0..need).map(|_| stream.next()).collect();
+        for d in &drawn {
+            let kind_count = practised.iter().filter(|t| t.kind == d.task.kind).count();
+            if kind_count < o.seen_per_kind {
+                practised.push(d.task.clone());
+            }
+        }
+        let mut prompts = Vec::with_capacity(need * g);
+        for d in &drawn {
+            let p = o.tok.render_prompt(&[Message::new("user", d.task.prompt.clone())])?;
+            prompts.extend(std::iter::repeat_n(p, g));
+        }
+        // Seeded per step and round, so a resumed run samples what an uninterrupted one would.
+        seed_everything(
+            cfg.rl
+                .seed
+                .wrapping_add(step * 7919)
+                .wrapping_add(round as u64 * 104_729),
+        );
+        let gen = generate(o.model, &prompts, &cfg.sampling, o.tok.stops(), o.tok.pad, o.device)?;
+        out.gen_secs += gen.secs;
+        let texts: Vec<String> = gen.tokens.iter().map(|t| o.tok.decode(t)).collect::<Result<_>>()?;
+        let verdicts: Vec<Verdict> = texts
+            .par_iter()
+            .enumerate()
+            .map(|(i, c)| o.grader.grade(&drawn[i / g].task, c))
+            .collect();
+        let rewards: Vec<f64> = verdicts
+            .iter()
+            .zip(&gen.finished)
+            .map(|(v, &fin)| {
+                if !fin && overlong == Overlong::Penalty {
+                    v.reward - cfg.rl.overlong_penalty
+                } else {
+                    v.reward
+                }
+            })
+            .collect();
+        let flat = flat_groups(&rewards, g);
+        for (j, d) in drawn.iter().enumerate() {
+            let rows = j * g..(j + 1) * g;
+            let right = verdicts[rows.clone()].iter().filter(|v| v.correct).count();
+            stream.curriculum.record(d.slot, right as f64 / g as f64);
+            out.groups_sampled += 1;
+            out.flat_groups += usize::from(flat[j]);
+            for i in rows.clone() {
+                out.all.push(SampleStat {
+                    verdict: verdicts[i],
+                    reward: rewards[i],
+                    finished: gen.finished[i],
+                    len: gen.tokens[i].len(),
+                });
+            }
+            if resample && flat[j] {
+                continue;
+            }
+            for i in rows {
+                out.prompts.push(prompts[i].clone());
+                out.tokens.push(gen.tokens[i].clone());
+                out.finished.push(gen.finished[i]);
+                out.ended_with.push(gen.ended_with[i]);
+                out.rewards.push(rewards[i]);
+                out.verdicts.push(verdicts[i]);
+            }
+        }
+        if !resample {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Runs the RL stage; returns the final metadata.
 pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     let out = cfg.out.clone().unwrap_or_else(|| crate::config::default_out("rl"));
@@ -475,36 +605,17 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     } else {
         None
     };
-    let tasks = load_tasks(&cfg.data.prompts)?;
+    let mix = PromptMix::open(&cfg.data.prompts)?;
+    let mut stream = PromptStream::open(&mix, cfg.rl.seed)
+        .with_context(|| format!("opening the RL prompts {}", cfg.data.prompts.display()))?;
     let eval_tasks = match &cfg.eval {
         Some(e) => Some(limit_per_kind(load_tasks(&e.tasks)?, e.per_kind)),
         None => None,
     };
-    let order_for = |epoch: u64| {
-        let mut idx: Vec<usize> = (0..tasks.len()).collect();
-        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            cfg.rl.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ));
-        idx
+    let hard_tasks = match cfg.eval.as_ref().and_then(|e| e.hard_tasks.as_ref()) {
+        Some(p) => Some(load_tasks(p)?),
+        None => None,
     };
-    // The training prompts this run will sample (the order is fixed by the seed), first seen first.
-    let seen_tasks: Option<Vec<Task>> = cfg.eval.as_ref().filter(|e| e.seen_per_kind > 0).map(|e| {
-        let (mut epoch, mut index, mut order) = (0u64, 0usize, order_for(0));
-        let mut firsts = std::collections::HashSet::new();
-        let mut list = Vec::new();
-        for _ in 0..cfg.rl.steps as usize * cfg.rl.prompts_per_step {
-            if index >= order.len() {
-                epoch += 1;
-                index = 0;
-                order = order_for(epoch);
-            }
-            if firsts.insert(order[index]) {
-                list.push(tasks[order[index]].clone());
-            }
-            index += 1;
-        }
-        limit_per_kind(list, e.seen_per_kind)
-    });
     let grader = Grader::new(
         cfg.rewards,
         ProgramExec {
@@ -525,14 +636,15 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     );
     let mut st = RlState {
         step: 0,
-        epoch: 0,
-        index: 0,
         tokens_sampled: 0,
         train_secs: 0.0,
+        stream: stream.state(),
+        practised: Vec::new(),
     };
     let mut previous_log = None;
     if let Some((s, state, _, lines)) = resume.take() {
         opt.load_state_tensors(&state.tensors)?;
+        stream.restore(&s.stream)?;
         previous_log = Some((s.step, lines));
         st = s;
     }
@@ -543,7 +655,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     meta.total_steps = cfg.rl.steps;
     meta.device = device_name(device);
     meta.config = serde_json::to_value(cfg)?;
-    meta.mix = json!({"prompts": cfg.data.prompts.display().to_string(), "rows": tasks.len()});
+    meta.mix = json!({"prompts": cfg.data.prompts.display().to_string(), "mix": mix, "slots": stream.slot_names()});
     let g = cfg.rl.group_size;
     let n_prompts = cfg.rl.prompts_per_step;
     eprintln!(
@@ -585,8 +697,9 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         Ok(Some(serde_json::to_value(&r)?))
     };
     let eval = |model: &Gpt| eval_on(model, eval_tasks.as_ref(), "held-out tasks");
-    let eval_seen = |model: &Gpt| eval_on(model, seen_tasks.as_ref(), "training prompts it samples");
-    let save = |meta: &mut Meta, lines: &[Value], opt: &AdamW, st: &RlState| -> Result<()> {
+    let eval_hard = |model: &Gpt| eval_on(model, hard_tasks.as_ref(), "harder held-out slice");
+    let save = |meta: &mut Meta, lines: &[Value], opt: &AdamW, st: &mut RlState, stream: &PromptStream| -> Result<()> {
+        st.stream = stream.state();
         meta.step = st.step;
         meta.tokens_seen = st.tokens_sampled;
         meta.train_secs = st.train_secs;
@@ -611,8 +724,8 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             log.push(json!({"stage": "rl", "step": 0, "eval": r.clone()}))?;
             meta.metrics.insert("tasks_start".into(), r);
         }
-        if let Some(r) = eval_seen(&model)? {
-            meta.metrics.insert("tasks_seen_start".into(), r);
+        if let Some(r) = eval_hard(&model)? {
+            meta.metrics.insert("tasks_hard_start".into(), r);
         }
     }
 
@@ -621,12 +734,11 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         let stop = stop.clone();
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
-    let mut order = order_for(st.epoch);
     let mut progress = Progress::new("rl", cfg.rl.steps);
     progress.update(st.step, "");
     while st.step < cfg.rl.steps {
         if stop.load(Ordering::SeqCst) {
-            save(&mut meta, &log.lines, &opt, &st)?;
+            save(&mut meta, &log.lines, &opt, &mut st, &stream)?;
             bail!(
                 "interrupted at step {}; the checkpoint in {} resumes with --resume",
                 st.step,
@@ -634,49 +746,31 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             );
         }
         let t0 = Instant::now();
-        // Prompts of this step.
-        let mut batch: Vec<&Task> = Vec::with_capacity(n_prompts);
-        while batch.len() < n_prompts {
-            if st.index >= order.len() {
-                st.epoch += 1;
-                st.index = 0;
-                order = order_for(st.epoch);
-            }
-            batch.push(&tasks[order[st.index]]);
-            st.index += 1;
-        }
-        let mut prompts = Vec::with_capacity(n_prompts * g);
-        for t in &batch {
-            let p = tok.render_prompt(&[Message::new("user", t.prompt.clone())])?;
-            prompts.extend(std::iter::repeat_n(p, g));
-        }
-        // Sample (seeded per step, so a resumed run samples what an uninterrupted one would).
-        seed_everything(cfg.rl.seed.wrapping_add(st.step * 7919));
-        let gen = generate(&model, &prompts, &cfg.sampling, tok.stops(), tok.pad, device)?;
-        let texts: Vec<String> = gen.tokens.iter().map(|t| tok.decode(t)).collect::<Result<_>>()?;
-        let verdicts: Vec<Verdict> = texts
-            .par_iter()
-            .enumerate()
-            .map(|(i, c)| grader.grade(batch[i / g], c))
-            .collect();
+        let sopts = SampleOpts {
+            cfg,
+            model: &model,
+            tok: &tok,
+            grader: &grader,
+            device,
+            seen_per_kind: cfg.eval.as_ref().map_or(0, |e| e.seen_per_kind),
+        };
+        let smp = sample_step(&sopts, &mut stream, st.step, &mut st.practised)?;
+        let Sampled {
+            prompts,
+            tokens: gen_tokens,
+            finished,
+            ended_with,
+            rewards,
+            verdicts: _,
+            ..
+        } = &smp;
         let overlong = cfg.overlong();
-        let rewards: Vec<f64> = verdicts
-            .iter()
-            .zip(&gen.finished)
-            .map(|(v, &fin)| {
-                if !fin && overlong == Overlong::Penalty {
-                    v.reward - cfg.rl.overlong_penalty
-                } else {
-                    v.reward
-                }
-            })
-            .collect();
-        let adv = advantages(&rewards, g, cfg.scale_rewards())?;
-        let flat = flat_groups(&rewards, g);
+        let adv = advantages(rewards, g, cfg.scale_rewards())?;
+        let flat = flat_groups(rewards, g);
         let loss_mask: Vec<bool> = (0..rewards.len())
             .map(|i| {
                 let dropped = cfg.rl.loss == LossKind::Dapo && flat[i / g];
-                let masked = overlong == Overlong::Mask && !gen.finished[i];
+                let masked = overlong == Overlong::Mask && !finished[i];
                 !dropped && !masked
             })
             .collect();
@@ -685,7 +779,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         let in_loss: Vec<usize> = (0..rewards.len()).filter(|&i| loss_mask[i]).collect();
         let loss_tokens: f64 = in_loss
             .iter()
-            .map(|&i| (gen.tokens[i].len() + usize::from(gen.ended_with[i].is_some())) as f64)
+            .map(|&i| (gen_tokens[i].len() + usize::from(ended_with[i].is_some())) as f64)
             .sum();
         let norm = batch_normaliser(cfg.rl.loss, in_loss.len(), loss_tokens);
         // ... but without a KL term a sequence whose advantage is zero adds exactly nothing to
@@ -699,7 +793,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         // Update.
         let t1 = Instant::now();
         let lr = schedule.lr(st.step);
-        let roll = build_rollouts(&prompts, &gen.tokens, &gen.ended_with, tok.pad, &trained, adv);
+        let roll = build_rollouts(prompts, gen_tokens, ended_with, tok.pad, &trained, adv);
         let n = roll.keep.len();
         let (mut clipped, mut counted, mut kl_sum, mut grad_norm, mut loss_val) = (0.0, 0.0, 0.0, 0.0, 0.0);
         let train_tokens = roll.mask.sum(Kind::Float).double_value(&[]);
@@ -761,36 +855,43 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         st.step += 1;
         let step_secs = t0.elapsed().as_secs_f64();
         st.train_secs += step_secs;
-        let sampled: usize = gen.tokens.iter().map(Vec::len).sum();
+        // Statistics of everything sampled this step (replaced groups included).
+        let all = &smp.all;
+        let sampled: usize = all.iter().map(|a| a.len).sum();
         st.tokens_sampled += sampled as u64;
-        let nf = rewards.len() as f64;
-        let mean = rewards.iter().sum::<f64>() / nf;
-        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / nf).sqrt();
-        let frac = |f: &dyn Fn(usize) -> bool| (0..rewards.len()).filter(|&i| f(i)).count() as f64 / nf;
+        let nf = all.len() as f64;
+        let mean = all.iter().map(|a| a.reward).sum::<f64>() / nf;
+        let std = (all.iter().map(|a| (a.reward - mean).powi(2)).sum::<f64>() / nf).sqrt();
+        let frac = |f: &dyn Fn(&SampleStat) -> bool| all.iter().filter(|a| f(a)).count() as f64 / nf;
         let line = json!({
             "stage": "rl", "step": st.step, "lr": lr, "loss": loss_val,
             "reward_mean": mean, "reward_std": std,
-            "accuracy": frac(&|i| verdicts[i].correct),
-            "abstention_rate": frac(&|i| verdicts[i].abstained),
-            "format_rate": frac(&|i| verdicts[i].formatted),
-            "verifier_errors": frac(&|i| verdicts[i].errored),
-            "truncation_rate": frac(&|i| !gen.finished[i]),
+            "accuracy": frac(&|a| a.verdict.correct),
+            "abstention_rate": frac(&|a| a.verdict.abstained),
+            "format_rate": frac(&|a| a.verdict.formatted),
+            "verifier_errors": frac(&|a| a.verdict.errored),
+            "truncation_rate": frac(&|a| !a.finished),
             "completion_len": sampled as f64 / nf,
             "kl": if counted > 0.0 { kl_sum / counted } else { 0.0 },
             "clip_frac": if counted > 0.0 { clipped / counted } else { 0.0 },
-            "zero_adv_groups": flat.iter().filter(|&&f| f).count() as f64 / flat.len() as f64,
+            "zero_adv_groups": smp.flat_groups as f64 / smp.groups_sampled.max(1) as f64,
+            "groups_sampled": smp.groups_sampled, "groups_trained": rewards.len() / g,
             "trained_sequences": n, "grad_norm": grad_norm,
-            "sample_tok_per_s": gen.tokens_per_sec, "train_tok_per_s": train_tokens * cfg.rl.inner_epochs as f64 / train_secs.max(1e-9),
+            "sample_tok_per_s": sampled as f64 / smp.gen_secs.max(1e-9), "train_tok_per_s": train_tokens * cfg.rl.inner_epochs as f64 / train_secs.max(1e-9),
             "sample_secs": sample_secs, "train_secs": train_secs,
+            "curriculum": stream.curriculum.slots.iter().map(|s| json!({"slot": s.name, "success": s.success, "drawn": s.drawn})).collect::<Vec<_>>(),
+            "in_band": stream.curriculum.share_in_band(),
         });
         progress.update(
             st.step,
             format!(
-                "reward {mean:.3} | acc {:.0}% | idk {:.0}% | len {:.0} | sample {}/s",
+                "reward {mean:.3} | acc {:.0}% | idk {:.0}% | len {:.0} | flat {}/{} | sample {}/s",
                 100.0 * line["accuracy"].as_f64().unwrap_or(0.0),
                 100.0 * line["abstention_rate"].as_f64().unwrap_or(0.0),
                 line["completion_len"].as_f64().unwrap_or(0.0),
-                format_count(gen.tokens_per_sec)
+                smp.flat_groups,
+                smp.groups_sampled,
+                format_count(line["sample_tok_per_s"].as_f64().unwrap_or(0.0))
             ),
         );
         log.push(line)?;
@@ -803,18 +904,32 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             }
         }
         if cfg.rl.save_every > 0 && st.step % cfg.rl.save_every == 0 && !last {
-            save(&mut meta, &log.lines, &opt, &st)?;
+            save(&mut meta, &log.lines, &opt, &mut st, &stream)?;
         }
     }
     progress.finish();
-    save(&mut meta, &log.lines, &opt, &st)?;
+    save(&mut meta, &log.lines, &opt, &mut st, &stream)?;
     if let Some(r) = eval(&model)? {
         log.push(json!({"stage": "rl", "step": st.step, "eval": r.clone()}))?;
         meta.metrics.insert("tasks".into(), r);
     }
-    if let Some(r) = eval_seen(&model)? {
-        meta.metrics.insert("tasks_seen".into(), r);
+    if let Some(r) = eval_hard(&model)? {
+        meta.metrics.insert("tasks_hard".into(), r);
     }
+    // Practised prompts, graded now and by the starting model: a gain there that held-out
+    // questions do not show is memorised, not learned.
+    if !st.practised.is_empty() {
+        let practised = Some(st.practised.clone());
+        if let Some(r) = eval_on(&model, practised.as_ref(), "practised prompts, after")? {
+            meta.metrics.insert("tasks_seen".into(), r);
+        }
+        let (_, start_model, _) = checkpoint::load_model(&init, device)?;
+        if let Some(r) = eval_on(&start_model, practised.as_ref(), "practised prompts, before")? {
+            meta.metrics.insert("tasks_seen_start".into(), r);
+        }
+    }
+    meta.metrics.insert("prompt_repeats".into(), json!(stream.repeats()));
+    meta.metrics.insert("curriculum".into(), json!(stream.curriculum.slots));
     let rl_lines: Vec<&Value> = log.lines.iter().filter(|l| l.get("reward_mean").is_some()).collect();
     let avg = |k: &str| rl_lines.iter().filter_map(|l| l[k].as_f64()).sum::<f64>() / rl_lines.len().max(1) as f64;
     meta.metrics.insert(
@@ -828,7 +943,7 @@ pub fn run_rl(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         }),
     );
     meta.complete = true;
-    save(&mut meta, &log.lines, &opt, &st)?;
+    save(&mut meta, &log.lines, &opt, &mut st, &stream)?;
     eprintln!(
         "rl: done: {} steps in {}; checkpoint {}",
         st.step,

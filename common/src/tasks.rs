@@ -14,19 +14,54 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::Device;
 
+/// Where a task file keeps its fields (hub files name their columns differently).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskColumns {
+    /// Column of the question.
+    pub prompt: String,
+    /// Column of the reference answer.
+    pub answer: String,
+    /// Column of the task kind; `None`: every row is of kind `kind`.
+    pub task: Option<String>,
+    /// Kind of rows when there is no task column (e.g. "gsm8k", graded numerically).
+    pub kind: String,
+}
+
+impl Default for TaskColumns {
+    /// This project's layout: string columns `prompt`, `answer` and `task`.
+    fn default() -> Self {
+        TaskColumns {
+            prompt: "prompt".into(),
+            answer: "answer".into(),
+            task: Some("task".into()),
+            kind: "exact".into(),
+        }
+    }
+}
+
 /// Reads tasks from Parquet with string columns `prompt`, `answer` and `task` (the kind).
 pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
-    let columns: BTreeMap<String, String> = [("prompt", "prompt"), ("answer", "answer")]
+    load_tasks_mapped(path, &TaskColumns::default())
+}
+
+/// Reads tasks from Parquet whose columns are named by `cols`.
+pub fn load_tasks_mapped(path: &Path, cols: &TaskColumns) -> Result<Vec<Task>> {
+    let columns: BTreeMap<String, String> = [("prompt", &cols.prompt), ("answer", &cols.answer)]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
     let mut with_kind = columns.clone();
-    with_kind.insert("task".into(), "task".into());
+    if let Some(t) = &cols.task {
+        with_kind.insert("task".into(), t.clone());
+    }
     let reader = open_checked(path, Format::Text, &with_kind)
         .with_context(|| {
             format!(
-                "reading tasks {} (needs string columns prompt, answer, task)",
-                path.display()
+                "reading tasks {} (needs string columns {}, {}{})",
+                path.display(),
+                cols.prompt,
+                cols.answer,
+                cols.task.as_ref().map(|t| format!(", {t}")).unwrap_or_default()
             )
         })?
         .build()?;
@@ -34,18 +69,23 @@ pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
     for batch in reader {
         let batch = batch.with_context(|| format!("decoding {}", path.display()))?;
         let docs = batch_docs(&batch, Format::PromptAnswer, &columns)?;
-        let kinds = batch
-            .column_by_name("task")
-            .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8))
-            .transpose()?
-            .context("task column vanished")?;
-        let kinds = arrow::array::AsArray::as_string::<i32>(&kinds);
+        let kinds = match &cols.task {
+            Some(t) => Some(
+                batch
+                    .column_by_name(t)
+                    .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8))
+                    .transpose()?
+                    .context("task column vanished")?,
+            ),
+            None => None,
+        };
+        let kinds = kinds.as_ref().map(|k| arrow::array::AsArray::as_string::<i32>(k));
         for (i, d) in docs.into_iter().enumerate() {
             if let Doc::Chat(m) = d {
                 out.push(Task {
                     prompt: m[0].content.clone(),
                     answer: m[1].content.clone(),
-                    kind: kinds.value(i).to_string(),
+                    kind: kinds.map_or_else(|| cols.kind.clone(), |k| k.value(i).to_string()),
                 });
             }
         }

@@ -1,7 +1,8 @@
 //! `datasets`: builds the embedded default world as Parquet, inspects files and mixes,
 //! and checks eval sets for contamination by training data.
 mod decontaminate;
-mod world;
+
+use world;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -157,6 +158,9 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
     let ev = out.join("eval/tasks.parquet");
     write_tasks(&ev, &to_tasks(&g.eval))?;
     files.push((ev, "eval", Format::PromptAnswer));
+    let hard = out.join("eval/hard.parquet");
+    write_tasks(&hard, &to_tasks(&g.eval_hard))?;
+    files.push((hard, "eval", Format::PromptAnswer));
     let gen_secs = t0.elapsed().as_secs_f64();
 
     // The tokenizer of the default world: a byte-level BPE trained on a sample of the library.

@@ -19,11 +19,15 @@
 //! is in the model's prior before RL.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+mod stream;
+pub use stream::{Family, GenState, GenTask, LevelState, TaskGen};
 
 type R = ChaCha8Rng;
 
@@ -435,6 +439,9 @@ pub struct Generated {
     pub rl_train: Vec<TaskRow>,
     /// Held-out task eval: `EVAL_PER_TASK` rows of each task, prompts disjoint from all train sets.
     pub eval: Vec<TaskRow>,
+    /// A harder held-out slice: `EVAL_PER_TASK` arithmetic problems with [`HARD_OPS`] operations,
+    /// one more than any SFT conversation or library solution demonstrates.
+    pub eval_hard: Vec<TaskRow>,
 }
 
 /// Library source names, in the order of [`Generated::library`].
@@ -873,8 +880,8 @@ fn build_world(r: &mut R, plan: &Plan) -> World {
 type Pair = (usize, Attr);
 
 /// The world plus indexes and the keys reserved for the eval.
-struct Ctx<'a> {
-    w: &'a World,
+struct Ctx {
+    w: Arc<World>,
     /// Non-rare library entities of each kind.
     common: BTreeMap<Kind, Vec<usize>>,
     /// Town name -> common people born there / common minerals mined near / common rivers ending there.
@@ -893,8 +900,8 @@ struct Ctx<'a> {
     reserved_code: HashSet<String>,
 }
 
-impl<'a> Ctx<'a> {
-    fn new(r: &mut R, w: &'a World) -> Ctx<'a> {
+impl Ctx {
+    fn new(r: &mut R, w: Arc<World>) -> Ctx {
         let mut common: BTreeMap<Kind, Vec<usize>> = BTreeMap::new();
         let mut born_in: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut mined_near: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -946,8 +953,8 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    fn any_common(&self, r: &mut R, kind: Kind) -> &'a Entity {
-        let w: &'a World = self.w;
+    fn any_common(&self, r: &mut R, kind: Kind) -> &Entity {
+        let w: &World = &self.w;
         match self.common.get(&kind) {
             Some(v) if !v.is_empty() => &w.entities[pick(r, v)],
             _ => &w.entities[0],
@@ -1089,54 +1096,70 @@ fn arith_op(r: &mut R) -> char {
     ['+', '-', '*'][weighted(r, &[4, 4, 2])]
 }
 
-/// A random expression with `ops` operations (1 to 3), all intermediate values in 0..=999.
-fn gen_arith(r: &mut R, ops: usize) -> Arith {
-    loop {
-        let o1 = arith_op(r);
-        let tree = match ops {
-            1 => ATree::Bin(o1, Box::new(arith_leaf(r, o1)), Box::new(arith_leaf(r, o1))),
-            2 => {
-                let o2 = arith_op(r);
-                if r.random_bool(0.6) || o1 == '*' || o2 != '*' {
-                    let inner = ATree::Bin(o2, Box::new(arith_leaf(r, o2)), Box::new(arith_leaf(r, o2)));
+/// A random expression tree with `ops` operations: 1 to 3 in the shapes of the SFT data, more
+/// by adding or subtracting a number to a tree of one operation fewer.
+fn arith_tree(r: &mut R, ops: usize) -> ATree {
+    if ops > 3 {
+        let sub = arith_tree(r, ops - 1);
+        let op = if r.random_bool(0.5) { '+' } else { '-' };
+        let leaf = arith_leaf(r, op);
+        return if r.random_bool(0.5) {
+            ATree::Bin(op, Box::new(sub), Box::new(leaf))
+        } else {
+            ATree::Bin(op, Box::new(leaf), Box::new(sub))
+        };
+    }
+    let o1 = arith_op(r);
+    match ops {
+        1 => ATree::Bin(o1, Box::new(arith_leaf(r, o1)), Box::new(arith_leaf(r, o1))),
+        2 => {
+            let o2 = arith_op(r);
+            if r.random_bool(0.6) || o1 == '*' || o2 != '*' {
+                let inner = ATree::Bin(o2, Box::new(arith_leaf(r, o2)), Box::new(arith_leaf(r, o2)));
+                let c = if o1 == '*' {
+                    ATree::Num(r.random_range(2..=9))
+                } else {
+                    arith_leaf(r, o1)
+                };
+                ATree::Bin(o1, Box::new(inner), Box::new(c))
+            } else {
+                let inner = ATree::Bin('*', Box::new(arith_leaf(r, '*')), Box::new(arith_leaf(r, '*')));
+                ATree::Bin(o1, Box::new(arith_leaf(r, o1)), Box::new(inner))
+            }
+        }
+        _ => {
+            let o2 = arith_op(r);
+            let o3 = arith_op(r);
+            let l3 = |r: &mut R, o: char| ATree::Bin(o, Box::new(arith_leaf(r, o)), Box::new(arith_leaf(r, o)));
+            match r.random_range(0..3) {
+                0 => {
+                    let inner = ATree::Bin(o2, Box::new(l3(r, o3)), Box::new(arith_leaf(r, o2)));
                     let c = if o1 == '*' {
-                        ATree::Num(r.random_range(2..=9))
+                        ATree::Num(r.random_range(2..=5))
                     } else {
                         arith_leaf(r, o1)
                     };
                     ATree::Bin(o1, Box::new(inner), Box::new(c))
-                } else {
-                    let inner = ATree::Bin('*', Box::new(arith_leaf(r, '*')), Box::new(arith_leaf(r, '*')));
-                    ATree::Bin(o1, Box::new(arith_leaf(r, o1)), Box::new(inner))
+                }
+                1 => {
+                    let o1 = if o1 == '*' { '+' } else { o1 };
+                    ATree::Bin(o1, Box::new(l3(r, o2)), Box::new(l3(r, '*')))
+                }
+                _ => {
+                    let o1 = if o1 == '*' { '-' } else { o1 };
+                    let o2 = if o2 == '*' { '+' } else { o2 };
+                    let inner = ATree::Bin(o2, Box::new(arith_leaf(r, o2)), Box::new(l3(r, '*')));
+                    ATree::Bin(o1, Box::new(inner), Box::new(arith_leaf(r, o1)))
                 }
             }
-            _ => {
-                let o2 = arith_op(r);
-                let o3 = arith_op(r);
-                let l3 = |r: &mut R, o: char| ATree::Bin(o, Box::new(arith_leaf(r, o)), Box::new(arith_leaf(r, o)));
-                match r.random_range(0..3) {
-                    0 => {
-                        let inner = ATree::Bin(o2, Box::new(l3(r, o3)), Box::new(arith_leaf(r, o2)));
-                        let c = if o1 == '*' {
-                            ATree::Num(r.random_range(2..=5))
-                        } else {
-                            arith_leaf(r, o1)
-                        };
-                        ATree::Bin(o1, Box::new(inner), Box::new(c))
-                    }
-                    1 => {
-                        let o1 = if o1 == '*' { '+' } else { o1 };
-                        ATree::Bin(o1, Box::new(l3(r, o2)), Box::new(l3(r, '*')))
-                    }
-                    _ => {
-                        let o1 = if o1 == '*' { '-' } else { o1 };
-                        let o2 = if o2 == '*' { '+' } else { o2 };
-                        let inner = ATree::Bin(o2, Box::new(arith_leaf(r, o2)), Box::new(l3(r, '*')));
-                        ATree::Bin(o1, Box::new(inner), Box::new(arith_leaf(r, o1)))
-                    }
-                }
-            }
-        };
+        }
+    }
+}
+
+/// A random expression with `ops` operations (1 or more), all intermediate values in 0..=999.
+fn gen_arith(r: &mut R, ops: usize) -> Arith {
+    loop {
+        let tree = arith_tree(r, ops);
         let mut steps = Vec::new();
         if let Some(value) = tree.eval(&mut steps) {
             return Arith {
@@ -2628,7 +2651,7 @@ const IDK_REPLIES: &[&str] = &[
 
 /// A forum thread whose opening post asks about a throwaway name, answered "I don't know".
 fn forum_idk_thread(r: &mut R, ctx: &Ctx, parts: &mut Vec<String>) {
-    let (fact_q, e) = unknown_question(r, ctx.w);
+    let (fact_q, e) = unknown_question(r, &ctx.w);
     let n = name_in_text(e);
     let title = match r.random_range(0..3) {
         0 => format!("anyone heard of {n}?"),
@@ -2862,6 +2885,23 @@ fn msg(role: &str, content: String) -> Message {
     }
 }
 
+/// Operations of the harder held-out arithmetic slice (SFT and the library stop at 3).
+pub const HARD_OPS: usize = 4;
+
+/// The harder held-out slice ([`Generated::eval_hard`]); reserves its expressions in `ctx`.
+fn gen_eval_hard(r: &mut R, ctx: &mut Ctx) -> Vec<TaskRow> {
+    let mut rows = Vec::new();
+    while rows.len() < EVAL_PER_TASK {
+        let a = gen_arith(r, HARD_OPS);
+        if ctx.reserved_exprs.insert(expr_key(&a.expr)) {
+            let p = arith_prompt(r, &a);
+            ctx.reserved_prompts.insert(p.clone());
+            rows.push(row(p, a.value.to_string(), "arithmetic"));
+        }
+    }
+    rows
+}
+
 /// The held-out eval, which also fills the reserved keys of `ctx`.
 fn gen_eval(r: &mut R, ctx: &mut Ctx) -> Vec<TaskRow> {
     let mut rows = Vec::new();
@@ -2966,7 +3006,7 @@ fn sft_conversation(r: &mut R, ctx: &Ctx) -> Vec<Message> {
         conv.push(msg("user", u));
         conv.push(msg("assistant", a));
     } else if kind == 4 {
-        let (u, e) = unknown_question(r, ctx.w);
+        let (u, e) = unknown_question(r, &ctx.w);
         conv.push(msg("user", u));
         conv.push(msg("assistant", no_record_answer(e)));
     } else {
@@ -3080,8 +3120,8 @@ pub fn generate(seed: u64, scale: Scale) -> Generated {
     let mut r_sft = sub_rng(&mut master);
     let mut r_rl = sub_rng(&mut master);
 
-    let world = build_world(&mut r_world, &plan);
-    let mut ctx = Ctx::new(&mut r_split, &world);
+    let world = Arc::new(build_world(&mut r_world, &plan));
+    let mut ctx = Ctx::new(&mut r_split, world.clone());
     let eval = gen_eval(&mut r_eval, &mut ctx);
 
     let no_docs: HashSet<u64> = HashSet::new();
@@ -3100,6 +3140,8 @@ pub fn generate(seed: u64, scale: Scale) -> Generated {
     let train_firsts: HashSet<String> = sft_train.iter().map(|c| first_user(c).to_string()).collect();
     let sft_eval = gen_sft(&mut r_sft, &ctx, SFT_EVAL, &train_firsts);
     let rl_train = gen_rl(&mut r_rl, &ctx);
+    // Drawn last, so the sets above are the same with or without it.
+    let eval_hard = gen_eval_hard(&mut sub_rng(&mut master), &mut ctx);
 
     assert!(eval.iter().chain(&rl_train).all(|t| TASKS.contains(&t.task.as_str())));
     // Invariant: no eval prompt is a train prompt.
@@ -3122,6 +3164,7 @@ pub fn generate(seed: u64, scale: Scale) -> Generated {
         }
     }
     drop(ctx);
+    let world = Arc::try_unwrap(world).unwrap_or_else(|w| (*w).clone());
 
     Generated {
         world,
@@ -3131,6 +3174,7 @@ pub fn generate(seed: u64, scale: Scale) -> Generated {
         sft_eval,
         rl_train,
         eval,
+        eval_hard,
     }
 }
 
