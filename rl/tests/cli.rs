@@ -158,3 +158,92 @@ fn lora_run_saves_merged_weights_and_resumes_like_an_uninterrupted_run() -> Resu
     assert_same_weights(&wa, &weights(&b)?, 1e-5, "after resume");
     Ok(())
 }
+
+#[test]
+fn generator_prompt_mix_with_curriculum_resumes_like_an_uninterrupted_run() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let init = d.join("runs/x/sft");
+    tiny_checkpoint(d, &init, "sft")?;
+    // A world to generate from (the generator rebuilds it from the manifest's seed), the tiny
+    // world's own prompt file beside it, and dynamic sampling.
+    let world = d.join("world");
+    std::fs::create_dir_all(&world)?;
+    std::fs::write(world.join("manifest.json"), r#"{"seed": 5, "scale": "small"}"#)?;
+    let mix = d.join("configs/mixes/rl.toml");
+    std::fs::write(
+        &mix,
+        format!(
+            "world = {:?}\n[curriculum]\nband = [0.2, 0.8]\n[[source]]\nname = \"arith\"\ngenerator = \"arithmetic\"\nlevels = [1, 4]\nweight = 2\n[[source]]\nname = \"idk\"\ngenerator = \"unanswerable\"\n[[source]]\nname = \"file\"\npath = {:?}\n",
+            world.display().to_string(),
+            d.join("rl/train.parquet").display().to_string()
+        ),
+    )?;
+    let cfg = d.join("configs/rl-gen.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(d.join("configs/rl.toml"))?
+            .replace(
+                &format!("prompts = \"{}\"", d.join("rl/train.parquet").display()),
+                &format!("prompts = {:?}", mix.display().to_string()),
+            )
+            .replace(
+                "kl_coef = 0.05",
+                "kl_coef = 0.05\nresample_rounds = 1\noverlong = \"penalty\"",
+            )
+            .replace("steps = 3", "steps = 5")
+            .replace("[sampling]\nmax_new_tokens = 8", "[sampling]\nmax_new_tokens = 16"),
+    )?;
+    let run = |out: &std::path::Path, extra: &[&str]| -> Result<std::process::Output> {
+        let mut a: Vec<&std::ffi::OsStr> = vec![
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--init".as_ref(),
+            init.as_os_str(),
+        ];
+        a.extend(["--out".as_ref(), out.as_os_str()]);
+        a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+        rl(&a)
+    };
+    let a = d.join("runs/a/rl");
+    let o = run(&a, &[])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(a.join("meta.json"))?)?;
+    let slots: Vec<&str> = meta["mix"]["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert_eq!(slots[..3], ["arith/1", "arith/4", "idk/1"], "{slots:?}");
+    // Every step logs the curriculum: each slot's success estimate and draws.
+    let log = std::fs::read_to_string(a.join("metrics.jsonl"))?;
+    let steps: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("reward_mean").is_some())
+        .collect();
+    assert_eq!(steps.len(), 5);
+    let drawn: u64 = steps[4]["curriculum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["drawn"].as_u64())
+        .sum();
+    let sampled: u64 = steps.iter().filter_map(|s| s["groups_sampled"].as_u64()).sum();
+    assert_eq!(drawn, sampled, "every sampled group was drawn from a slot");
+    assert!(sampled >= 10, "2 prompts x 5 steps at least: {sampled}");
+    // Killed after step 3's save, resumed to 5: the same weights as the uninterrupted run.
+    let b = d.join("runs/b/rl");
+    let o = run(&b, &["--steps", "3"])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta_path = b.join("meta.json");
+    let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
+    meta["complete"] = false.into();
+    std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
+    let o = run(&b, &["--resume"])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_weights(&weights(&a)?, &weights(&b)?, 1e-5, "after resume");
+    Ok(())
+}
