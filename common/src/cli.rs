@@ -1,7 +1,7 @@
 //! What every stage binary shares: error reporting with a one-line reason and a
 //! non-zero exit, and the language-modelling stage entry point.
 use crate::config::{CommonArgs, LmConfig};
-use crate::train::{run_lm_stage, StageSpec};
+use crate::lm::StageSpec;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +42,6 @@ pub fn run_lm_main(spec: &StageSpec, args: &CommonArgs) -> Result<()> {
         spec.stage,
         path.display()
     );
-    run_lm_stage(spec, &cfg, args)?;
+    crate::lm::run(spec, &cfg, args)?;
     Ok(())
 }

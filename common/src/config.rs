@@ -190,16 +190,17 @@ impl Precision {
     }
 }
 
-/// `[train]`: optimisation.
+/// `[train]`: optimisation, shared by every stage (RL's `[rl]` adds only its algorithm's knobs).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
     /// Optimizer steps.
     pub steps: u64,
-    /// Sequences per optimizer step (the token batch is `batch_size · seq_len`).
-    #[serde(default = "default_batch")]
-    pub batch_size: i64,
-    /// Sequences per forward/backward pass; gradients accumulate over `batch_size / micro_batch_size` passes.
+    /// LM stages: sequences per optimizer step (the token batch is `batch_size · seq_len`;
+    /// default 16). RL's batch is `rl.prompts_per_step × rl.group_size` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<i64>,
+    /// Sequences per forward/backward pass; gradients accumulate over the passes of a step.
     #[serde(default = "default_batch")]
     pub micro_batch_size: i64,
     /// Peak learning rate.
@@ -311,20 +312,46 @@ impl TrainSection {
         }
     }
 
-    /// Gradient-accumulation passes per step.
-    pub fn accum_steps(&self) -> i64 {
-        self.batch_size / self.micro_batch_size
+    /// Sequences per optimizer step of an LM stage.
+    pub fn batch_size(&self) -> i64 {
+        self.batch_size.unwrap_or_else(default_batch)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Gradient-accumulation passes per step.
+    pub fn accum_steps(&self) -> i64 {
+        self.batch_size() / self.micro_batch_size
+    }
+
+    /// Applies the command-line overrides of the training knobs.
+    pub fn apply(&mut self, args: &CommonArgs) {
+        if let Some(v) = args.device {
+            self.device = v;
+        }
+        if let Some(v) = args.seed {
+            self.seed = v;
+        }
+        if let Some(v) = args.steps {
+            self.steps = v;
+            self.warmup_steps = self.warmup_steps.min(v);
+        }
+        if let Some(v) = args.lr {
+            self.lr = v;
+        }
+        if let Some(v) = args.save_every {
+            self.save_every = v;
+        }
+    }
+
+    /// Checks ranges; errors name the key.
+    pub fn validate(&self) -> Result<()> {
         self.schedule().validate()?;
-        if self.batch_size <= 0 || self.micro_batch_size <= 0 {
+        if self.batch_size() <= 0 || self.micro_batch_size <= 0 {
             bail!("train.batch_size and train.micro_batch_size must be positive");
         }
-        if self.batch_size % self.micro_batch_size != 0 {
+        if self.batch_size() % self.micro_batch_size != 0 {
             bail!(
                 "train.batch_size ({}) must be a multiple of train.micro_batch_size ({})",
-                self.batch_size,
+                self.batch_size(),
                 self.micro_batch_size
             );
         }
@@ -433,31 +460,8 @@ impl LmConfig {
     }
 
     fn apply(&mut self, args: &CommonArgs, stage: &str) {
-        if let Some(v) = &args.init {
-            self.init = Some(v.clone());
-        }
-        self.out = Some(
-            args.out
-                .clone()
-                .or_else(|| self.out.clone())
-                .unwrap_or_else(|| default_out(stage)),
-        );
-        if let Some(v) = args.device {
-            self.train.device = v;
-        }
-        if let Some(v) = args.seed {
-            self.train.seed = v;
-        }
-        if let Some(v) = args.steps {
-            self.train.steps = v;
-            self.train.warmup_steps = self.train.warmup_steps.min(v);
-        }
-        if let Some(v) = args.lr {
-            self.train.lr = v;
-        }
-        if let Some(v) = args.save_every {
-            self.train.save_every = v;
-        }
+        apply_paths(&mut self.init, &mut self.out, args, stage);
+        self.train.apply(args);
         if let Some(v) = &args.mix {
             self.data.mix = v.clone();
         }
@@ -484,6 +488,19 @@ impl LmConfig {
     pub fn out_dir(&self) -> PathBuf {
         self.out.clone().unwrap_or_else(|| PathBuf::from("runs/default"))
     }
+}
+
+/// Applies `--init` and `--out` (default `runs/default/<stage>`) to a stage's paths.
+pub fn apply_paths(init: &mut Option<PathBuf>, out: &mut Option<PathBuf>, args: &CommonArgs, stage: &str) {
+    if let Some(v) = &args.init {
+        *init = Some(v.clone());
+    }
+    *out = Some(
+        args.out
+            .clone()
+            .or_else(|| out.clone())
+            .unwrap_or_else(|| default_out(stage)),
+    );
 }
 
 /// `runs/default/<stage>`.
@@ -547,13 +564,13 @@ micro_batch_size = 4
         let err = parse_toml::<LmConfig>(&bad, "t.toml").unwrap_err().to_string();
         assert!(err.contains("t.toml:") && err.contains("string"), "{err}");
         let mut cfg: LmConfig = parse_toml(GOOD, "g").unwrap_or_else(|e| panic!("{e}"));
-        cfg.train.batch_size = 6;
+        cfg.train.batch_size = Some(6);
         assert!(cfg
             .validate()
             .unwrap_err()
             .to_string()
             .contains("multiple of train.micro_batch_size"));
-        cfg.train.batch_size = 8;
+        cfg.train.batch_size = Some(8);
         cfg.train.lr = 3.0;
         assert!(cfg.validate().unwrap_err().to_string().contains("train.lr"));
         cfg.train.lr = 1e-3;

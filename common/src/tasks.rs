@@ -281,19 +281,30 @@ fn kind_report(items: &[&Graded], samples: usize) -> KindReport {
     r
 }
 
-/// Generates `samples` answers per task (greedy when `samples == 1` and temperature 0),
+/// How [`evaluate_tasks`] generates.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Sampling settings (`SamplingConfig::greedy` for greedy answers).
+    pub sampling: SamplingConfig,
+    /// Answers per task.
+    pub samples: usize,
+    /// Rows generated together.
+    pub batch_size: usize,
+    /// Device the model is on.
+    pub device: Device,
+}
+
+/// Generates `opts.samples` answers per task (greedy when `samples == 1` and temperature 0),
 /// grades them and summarises.
 pub fn evaluate_tasks(
     model: &Gpt,
     tok: &Tok,
     tasks: &[Task],
     grader: &Grader,
-    sampling: &SamplingConfig,
-    samples: usize,
-    batch_size: usize,
-    device: Device,
+    opts: &EvalOptions,
 ) -> Result<TaskReport> {
-    let samples = samples.max(1);
+    let (sampling, batch_size, device) = (&opts.sampling, opts.batch_size, opts.device);
+    let samples = opts.samples.max(1);
     let mut graded: Vec<Graded> = Vec::with_capacity(tasks.len());
     let mut gen_tokens = 0usize;
     let mut gen_secs = 0.0;

@@ -141,7 +141,7 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
     )?;
     std::fs::write(
         cfgs.join("rl.toml"),
-        format!("[data]\nprompts = \"{d}/rl/train.parquet\"\n\n[rl]\nsteps = 3\nprompts_per_step = 2\ngroup_size = 4\ninner_epochs = 2\nmicro_batch_size = 4\nlr = 1e-3\nsave_every = 2\ndevice = \"cpu\"\nkl_coef = 0.05\n\n[sampling]\nmax_new_tokens = 8\n\n[eval]\ntasks = \"{d}/eval/tasks.parquet\"\nper_kind = 2\nmax_new_tokens = 8\nseen_per_kind = 2\n"),
+        format!("[data]\nprompts = \"{d}/rl/train.parquet\"\n\n[rl]\nprompts_per_step = 2\ngroup_size = 4\ninner_epochs = 2\nkl_coef = 0.05\n\n[train]\nsteps = 3\nmicro_batch_size = 4\nlr = 1e-3\nschedule = \"constant\"\nweight_decay = 0.0\nsave_every = 2\ndevice = \"cpu\"\n\n[sampling]\nmax_new_tokens = 8\n\n[eval]\ntasks = \"{d}/eval/tasks.parquet\"\nper_kind = 2\nmax_new_tokens = 8\nseen_per_kind = 2\n"),
     )?;
     Ok(())
 }

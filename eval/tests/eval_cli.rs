@@ -2,9 +2,7 @@
 //! `report` turns a run into a page.
 use anyhow::Result;
 use common::config::{CommonArgs, LmConfig};
-use common::data::PackMode;
 use common::testing::{tiny_checkpoint, tiny_world};
-use common::train::{run_lm_stage, StageSpec};
 use serde_json::Value;
 use std::process::Command;
 
@@ -21,13 +19,7 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     };
     std::env::set_var("L2E_PROGRESS", "quiet");
     let cfg = LmConfig::load(&d.join("configs/sft.toml"), &args, "sft")?;
-    let spec = StageSpec {
-        stage: "sft",
-        pack: PackMode::Documents,
-        assistant_only: true,
-        needs_init: true,
-    };
-    let meta = run_lm_stage(&spec, &cfg, &args)?;
+    let meta = common::lm::run(&sft::SPEC, &cfg, &args)?;
 
     let out = d.join("eval.json");
     let o = Command::new(env!("CARGO_BIN_EXE_eval"))

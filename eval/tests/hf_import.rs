@@ -165,8 +165,8 @@ fn imported_llama_and_qwen2_match_transformers_and_train() -> Result<()> {
     assert!(d.join("run/sft/tokenizer_config.json").exists());
     // RL with LoRA adapters (q/k/v carry biases here, the head is tied): the checkpoint must
     // still be a plain Qwen2 once the adapters are merged.
-    let lora_cfg =
-        std::fs::read_to_string(d.join("configs/rl.toml"))?.replace("kl_coef = 0.05", "kl_coef = 0.05\nlora_rank = 2");
+    let lora_cfg = std::fs::read_to_string(d.join("configs/rl.toml"))?
+        .replace("device = \"cpu\"", "device = \"cpu\"\nlora_rank = 2");
     assert!(lora_cfg.contains("lora_rank = 2"));
     std::fs::write(d.join("configs/rl-lora.toml"), lora_cfg)?;
     run(

@@ -1,8 +1,6 @@
 //! `midtrain`: continues a checkpoint on a mix that upweights high-density sources.
 use clap::Parser;
 use common::config::CommonArgs;
-use common::data::PackMode;
-use common::train::StageSpec;
 use std::process::ExitCode;
 
 /// Midtrain a checkpoint on high-density sources ("reread the best books").
@@ -22,11 +20,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let spec = StageSpec {
-        stage: "midtrain",
-        pack: PackMode::Stream,
-        assistant_only: false,
-        needs_init: true,
-    };
-    common::cli::exit_on_error(|| common::cli::run_lm_main(&spec, &args.common))
+    common::cli::exit_on_error(|| common::cli::run_lm_main(&midtrain::SPEC, &args.common))
 }

@@ -1,8 +1,6 @@
 //! `pretrain`: trains a GPT from scratch on the broad library mix (next-token prediction).
 use clap::Parser;
 use common::config::CommonArgs;
-use common::data::PackMode;
-use common::train::StageSpec;
 use std::process::ExitCode;
 
 /// Pretrain a GPT from scratch on a broad mix ("read the whole library").
@@ -21,11 +19,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let spec = StageSpec {
-        stage: "pretrain",
-        pack: PackMode::Stream,
-        assistant_only: false,
-        needs_init: false,
-    };
-    common::cli::exit_on_error(|| common::cli::run_lm_main(&spec, &args.common))
+    common::cli::exit_on_error(|| common::cli::run_lm_main(&pretrain::SPEC, &args.common))
 }

@@ -1,7 +1,7 @@
 //! `rl`: reinforcement learning with verifiable rewards (GRPO and variants).
 use clap::Parser;
 use common::config::CommonArgs;
-use common::rl::{run_rl, RlConfig};
+use rl::config::RlConfig;
 use std::process::ExitCode;
 
 /// Train a checkpoint against verifiers with GRPO ("try, and keep what works").
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             );
             return Ok(());
         }
-        run_rl(&cfg, &args.common)?;
+        rl::run(&cfg, &args.common)?;
         Ok(())
     })
 }

@@ -105,10 +105,8 @@ fn lora_run_saves_merged_weights_and_resumes_like_an_uninterrupted_run() -> Resu
     std::fs::write(
         &cfg,
         std::fs::read_to_string(d.join("configs/rl.toml"))?
-            .replace(
-                "kl_coef = 0.05",
-                "lora_rank = 2\nlora_alpha = 4.0\noverlong = \"penalty\"",
-            )
+            .replace("kl_coef = 0.05", "overlong = \"penalty\"")
+            .replace("device = \"cpu\"", "device = \"cpu\"\nlora_rank = 2\nlora_alpha = 4.0")
             .replace("steps = 3", "steps = 6")
             .replace("[sampling]\nmax_new_tokens = 8", "[sampling]\nmax_new_tokens = 32"),
     )?;

@@ -1,8 +1,6 @@
 //! `sft`: supervised fine-tuning on conversations, loss on the assistant's tokens only.
 use clap::Parser;
 use common::config::CommonArgs;
-use common::data::PackMode;
-use common::train::StageSpec;
 use std::process::ExitCode;
 
 /// Fine-tune a checkpoint on annotator conversations ("imitate the annotators").
@@ -25,11 +23,5 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let spec = StageSpec {
-        stage: "sft",
-        pack: PackMode::Documents,
-        assistant_only: true,
-        needs_init: true,
-    };
-    common::cli::exit_on_error(|| common::cli::run_lm_main(&spec, &args.common))
+    common::cli::exit_on_error(|| common::cli::run_lm_main(&sft::SPEC, &args.common))
 }

@@ -4,7 +4,7 @@ use clap::Parser;
 use common::checkpoint;
 use common::device::{configure_threads, seed_everything, DeviceChoice};
 use common::sampling::SamplingConfig;
-use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, TaskReport};
+use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, EvalOptions, TaskReport};
 use common::verify::{Grader, ProgramExec, RewardWeights};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -136,34 +136,23 @@ fn run(a: Args) -> Result<()> {
     };
     let tasks = limit_per_kind(load_tasks(&a.tasks)?, per_kind);
     let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
-    let greedy = evaluate_tasks(
-        &model,
-        &loaded.tok,
-        &tasks,
-        &grader,
-        &SamplingConfig::greedy(max_new_tokens),
-        1,
+    let mut opts = EvalOptions {
+        sampling: SamplingConfig::greedy(max_new_tokens),
+        samples: 1,
         batch_size,
         device,
-    )?;
+    };
+    let greedy = evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &opts)?;
     let sampled = if a.samples > 1 {
         seed_everything(a.seed);
-        let s = SamplingConfig {
+        opts.sampling = SamplingConfig {
             temperature: a.temperature,
             top_k: 0,
             top_p: 1.0,
             max_new_tokens,
         };
-        Some(evaluate_tasks(
-            &model,
-            &loaded.tok,
-            &tasks,
-            &grader,
-            &s,
-            a.samples,
-            batch_size,
-            device,
-        )?)
+        opts.samples = a.samples;
+        Some(evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &opts)?)
     } else {
         None
     };

@@ -61,28 +61,57 @@ pub struct LossParts {
     pub kl_sum: f64,
 }
 
+/// What [`policy_loss`] reads of a micro-batch: `[N, L]` log-probs of the taken tokens under
+/// the current policy (with grad), the sampling policy and the reference; `mask` (1.0 on
+/// completion tokens that count) and `[N]` advantages.
+pub struct LossInputs<'a> {
+    /// Current policy (with grad).
+    pub logp: &'a Tensor,
+    /// The policy that sampled.
+    pub old_logp: &'a Tensor,
+    /// The frozen reference, when KL is measured.
+    pub ref_logp: Option<&'a Tensor>,
+    /// 1.0 on completion tokens that count.
+    pub mask: &'a Tensor,
+    /// Advantages, one per row.
+    pub adv: &'a Tensor,
+}
+
+/// The loss variant and its constants.
+#[derive(Clone, Copy, Debug)]
+pub struct LossSettings {
+    /// grpo | dr_grpo | dapo.
+    pub kind: LossKind,
+    /// ε_low: the ratio is clipped at 1 − ε_low …
+    pub clip_low: f64,
+    /// … and at 1 + ε_high.
+    pub clip_high: f64,
+    /// Weight of the k3 KL term (needs `ref_logp`).
+    pub kl_coef: f64,
+    /// `dr_grpo`'s constant length normaliser.
+    pub max_new_tokens: i64,
+    /// The batch-level normaliser of the variant (see [`batch_normaliser`]); the micro-batch
+    /// losses then sum to the batch loss.
+    pub norm: f64,
+}
+
 /// Clipped policy-ratio loss of a micro-batch.
-///
-/// * `logp`, `old_logp`, `ref_logp`: `[N, L]` log-probs of the taken tokens under the
-///   current policy (with grad), the sampling policy and the reference.
-/// * `mask`: `[N, L]` 1.0 on completion tokens that count.
-/// * `adv`: `[N]` advantages.
-/// * `norm`: the batch-level normaliser for the variant (see [`batch_normaliser`]); the
-///   micro-batch losses then sum to the batch loss.
-#[allow(clippy::too_many_arguments)]
-pub fn policy_loss(
-    kind: LossKind,
-    logp: &Tensor,
-    old_logp: &Tensor,
-    ref_logp: Option<&Tensor>,
-    mask: &Tensor,
-    adv: &Tensor,
-    clip_low: f64,
-    clip_high: f64,
-    kl_coef: f64,
-    max_new_tokens: i64,
-    norm: f64,
-) -> LossParts {
+pub fn policy_loss(x: &LossInputs<'_>, s: &LossSettings) -> LossParts {
+    let LossInputs {
+        logp,
+        old_logp,
+        ref_logp,
+        mask,
+        adv,
+    } = *x;
+    let LossSettings {
+        kind,
+        clip_low,
+        clip_high,
+        kl_coef,
+        max_new_tokens,
+        norm,
+    } = *s;
     let ratio = (logp - old_logp).exp();
     let a = adv.unsqueeze(1);
     let unclipped = -&a * &ratio;
@@ -135,6 +164,30 @@ mod tests {
         Tensor::from_slice(v).view(shape)
     }
 
+    /// The loss of `logp` against `old` (and `refp`) under the given settings.
+    fn loss(x: (&Tensor, &Tensor, Option<&Tensor>), mask: &Tensor, adv: &Tensor, s: LossSettings) -> LossParts {
+        let inputs = LossInputs {
+            logp: x.0,
+            old_logp: x.1,
+            ref_logp: x.2,
+            mask,
+            adv,
+        };
+        policy_loss(&inputs, &s)
+    }
+
+    /// Settings: `kind`, clip `(low, high)`, `kl_coef`, `max_new_tokens`, `norm`.
+    fn settings(kind: LossKind, clip: (f64, f64), kl_coef: f64, max_new_tokens: i64, norm: f64) -> LossSettings {
+        LossSettings {
+            kind,
+            clip_low: clip.0,
+            clip_high: clip.1,
+            kl_coef,
+            max_new_tokens,
+            norm,
+        }
+    }
+
     #[test]
     fn advantages_by_hand() -> Result<()> {
         // Group [1, 0, 0, 1]: mean 0.5, std 0.5 → ±1 (scaled) or ±0.5 (unscaled).
@@ -160,7 +213,12 @@ mod tests {
         let logp = t(&[r(1.5), r(1.1), r(0.5), r(0.9)], &[2, 2]);
         let mask = Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu));
         let adv = t(&[1.0, -1.0], &[2]);
-        let p = policy_loss(LossKind::Dapo, &logp, &old, None, &mask, &adv, 0.2, 0.28, 0.0, 8, 4.0);
+        let p = loss(
+            (&logp, &old, None),
+            &mask,
+            &adv,
+            settings(LossKind::Dapo, (0.2, 0.28), 0.0, 8, 4.0),
+        );
         // Row 0 (adv +1): ratio 1.5 clipped (> 1.28), 1.1 not. Row 1 (adv −1): 0.5 clipped (< 0.8), 0.9 not.
         assert_eq!(p.clipped_tokens, 2.0);
         // Loss = mean of [−1.28, −1.1, +0.8, +0.9] = −0.17.
@@ -178,18 +236,11 @@ mod tests {
         let mask = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]);
         let adv = t(&[1.0, 1.0], &[2]);
         let run = |k| {
-            policy_loss(
-                k,
-                &z,
-                &z,
-                None,
+            loss(
+                (&z, &z, None),
                 &mask,
                 &adv,
-                0.2,
-                0.2,
-                0.0,
-                4,
-                batch_normaliser(k, 2, 4.0),
+                settings(k, (0.2, 0.2), 0.0, 4, batch_normaliser(k, 2, 4.0)),
             )
             .loss
             .double_value(&[])
@@ -202,12 +253,22 @@ mod tests {
         assert!((run(LossKind::Dapo) + 1.0).abs() < 1e-6);
         let mask2 = t(&[1.0, 0.0, 0.0, 1.0, 1.0, 1.0], &[2, 3]);
         let adv2 = t(&[1.0, 0.0], &[2]);
-        let d = policy_loss(LossKind::Dapo, &z, &z, None, &mask2, &adv2, 0.2, 0.2, 0.0, 4, 4.0)
-            .loss
-            .double_value(&[]);
-        let g = policy_loss(LossKind::Grpo, &z, &z, None, &mask2, &adv2, 0.2, 0.2, 0.0, 4, 2.0)
-            .loss
-            .double_value(&[]);
+        let d = loss(
+            (&z, &z, None),
+            &mask2,
+            &adv2,
+            settings(LossKind::Dapo, (0.2, 0.2), 0.0, 4, 4.0),
+        )
+        .loss
+        .double_value(&[]);
+        let g = loss(
+            (&z, &z, None),
+            &mask2,
+            &adv2,
+            settings(LossKind::Grpo, (0.2, 0.2), 0.0, 4, 2.0),
+        )
+        .loss
+        .double_value(&[]);
         assert!((d + 0.25).abs() < 1e-6, "token level: 1 of 4 tokens carries −1");
         assert!((g + 0.5).abs() < 1e-6, "sequence level: 1 of 2 sequences carries −1");
     }
@@ -217,22 +278,11 @@ mod tests {
         let mask = Tensor::ones([1, 2], (Kind::Float, tch::Device::Cpu));
         let adv = t(&[0.0], &[1]);
         let lp = t(&[-1.0, -2.0], &[1, 2]);
-        let same = policy_loss(LossKind::Grpo, &lp, &lp, Some(&lp), &mask, &adv, 0.2, 0.2, 0.1, 4, 1.0);
+        let s = settings(LossKind::Grpo, (0.2, 0.2), 0.1, 4, 1.0);
+        let same = loss((&lp, &lp, Some(&lp)), &mask, &adv, s);
         assert!(same.kl_sum.abs() < 1e-9);
         let other = t(&[-1.5, -1.0], &[1, 2]);
-        let away = policy_loss(
-            LossKind::Grpo,
-            &lp,
-            &lp,
-            Some(&other),
-            &mask,
-            &adv,
-            0.2,
-            0.2,
-            0.1,
-            4,
-            1.0,
-        );
+        let away = loss((&lp, &lp, Some(&other)), &mask, &adv, s);
         assert!(away.kl_sum > 0.0 && away.loss.double_value(&[]) > 0.0);
     }
 }

@@ -1,0 +1,533 @@
+//! The language-modelling loop shared by pretrain, midtrain and SFT, on the [`Stage`]
+//! harness: gradient accumulation to a token batch, global-norm clipping, a schedule,
+//! held-out evaluation per source (and task grading, when `[tasks]` is set), periodic
+//! checkpoints and a JSON-lines metrics log. Each stage crate gives its [`StageSpec`].
+use crate::checkpoint::Meta;
+use crate::config::{CommonArgs, LmConfig};
+use crate::data::mix::{load_mix, ResolvedMix};
+use crate::data::sampler::{Cursor, LmSampler, PackMode, PackedBatch, IGNORE};
+use crate::device::device_name;
+use crate::model::{Gpt, Positions};
+use crate::optim::AdamW;
+use crate::progress::{format_count, format_secs, Progress};
+use crate::sampling::SamplingConfig;
+use crate::stage::{Opened, Scratch, Stage, StageOptions, TrainerState};
+use crate::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions};
+use crate::tokenizer::Tok;
+use crate::verify::{Grader, Task};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tch::{Device, Kind, Reduction, Tensor};
+
+/// What a language-modelling stage asks of the shared loop.
+pub struct StageSpec {
+    /// `pretrain`, `midtrain` or `sft`.
+    pub stage: &'static str,
+    /// How documents become rows.
+    pub pack: PackMode,
+    /// Train only on assistant tokens of conversations.
+    pub assistant_only: bool,
+    /// Builds the tokenizer and architecture of a run without `--init` (pretrain); `None`:
+    /// the stage starts from a checkpoint.
+    pub scratch: Option<fn(&LmConfig) -> Result<Scratch>>,
+    /// What `--init` usually is, for the error when it is missing.
+    pub init_example: &'static str,
+}
+
+/// Trainer state saved in `state/trainer.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SavedState {
+    step: u64,
+    tokens_seen: u64,
+    train_secs: f64,
+    cursor: Cursor,
+    seed: u64,
+}
+
+impl TrainerState for SavedState {
+    fn step(&self) -> u64 {
+        self.step
+    }
+    fn tokens(&self) -> u64 {
+        self.tokens_seen
+    }
+    fn secs(&self) -> f64 {
+        self.train_secs
+    }
+}
+
+/// Held-out rows of one source, fixed for the whole run.
+pub struct EvalSet {
+    /// Source name.
+    pub name: String,
+    /// Packed rows.
+    pub batches: Vec<PackedBatch>,
+    /// Entropy (nats/token) of the set's own token frequencies: the loss of the best
+    /// unigram model of it, a floor no unigram baseline beats.
+    pub unigram_loss: f64,
+}
+
+/// How [`build_eval_sets`] cuts held-out rows.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalSetOptions {
+    /// Tokens per row.
+    pub seq_len: usize,
+    /// How documents become rows.
+    pub pack: PackMode,
+    /// Count only assistant tokens of conversations.
+    pub assistant_only: bool,
+    /// Trained targets per source (at most one pass over it).
+    pub tokens: u64,
+    /// Rows per batch.
+    pub rows_per_batch: usize,
+}
+
+/// Builds the held-out sets of a mix: up to `opts.tokens` trained targets per source.
+pub fn build_eval_sets(mix: &ResolvedMix, tok: &Tok, opts: &EvalSetOptions) -> Result<Vec<EvalSet>> {
+    let mut out = Vec::new();
+    for src in &mix.sources {
+        let single = ResolvedMix {
+            path: mix.path.clone(),
+            description: String::new(),
+            sources: vec![crate::data::ResolvedSource {
+                share: 1.0,
+                ..src.clone()
+            }],
+        };
+        let mut sampler = LmSampler::new(
+            &single,
+            tok,
+            opts.seq_len,
+            opts.pack,
+            opts.assistant_only,
+            0,
+            false,
+            None,
+        )?;
+        let mut batches = Vec::new();
+        let mut seen = 0u64;
+        let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
+        while seen < opts.tokens && sampler.epochs(0) == 0 {
+            let b = sampler.next_batch(opts.rows_per_batch)?;
+            seen += b.trained_tokens as u64;
+            let t: Vec<i64> = Vec::try_from(b.target.flatten(0, -1))?;
+            for x in t.into_iter().filter(|&x| x != IGNORE) {
+                *counts.entry(x).or_default() += 1;
+            }
+            batches.push(b);
+        }
+        let total: u64 = counts.values().sum();
+        let unigram_loss = counts
+            .values()
+            .map(|&c| {
+                let p = c as f64 / total.max(1) as f64;
+                -p * p.ln()
+            })
+            .sum();
+        out.push(EvalSet {
+            name: src.config.name.clone(),
+            batches,
+            unigram_loss,
+        });
+    }
+    Ok(out)
+}
+
+/// Summed cross-entropy (nats) of `model` over the trained targets of a batch on `device`.
+pub fn lm_loss_sum(model: &Gpt, b: &PackedBatch) -> Result<Tensor> {
+    let pos = Positions {
+        ids: b.positions.as_ref(),
+        mask: b.mask.as_ref(),
+    };
+    let logits = model.forward(&b.input, &pos, None);
+    let v = logits.size()[2];
+    Ok(logits
+        .view([-1, v])
+        .to_kind(Kind::Float)
+        .f_cross_entropy_loss::<Tensor>(&b.target.view([-1]), None, Reduction::Sum, IGNORE, 0.0)?)
+}
+
+/// Loss (nats/token) and bits per byte of `model` on each set.
+pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<BTreeMap<String, Value>> {
+    let _guard = tch::no_grad_guard();
+    let mut out = BTreeMap::new();
+    for set in sets {
+        let (mut nats, mut toks, mut bytes) = (0.0, 0i64, 0i64);
+        for b in &set.batches {
+            let b = b.to_device(device);
+            let loss = lm_loss_sum(model, &b)?;
+            nats += loss.double_value(&[]);
+            toks += b.trained_tokens;
+            bytes += b.trained_bytes;
+        }
+        let loss = nats / toks.max(1) as f64;
+        let bpb = nats / std::f64::consts::LN_2 / bytes.max(1) as f64;
+        out.insert(
+            set.name.clone(),
+            json!({"loss": loss, "bpb": bpb, "tokens": toks, "unigram_loss": set.unigram_loss}),
+        );
+    }
+    Ok(out)
+}
+
+/// Runs a language-modelling stage end to end on the [`Stage`] harness and returns the final
+/// metadata: open, build the data, evaluate the start, train, save, evaluate the end, finish.
+pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> {
+    let scratch = spec.scratch.map(|f| move || f(cfg));
+    let opts = StageOptions {
+        stage: spec.stage,
+        out: cfg.out_dir(),
+        init: cfg.init.clone(),
+        resume: args.resume,
+        train: &cfg.train,
+        config: serde_json::to_value(cfg)?,
+        init_example: spec.init_example,
+    };
+    let (mut stage, resumed) = match Stage::open::<SavedState>(opts, scratch.as_ref().map(|f| f as _))? {
+        Opened::Complete(meta) => return Ok(meta),
+        Opened::Run { stage, resumed } => (stage, resumed),
+    };
+    let mix = load_mix(&cfg.data.mix)?;
+    check_fits(&stage, cfg)?;
+    let cursor = resumed.as_ref().map(|s| s.cursor.clone());
+    let mut data = LmData::new(spec, cfg, &stage.tok, &mix, cursor)?;
+    stage.meta.mix = serde_json::to_value(&mix)?;
+    let mut st = resumed.unwrap_or_else(|| SavedState {
+        step: 0,
+        tokens_seen: 0,
+        train_secs: 0.0,
+        cursor: data.sampler.cursor(),
+        seed: cfg.train.seed,
+    });
+    let speed = Speed::measure(&stage, cfg);
+    print_header(&stage, cfg, &speed);
+    if st.step == 0 {
+        evaluate_start(&mut stage, cfg, &data)?;
+    }
+
+    let stage_name = spec.stage;
+    let schedule = cfg.train.schedule();
+    let mut progress = Progress::new(stage_name, cfg.train.steps);
+    progress.update(st.step, "");
+    let (mut last_loss, mut data_secs) = (f64::NAN, 0.0);
+    while st.step < cfg.train.steps {
+        st.cursor = data.sampler.cursor();
+        stage.check_interrupt(&st)?;
+        let s = train_step(&mut stage, cfg, &mut data.sampler, schedule.lr(st.step), st.step)?;
+        st.step += 1;
+        st.train_secs += s.secs;
+        st.tokens_seen += s.tokens;
+        data_secs += s.data_secs;
+        last_loss = s.loss;
+        let tps = speed.step_tokens / s.secs;
+        let mfu = speed.mfu(tps);
+        stage.log.push(json!({
+            "stage": stage_name, "step": st.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
+            "tokens": st.tokens_seen, "tok_per_s": tps, "mfu": mfu, "step_secs": s.secs, "data_secs": s.data_secs,
+        }))?;
+        progress.update(
+            st.step,
+            format!(
+                "loss {:.3} | lr {:.1e} | {}/s | mfu {:.0}%",
+                s.loss,
+                s.lr,
+                format_count(tps),
+                100.0 * mfu
+            ),
+        );
+        let last = st.step == cfg.train.steps;
+        if !data.eval_sets.is_empty() && cfg.eval.every > 0 && st.step % cfg.eval.every == 0 && !last {
+            let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
+            progress.println(format!(
+                "{stage_name}: step {} held-out: {}",
+                st.step,
+                summarize_eval(&ev)
+            ));
+            stage
+                .log
+                .push(json!({"stage": stage_name, "step": st.step, "eval": ev}))?;
+        }
+        if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 && !last {
+            st.cursor = data.sampler.cursor();
+            stage.save(&st)?;
+        }
+    }
+    progress.finish();
+
+    // Save before evaluating: an evaluation crash must not lose the run.
+    st.cursor = data.sampler.cursor();
+    stage.save(&st)?;
+    evaluate_end(&mut stage, cfg, &data, st.step)?;
+    let throughput = st.tokens_seen as f64 / st.train_secs.max(1e-9);
+    stage.meta.metrics.insert(
+        "train".into(),
+        json!({
+            "final_loss": last_loss,
+            "tokens": st.tokens_seen,
+            "secs": st.train_secs,
+            "tok_per_s": throughput,
+            "mfu": speed.mfu(throughput),
+            "peak_gflops": speed.peak,
+            "data_fraction": data_secs / st.train_secs.max(1e-9),
+            "consumed_per_source": data.sampler.consumed().into_iter().collect::<BTreeMap<_, _>>(),
+        }),
+    );
+    let out = stage.out.clone();
+    let meta = stage.finish(&st)?;
+    eprintln!(
+        "{stage_name}: done: {} steps, {} tokens in {} ({}/s); checkpoint {}",
+        st.step,
+        format_count(st.tokens_seen as f64),
+        format_secs(st.train_secs),
+        format_count(throughput),
+        out.display()
+    );
+    Ok(meta)
+}
+
+/// The data of an LM run: the training sampler, the held-out sets, the task list.
+struct LmData {
+    sampler: LmSampler,
+    eval_sets: Vec<EvalSet>,
+    tasks: Option<Vec<Task>>,
+}
+
+impl LmData {
+    fn new(spec: &StageSpec, cfg: &LmConfig, tok: &Tok, mix: &ResolvedMix, cursor: Option<Cursor>) -> Result<Self> {
+        let seq_len = cfg.data.seq_len as usize;
+        let sampler = LmSampler::new(
+            mix,
+            tok,
+            seq_len,
+            spec.pack,
+            spec.assistant_only,
+            cfg.train.seed,
+            true,
+            cursor,
+        )?;
+        let eval_sets = match &cfg.eval.mix {
+            Some(p) => build_eval_sets(
+                &load_mix(p)?,
+                tok,
+                &EvalSetOptions {
+                    seq_len,
+                    pack: spec.pack,
+                    assistant_only: spec.assistant_only,
+                    tokens: cfg.eval.tokens,
+                    rows_per_batch: cfg.train.micro_batch_size as usize,
+                },
+            )?,
+            None => Vec::new(),
+        };
+        let tasks = match &cfg.tasks {
+            Some(t) => Some(limit_per_kind(load_tasks(&t.path)?, t.per_kind)),
+            None => None,
+        };
+        Ok(LmData {
+            sampler,
+            eval_sets,
+            tasks,
+        })
+    }
+}
+
+/// The checks a model and tokenizer must pass before training on `cfg`'s data.
+fn check_fits(stage: &Stage, cfg: &LmConfig) -> Result<()> {
+    let mcfg = stage.model.config();
+    let seq_len = cfg.data.seq_len;
+    if seq_len > mcfg.max_seq_len {
+        bail!(
+            "data.seq_len = {seq_len} exceeds the model's max_seq_len = {}: lower data.seq_len",
+            mcfg.max_seq_len
+        );
+    }
+    if stage.tok.vocab_size() as i64 > mcfg.vocab_size {
+        bail!(
+            "the tokenizer has {} tokens but the model only {}",
+            stage.tok.vocab_size(),
+            mcfg.vocab_size
+        );
+    }
+    Ok(())
+}
+
+/// Tokens per step and the machine's measured peak, for throughput and MFU.
+struct Speed {
+    step_tokens: f64,
+    flops_per_token: f64,
+    peak: f64,
+}
+
+impl Speed {
+    fn measure(stage: &Stage, cfg: &LmConfig) -> Self {
+        Speed {
+            step_tokens: (cfg.train.batch_size() * cfg.data.seq_len) as f64,
+            flops_per_token: stage.model.config().train_flops_per_token(cfg.data.seq_len),
+            peak: crate::perf::peak_gflops(stage.device, cfg.train.precision.kind()),
+        }
+    }
+
+    /// Model FLOPs utilisation at `tokens_per_sec`.
+    fn mfu(&self, tokens_per_sec: f64) -> f64 {
+        self.flops_per_token * tokens_per_sec / (self.peak * 1e9)
+    }
+}
+
+fn print_header(stage: &Stage, cfg: &LmConfig, speed: &Speed) {
+    let mcfg = stage.model.config();
+    let name = stage.name;
+    eprintln!(
+        "{name}: {} parameters ({} in matmuls), {} layers x {} wide, vocab {}, on {} ({} threads, {:?}, peak {:.0} GFLOP/s measured)",
+        format_count(mcfg.num_params() as f64),
+        format_count(mcfg.matmul_params() as f64),
+        mcfg.n_layer,
+        mcfg.n_embd,
+        mcfg.vocab_size,
+        device_name(stage.device),
+        stage.threads,
+        cfg.train.precision,
+        speed.peak
+    );
+    stage.describe_adapters();
+    eprintln!(
+        "{name}: {} steps x {} sequences x {} tokens = {} tokens/step ({} micro-batches of {}), mix {}",
+        cfg.train.steps,
+        cfg.train.batch_size(),
+        cfg.data.seq_len,
+        format_count(speed.step_tokens),
+        cfg.train.accum_steps(),
+        cfg.train.micro_batch_size,
+        cfg.data.mix.display()
+    );
+}
+
+/// What one optimizer step did.
+struct StepOutcome {
+    loss: f64,
+    lr: f64,
+    grad_norm: f64,
+    tokens: u64,
+    secs: f64,
+    data_secs: f64,
+}
+
+/// One optimizer step: draw the micro-batches, accumulate the gradient, clip, step.
+fn train_step(stage: &mut Stage, cfg: &LmConfig, sampler: &mut LmSampler, lr: f64, step: u64) -> Result<StepOutcome> {
+    let name = stage.name;
+    let t0 = Instant::now();
+    let (accum, micro) = (cfg.train.accum_steps(), cfg.train.micro_batch_size);
+    let batches = (0..accum)
+        .map(|_| sampler.next_batch(micro as usize))
+        .collect::<Result<Vec<_>>>()?;
+    let data_secs = t0.elapsed().as_secs_f64();
+    let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
+    if trained == 0 {
+        bail!(
+            "step {step}: the batch has no trained tokens (all targets masked); check the mix format and data.seq_len"
+        );
+    }
+    let loss = lm_backward(&stage.model, &mut stage.opt, &batches, trained, stage.device)?;
+    if !loss.is_finite() {
+        bail!(
+            "{name}: loss became {loss} at step {step} (lr {lr:.2e}); stopped without saving, so the last good checkpoint in {} is kept. Lower train.lr or raise train.warmup_steps",
+            stage.out.display()
+        );
+    }
+    let grad_norm = stage.opt.clip_grad_norm(cfg.train.grad_clip);
+    if !grad_norm.is_finite() {
+        bail!("{name}: gradient norm became {grad_norm} at step {step}; stopped without saving (last good checkpoint kept). Lower train.lr");
+    }
+    stage.opt.step(lr);
+    Ok(StepOutcome {
+        loss,
+        lr,
+        grad_norm,
+        tokens: (accum * micro * cfg.data.seq_len) as u64,
+        secs: t0.elapsed().as_secs_f64(),
+        data_secs,
+    })
+}
+
+/// Grades the model on the `[tasks]` list (greedy answers); `None` without one.
+fn run_tasks(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<Value>> {
+    let (Some(t), Some(list)) = (&cfg.tasks, &data.tasks) else {
+        return Ok(None);
+    };
+    let grader = Grader::new(Default::default(), Default::default());
+    let opts = EvalOptions {
+        sampling: SamplingConfig::greedy(t.max_new_tokens),
+        samples: 1,
+        batch_size: t.batch_size,
+        device: stage.device,
+    };
+    let r = evaluate_tasks(&stage.model, &stage.tok, list, &grader, &opts)?;
+    eprintln!("{}: tasks: {}", stage.name, summarize(&r));
+    Ok(Some(serde_json::to_value(&r)?))
+}
+
+/// The starting checkpoint's tasks (when `tasks.eval_start`) and held-out loss.
+fn evaluate_start(stage: &mut Stage, cfg: &LmConfig, data: &LmData) -> Result<()> {
+    if cfg.tasks.as_ref().is_some_and(|t| t.eval_start) {
+        if let Some(r) = run_tasks(stage, cfg, data)? {
+            stage.meta.metrics.insert("tasks_start".into(), r);
+        }
+    }
+    if !data.eval_sets.is_empty() {
+        let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
+        eprintln!("{}: held-out at start: {}", stage.name, summarize_eval(&ev));
+        stage
+            .meta
+            .metrics
+            .insert("heldout_start".into(), serde_json::to_value(&ev)?);
+        stage.log.push(json!({"stage": stage.name, "step": 0, "eval": ev}))?;
+    }
+    Ok(())
+}
+
+/// The trained model's held-out loss and tasks.
+fn evaluate_end(stage: &mut Stage, cfg: &LmConfig, data: &LmData, step: u64) -> Result<()> {
+    if !data.eval_sets.is_empty() {
+        let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
+        eprintln!("{}: held-out at end: {}", stage.name, summarize_eval(&ev));
+        stage.log.push(json!({"stage": stage.name, "step": step, "eval": ev}))?;
+        stage
+            .meta
+            .metrics
+            .insert("heldout".to_string(), serde_json::to_value(&ev)?);
+    }
+    if let Some(r) = run_tasks(stage, cfg, data)? {
+        stage.meta.metrics.insert("tasks".to_string(), r);
+    }
+    Ok(())
+}
+
+/// Zeroes the gradients and accumulates the gradient of the mean loss over the trained
+/// tokens of all `batches` (micro-batches of one optimizer step); returns that loss.
+pub fn lm_backward(model: &Gpt, opt: &mut AdamW, batches: &[PackedBatch], trained: i64, device: Device) -> Result<f64> {
+    opt.zero_grad();
+    let mut loss_sum = 0.0;
+    for b in batches {
+        let b = b.to_device(device);
+        let loss = lm_loss_sum(model, &b)? / trained.max(1) as f64;
+        loss.backward();
+        loss_sum += loss.double_value(&[]);
+    }
+    Ok(loss_sum)
+}
+
+/// `encyclopedia 2.31 (1.10 bpb) | chatter …`
+pub fn summarize_eval(ev: &BTreeMap<String, Value>) -> String {
+    ev.iter()
+        .map(|(k, v)| {
+            format!(
+                "{k} {:.3} ({:.3} bpb)",
+                v["loss"].as_f64().unwrap_or(f64::NAN),
+                v["bpb"].as_f64().unwrap_or(f64::NAN)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}

@@ -1,0 +1,301 @@
+//! The stage harness every training stage runs on (pretrain, midtrain, SFT, RL).
+//!
+//! [`Stage::open`] makes the decisions every stage makes, once: the output directory is
+//! fresh, to resume, or complete (nothing to do); the weights come from this run's own
+//! checkpoint (resume), from `--init`, or from scratch; LoRA adapters are attached (and
+//! restored when resuming); the optimiser is built over what trains (and its state
+//! restored); the metrics log is opened (keeping a resumed run's lines); Ctrl-C and SIGTERM
+//! raise a flag. The stage's own loop then calls [`Stage::save`] for periodic checkpoints,
+//! [`Stage::check_interrupt`] once per step, and [`Stage::finish`] at the end.
+//!
+//! What a stage keeps to resume (step, data cursor, prompt order, …) is its own
+//! [`TrainerState`]; the harness writes it to `state/trainer.json` beside the optimiser.
+use crate::checkpoint::{self, Meta, OutState, TrainState};
+use crate::config::TrainSection;
+use crate::device::{configure_threads, device_name, seed_everything};
+use crate::lora::Adapters;
+use crate::metrics::MetricsLog;
+use crate::model::{Gpt, GptConfig};
+use crate::optim::AdamW;
+use crate::tokenizer::Tok;
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+use tch::{nn, Device};
+
+/// What a stage saves to resume: serialised to `state/trainer.json`; its counters go into
+/// `meta.json` (`step`, `tokens_seen`, `train_secs`).
+pub trait TrainerState: Serialize + DeserializeOwned {
+    /// Optimizer steps taken.
+    fn step(&self) -> u64;
+    /// Tokens consumed (LM stages) or sampled (RL).
+    fn tokens(&self) -> u64;
+    /// Wall-clock seconds spent training, across resumes.
+    fn secs(&self) -> f64;
+}
+
+/// A model built from nothing: its tokenizer and architecture (weights are initialised from
+/// the seed).
+pub type Scratch = (Tok, GptConfig);
+
+/// How to open a stage.
+pub struct StageOptions<'a> {
+    /// `pretrain`, `midtrain`, `sft` or `rl` (written into `meta.json`, checked on resume).
+    pub stage: &'static str,
+    /// The checkpoint directory to write.
+    pub out: PathBuf,
+    /// Checkpoint (or Hugging Face directory) to start from.
+    pub init: Option<PathBuf>,
+    /// `--resume`: continue a partial run in `out` (a complete one is left as is).
+    pub resume: bool,
+    /// The shared training section: device, seed, precision, optimiser, LoRA.
+    pub train: &'a TrainSection,
+    /// The resolved configuration, saved in `meta.json`.
+    pub config: Value,
+    /// What `--init` usually is, for the error when it is missing (e.g. `runs/default/sft`).
+    pub init_example: &'a str,
+}
+
+/// What [`Stage::open`] found.
+pub enum Opened<S> {
+    /// `out` already holds a complete checkpoint of this stage: nothing to do.
+    Complete(Meta),
+    /// A run to train: fresh (`resumed` is `None`) or continuing the saved state.
+    Run {
+        /// The harness.
+        stage: Box<Stage>,
+        /// The trainer state of the run being resumed.
+        resumed: Option<S>,
+    },
+}
+
+/// A running stage: the model, what trains it, and where it goes.
+pub struct Stage {
+    /// Stage name.
+    pub name: &'static str,
+    /// Checkpoint directory.
+    pub out: PathBuf,
+    /// Device it trains on.
+    pub device: Device,
+    /// libtorch's intra-op threads.
+    pub threads: usize,
+    /// The model's own weights (frozen under LoRA).
+    pub vs: nn::VarStore,
+    /// The model.
+    pub model: Gpt,
+    /// Its tokenizer.
+    pub tok: Tok,
+    /// The metadata written with every save (metrics go into `meta.metrics`).
+    pub meta: Meta,
+    /// LoRA adapters, when `train.lora_rank > 0`.
+    pub adapters: Option<Adapters>,
+    /// AdamW over what trains (the adapters, or every weight).
+    pub opt: AdamW,
+    /// The live metrics log.
+    pub log: MetricsLog,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static HANDLER: Once = Once::new();
+
+/// Installs (once per process) the Ctrl-C / SIGTERM handler that raises the stop flag, and
+/// lowers the flag.
+fn install_stop_flag() {
+    HANDLER.call_once(|| {
+        // A process that already installed a handler of its own keeps it.
+        let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    });
+    STOP.store(false, Ordering::SeqCst);
+}
+
+/// Where the weights of a run come from.
+enum Source<'a> {
+    /// This run's own checkpoint (`dir`), resumed.
+    Own(&'a Path),
+    /// A resumed LoRA run: the starting weights of `init` plus the adapters of `dir`
+    /// (its saved weights have the adapters merged in).
+    InitPlusOwn(&'a Path, &'a Path),
+    /// A new run from `init`.
+    Init(&'a Path),
+    /// A new run from scratch.
+    Scratch,
+}
+
+impl Stage {
+    /// Opens the stage (see the module documentation). `scratch` builds a tokenizer and an
+    /// architecture for a run without `--init`; stages that need a checkpoint pass `None`.
+    pub fn open<S: TrainerState>(
+        opts: StageOptions<'_>,
+        scratch: Option<&dyn Fn() -> Result<Scratch>>,
+    ) -> Result<Opened<S>> {
+        let stage = opts.stage;
+        let threads = configure_threads();
+        let device = opts.train.device.resolve()?;
+        let (resume_dir, resumed) = match checkpoint::prepare_out(&opts.out, stage, opts.resume)? {
+            OutState::Fresh => (None, None),
+            OutState::Complete(meta) => return Ok(Opened::Complete(meta)),
+            OutState::Resume { dir, state, log } => {
+                let saved: S = serde_json::from_value(state.json.clone())
+                    .with_context(|| format!("reading the trainer state of {}", dir.display()))?;
+                eprintln!("{stage}: resuming {} from step {}", opts.out.display(), saved.step());
+                (Some(dir), Some((saved, state, log)))
+            }
+        };
+        seed_everything(opts.train.seed);
+        let lora = opts.train.lora()?;
+        if lora.is_some() && opts.init.is_none() {
+            bail!("train.lora_rank > 0 adapts an existing model: pass --init <checkpoint> (or set lora_rank = 0 to train from scratch)");
+        }
+        let source = match (&resume_dir, &opts.init) {
+            (Some(dir), Some(init)) if lora.is_some() => Source::InitPlusOwn(init, dir),
+            (Some(dir), _) => Source::Own(dir),
+            (None, Some(init)) => Source::Init(init),
+            (None, None) if scratch.is_some() => Source::Scratch,
+            (None, None) => bail!(
+                "{stage} starts from a checkpoint: pass --init <dir> (e.g. {}) or set `init` in the config",
+                opts.init_example
+            ),
+        };
+        let (mut vs, mut model, tok, meta) = load_weights(stage, source, device, scratch)?;
+        model.set_compute_kind(opts.train.precision.kind());
+        let saved = resumed
+            .as_ref()
+            .zip(resume_dir.as_deref())
+            .map(|((_, state, _), dir)| (state.tensors.as_slice(), dir));
+        let adapters = crate::lora::setup(&mut model, &mut vs, lora, opts.train.seed, saved)?;
+        let mut opt = AdamW::new(adapters.as_ref().map_or(&vs, |a| &a.vs), opts.train.adamw());
+        let (resumed, previous_log) = match resumed {
+            Some((saved, state, log)) => {
+                opt.load_state_tensors(&state.tensors)?;
+                let step = saved.step();
+                (Some(saved), Some((step, log)))
+            }
+            None => (None, None),
+        };
+        let log = MetricsLog::open(&opts.out, stage, previous_log)?;
+        let mut meta = meta;
+        meta.stage = stage.to_string();
+        meta.total_steps = opts.train.steps;
+        meta.device = device_name(device);
+        meta.config = opts.config;
+        install_stop_flag();
+        let stage = Stage {
+            name: stage,
+            out: opts.out,
+            device,
+            threads,
+            vs,
+            model,
+            tok,
+            meta,
+            adapters,
+            opt,
+            log,
+        };
+        Ok(Opened::Run {
+            stage: Box::new(stage),
+            resumed,
+        })
+    }
+
+    /// The variables the optimiser trains: the adapters under LoRA, else the model's own.
+    pub fn trainable(&self) -> &nn::VarStore {
+        self.adapters.as_ref().map_or(&self.vs, |a| &a.vs)
+    }
+
+    /// One line about the adapters, when there are any (`LoRA rank r … trainable …`).
+    pub fn describe_adapters(&self) {
+        if let Some(a) = &self.adapters {
+            eprintln!("{}: {}", self.name, a.describe(&self.vs));
+        }
+    }
+
+    /// Writes a resumable checkpoint at `st` (weights with any adapters merged in, tokenizer,
+    /// meta, metrics log, optimiser and trainer state).
+    pub fn save<S: TrainerState>(&mut self, st: &S) -> Result<()> {
+        self.meta.step = st.step();
+        self.meta.tokens_seen = st.tokens();
+        self.meta.train_secs = st.secs();
+        let mut tensors = self.opt.state_tensors();
+        let merged = crate::lora::save_parts(self.adapters.as_ref(), &self.vs, &self.model, &mut tensors)?;
+        let state = TrainState {
+            tensors,
+            json: serde_json::to_value(st)?,
+        };
+        checkpoint::save(
+            &self.out,
+            merged.as_ref().unwrap_or(&self.vs),
+            self.model.config(),
+            &self.tok,
+            &mut self.meta,
+            &self.log.lines,
+            Some(&state),
+        )
+    }
+
+    /// After Ctrl-C or SIGTERM: saves `st` and returns the error that ends the run (it
+    /// resumes with `--resume`). Otherwise does nothing.
+    pub fn check_interrupt<S: TrainerState>(&mut self, st: &S) -> Result<()> {
+        if !STOP.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        eprintln!(
+            "{}: interrupted; saving step {} to {}",
+            self.name,
+            st.step(),
+            self.out.display()
+        );
+        self.save(st)?;
+        bail!(
+            "interrupted at step {}; the checkpoint in {} resumes with --resume",
+            st.step(),
+            self.out.display()
+        )
+    }
+
+    /// Marks the run complete, saves it with `st`, and returns its metadata.
+    pub fn finish<S: TrainerState>(mut self, st: &S) -> Result<Meta> {
+        self.meta.complete = true;
+        self.save(st)?;
+        Ok(self.meta)
+    }
+}
+
+/// Builds the model, tokenizer and metadata of a run from its `source`.
+fn load_weights(
+    stage: &str,
+    source: Source<'_>,
+    device: Device,
+    scratch: Option<&dyn Fn() -> Result<Scratch>>,
+) -> Result<(nn::VarStore, Gpt, Tok, Meta)> {
+    match source {
+        Source::Own(dir) => {
+            let (vs, model, loaded) = checkpoint::load_model(dir, device)?;
+            Ok((vs, model, loaded.tok, loaded.meta))
+        }
+        Source::InitPlusOwn(init, dir) => {
+            let (vs, model, _) = checkpoint::load_model(init, device)
+                .with_context(|| format!("loading --init {} (a LoRA run resumes from it)", init.display()))?;
+            let own = checkpoint::load(dir)?;
+            Ok((vs, model, own.tok, own.meta))
+        }
+        Source::Init(init) => {
+            let (vs, model, loaded) =
+                checkpoint::load_model(init, device).with_context(|| format!("loading --init {}", init.display()))?;
+            let mut meta = Meta::new(stage);
+            meta.parent = Some(checkpoint::parent_ref(&loaded.dir, &loaded.meta));
+            Ok((vs, model, loaded.tok, meta))
+        }
+        Source::Scratch => {
+            let build = scratch.context("no way to build a model from scratch")?;
+            let (tok, cfg) = build()?;
+            let vs = nn::VarStore::new(device);
+            let model = Gpt::new(vs.root(), &cfg);
+            Ok((vs, model, tok, Meta::new(stage)))
+        }
+    }
+}

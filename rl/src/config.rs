@@ -1,0 +1,250 @@
+//! The RL stage's configuration (`configs/rl.toml`): the shared `[train]` section, plus
+//! `[rl]` (GRPO's own knobs), `[data]` (prompts), `[sampling]`, `[rewards]`, `[verifier]`
+//! and `[eval]`.
+use crate::grpo::LossKind;
+use anyhow::{bail, Context, Result};
+use common::config::{apply_paths, load_toml, CommonArgs, TrainSection};
+use common::sampling::SamplingConfig;
+use common::verify::RewardWeights;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// What to do with completions cut at `max_new_tokens` (they never reached `<|end|>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlong {
+    /// Train on them like any other completion (their reward is usually zero).
+    Keep,
+    /// Leave them out of the loss.
+    Mask,
+    /// Subtract `overlong_penalty` from their reward.
+    Penalty,
+}
+
+/// `[data]` of the RL config.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlData {
+    /// A prompt mix (`.toml`: generators and Parquet prompt sets, with a curriculum; see
+    /// `common::prompts`) or one Parquet file of tasks (string columns prompt, answer, task).
+    pub prompts: PathBuf,
+}
+
+/// `[rl]`: the algorithm's own knobs (optimisation is in the shared `[train]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlSection {
+    /// Distinct prompts per step.
+    pub prompts_per_step: usize,
+    /// Completions sampled per prompt (G). Sequences per step = prompts_per_step × group_size.
+    pub group_size: usize,
+    /// Optimizer steps on each batch of samples (the clip matters from the second on).
+    #[serde(default = "one_u")]
+    pub inner_epochs: usize,
+    /// grpo | dr_grpo | dapo.
+    #[serde(default = "default_loss")]
+    pub loss: LossKind,
+    /// Lower clip range ε_low (ratio ≥ 1 − ε_low).
+    #[serde(default = "default_clip")]
+    pub clip_low: f64,
+    /// Upper clip range ε_high (ratio ≤ 1 + ε_high); `dapo` uses a larger one (0.28).
+    pub clip_high: Option<f64>,
+    /// Weight of the KL penalty to the starting model (0 = no reference model is kept).
+    #[serde(default)]
+    pub kl_coef: f64,
+    /// Dynamic sampling: up to this many extra sampling rounds per step replace groups whose
+    /// rewards all agree (they carry no gradient), and such groups leave the update. 0 = off.
+    #[serde(default)]
+    pub resample_rounds: usize,
+    /// Divide advantages by the group std (default: yes for grpo/dapo, no for dr_grpo).
+    pub scale_rewards: Option<bool>,
+    /// keep | mask | penalty (default: penalty for dapo, keep otherwise).
+    pub overlong: Option<Overlong>,
+    /// Reward subtracted from truncated completions under `overlong = "penalty"`.
+    #[serde(default = "default_overlong_penalty")]
+    pub overlong_penalty: f64,
+}
+
+fn one_u() -> usize {
+    1
+}
+fn default_loss() -> LossKind {
+    LossKind::Grpo
+}
+fn default_clip() -> f64 {
+    0.2
+}
+fn default_overlong_penalty() -> f64 {
+    0.5
+}
+
+/// `[verifier]`: limits of program execution.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierSection {
+    /// Wall-clock limit of a program, in milliseconds.
+    #[serde(default = "default_timeout")]
+    pub program_timeout_ms: u64,
+    /// Address-space limit of a program, in megabytes.
+    #[serde(default = "default_mem")]
+    pub program_memory_mb: u64,
+    /// Python interpreter.
+    #[serde(default = "default_python")]
+    pub python: String,
+}
+
+fn default_timeout() -> u64 {
+    2000
+}
+fn default_mem() -> u64 {
+    256
+}
+fn default_python() -> String {
+    "python3".into()
+}
+
+impl Default for VerifierSection {
+    fn default() -> Self {
+        VerifierSection {
+            program_timeout_ms: default_timeout(),
+            program_memory_mb: default_mem(),
+            python: default_python(),
+        }
+    }
+}
+
+/// `[eval]`: held-out task evaluation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlEval {
+    /// Parquet file of held-out tasks.
+    pub tasks: PathBuf,
+    /// A harder held-out slice (e.g. `data/default/eval/hard.parquet`: one more operation
+    /// than SFT ever showed), graded at the start and the end.
+    pub hard_tasks: Option<PathBuf>,
+    /// Questions per task kind.
+    #[serde(default = "default_rl_per_kind")]
+    pub per_kind: usize,
+    /// Evaluate every this many steps (0 = start and end only).
+    #[serde(default)]
+    pub every: u64,
+    /// Longest answer.
+    #[serde(default = "default_eval_new")]
+    pub max_new_tokens: i64,
+    /// Rows generated together.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+    /// Also grade up to this many per task of the training prompts the run will sample, at
+    /// the start and at the end (0 = off): a gain there but not on held-out questions means
+    /// RL memorised answers instead of gaining skill.
+    #[serde(default)]
+    pub seen_per_kind: usize,
+}
+
+fn default_rl_per_kind() -> usize {
+    250
+}
+fn default_eval_new() -> i64 {
+    64
+}
+fn default_eval_batch() -> usize {
+    128
+}
+
+/// The RL stage's configuration (`configs/rl.toml`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlConfig {
+    /// Checkpoint to start from (the SFT model).
+    pub init: Option<PathBuf>,
+    /// Output checkpoint.
+    pub out: Option<PathBuf>,
+    /// Training prompts.
+    pub data: RlData,
+    /// Optimisation, shared with the LM stages.
+    pub train: TrainSection,
+    /// The algorithm.
+    pub rl: RlSection,
+    /// Sampling during training (log-probs are recomputed with the same settings).
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+    /// Reward weights.
+    #[serde(default)]
+    pub rewards: RewardWeights,
+    /// Program execution limits.
+    #[serde(default)]
+    pub verifier: VerifierSection,
+    /// Held-out evaluation.
+    pub eval: Option<RlEval>,
+}
+
+impl RlConfig {
+    /// Loads, applies the command line, validates.
+    pub fn load(path: &Path, args: &CommonArgs) -> Result<Self> {
+        let mut c: RlConfig = load_toml(path)?;
+        apply_paths(&mut c.init, &mut c.out, args, "rl");
+        c.train.apply(args);
+        if args.mix.is_some() {
+            bail!("rl reads prompts from [data] prompts, not a mix: drop --mix");
+        }
+        c.validate()
+            .with_context(|| format!("invalid configuration {}", path.display()))?;
+        Ok(c)
+    }
+
+    /// Checks ranges; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        if self.train.batch_size.is_some() {
+            bail!("train.batch_size is the LM stages' batch; RL's is rl.prompts_per_step x rl.group_size: drop it");
+        }
+        let r = &self.rl;
+        if r.prompts_per_step == 0 || r.group_size < 2 {
+            bail!(
+                "rl.prompts_per_step must be >= 1 and rl.group_size >= 2 (advantages compare samples within a group)"
+            );
+        }
+        if r.inner_epochs == 0 {
+            bail!("rl.inner_epochs must be >= 1");
+        }
+        if !(r.clip_low > 0.0 && r.clip_low < 1.0) || self.clip_high() <= 0.0 {
+            bail!("rl.clip_low must be in (0, 1) and rl.clip_high > 0");
+        }
+        if r.kl_coef < 0.0 {
+            bail!("rl.kl_coef must be >= 0");
+        }
+        self.sampling.validate()?;
+        if self.sampling.temperature == 0.0 {
+            bail!("sampling.temperature = 0 gives identical samples in a group (no learning signal); use about 1.0");
+        }
+        Ok(())
+    }
+
+    /// The checkpoint directory.
+    pub fn out_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| common::config::default_out("rl"))
+    }
+
+    /// ε_high.
+    pub fn clip_high(&self) -> f64 {
+        self.rl.clip_high.unwrap_or(if self.rl.loss == LossKind::Dapo {
+            0.28
+        } else {
+            self.rl.clip_low
+        })
+    }
+
+    /// Whether advantages are divided by the group std.
+    pub fn scale_rewards(&self) -> bool {
+        self.rl.scale_rewards.unwrap_or(self.rl.loss != LossKind::DrGrpo)
+    }
+
+    /// Overlong policy.
+    pub fn overlong(&self) -> Overlong {
+        self.rl.overlong.unwrap_or(if self.rl.loss == LossKind::Dapo {
+            Overlong::Penalty
+        } else {
+            Overlong::Keep
+        })
+    }
+}

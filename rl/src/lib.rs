@@ -1,0 +1,471 @@
+//! The RL stage: GRPO-style training against verifiers, read top to bottom.
+//!
+//! - [`config`]: `configs/rl.toml` (the shared `[train]` section plus `[rl]`'s own knobs).
+//! - [`rollout`]: each step takes `prompts_per_step` prompts, samples `group_size`
+//!   completions of each with the batched KV-cache sampler, grades them, and computes
+//!   rewards and group-relative advantages.
+//! - [`grpo`]: advantages and the clipped policy-ratio loss of each variant.
+//! - [`run`] (here): the loop. On the [`Stage`] harness, it grades the start, then per step:
+//!   rollout, [`update`] (`inner_epochs` optimizer steps with the clipped ratio objective and
+//!   an optional KL penalty to the frozen starting model), log, save; and grades the end.
+//!
+//! Log-probs are always recomputed with the sampling settings (temperature, top-k, top-p),
+//! so the ratio is unbiased.
+pub mod config;
+pub mod grpo;
+pub mod rollout;
+
+use crate::config::RlConfig;
+use crate::grpo::{policy_loss, LossInputs, LossSettings};
+use crate::rollout::{rollout, Practised, Rollout, SampleStat};
+use anyhow::{bail, Context, Result};
+use common::checkpoint::{self, Meta};
+use common::config::CommonArgs;
+use common::device::device_name;
+use common::model::{Gpt, Positions};
+use common::progress::{format_count, format_secs, Progress};
+use common::prompts::{PromptMix, PromptStream, StreamState};
+use common::sampling::SamplingConfig;
+use common::stage::{Opened, Stage, StageOptions, TrainerState};
+use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions};
+use common::verify::{Grader, ProgramExec, Task};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+
+/// Trainer state saved in `state/trainer.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RlState {
+    step: u64,
+    tokens_sampled: u64,
+    train_secs: f64,
+    /// The prompt stream (random position, curriculum, cursors, what generators emitted).
+    stream: StreamState,
+    /// The first prompts practised per task kind.
+    practised: Practised,
+}
+
+impl TrainerState for RlState {
+    fn step(&self) -> u64 {
+        self.step
+    }
+    fn tokens(&self) -> u64 {
+        self.tokens_sampled
+    }
+    fn secs(&self) -> f64 {
+        self.train_secs
+    }
+}
+
+/// Runs the RL stage; returns the final metadata.
+pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
+    let opts = StageOptions {
+        stage: "rl",
+        out: cfg.out_dir(),
+        init: cfg.init.clone(),
+        resume: args.resume,
+        train: &cfg.train,
+        config: serde_json::to_value(cfg)?,
+        init_example: "runs/default/sft",
+    };
+    let (mut stage, resumed) = match Stage::open::<RlState>(opts, None)? {
+        Opened::Complete(meta) => return Ok(meta),
+        Opened::Run { stage, resumed } => (stage, resumed),
+    };
+    let reference = reference_model(cfg, stage.device)?;
+    // The prompt source: generators and prompt sets, drawn by the curriculum.
+    let mix = PromptMix::open(&cfg.data.prompts)?;
+    let mut prompts = PromptStream::open(&mix, cfg.train.seed)
+        .with_context(|| format!("opening the RL prompts {}", cfg.data.prompts.display()))?;
+    stage.meta.mix =
+        json!({"prompts": cfg.data.prompts.display().to_string(), "mix": mix, "slots": prompts.slot_names()});
+    let is_resumed = resumed.is_some();
+    let mut st = match resumed {
+        Some(st) => {
+            prompts.restore(&st.stream)?;
+            st
+        }
+        None => RlState {
+            step: 0,
+            tokens_sampled: 0,
+            train_secs: 0.0,
+            stream: prompts.state(),
+            practised: Practised {
+                per_kind: cfg.eval.as_ref().map_or(0, |e| e.seen_per_kind),
+                tasks: Vec::new(),
+            },
+        },
+    };
+    let grader = Grader::new(
+        cfg.rewards,
+        ProgramExec {
+            python: cfg.verifier.python.clone(),
+            timeout: Duration::from_millis(cfg.verifier.program_timeout_ms),
+            memory_mb: cfg.verifier.program_memory_mb,
+        },
+    );
+    let grading = Grading::new(cfg, stage.device)?;
+    print_header(&stage, cfg)?;
+    if !is_resumed {
+        grading.start(&mut stage, &grader)?;
+    }
+
+    let schedule = cfg.train.schedule();
+    let mut progress = Progress::new("rl", cfg.train.steps);
+    progress.update(st.step, "");
+    while st.step < cfg.train.steps {
+        stage.check_interrupt(&st)?;
+        let t0 = Instant::now();
+        let roll = rollout(&stage, &grader, &mut prompts, cfg, st.step, &mut st.practised)?;
+        st.stream = prompts.state();
+        let sample_secs = t0.elapsed().as_secs_f64();
+        let lr = schedule.lr(st.step);
+        let upd =
+            update(&mut stage, reference.as_ref(), &roll, cfg, lr).with_context(|| format!("rl step {}", st.step))?;
+        st.step += 1;
+        st.train_secs += t0.elapsed().as_secs_f64();
+        let sampled: usize = roll.all.iter().map(|a| a.len).sum();
+        st.tokens_sampled += sampled as u64;
+        let mut line = step_line(&roll, &upd, st.step, lr, sample_secs);
+        line["curriculum"] = json!(prompts
+            .curriculum
+            .slots
+            .iter()
+            .map(|s| json!({"slot": s.name, "success": s.success, "drawn": s.drawn}))
+            .collect::<Vec<_>>());
+        line["in_band"] = json!(prompts.curriculum.share_in_band());
+        progress.update(
+            st.step,
+            format!(
+                "reward {:.3} | acc {:.0}% | idk {:.0}% | len {:.0} | flat {}/{} | sample {}/s",
+                line["reward_mean"].as_f64().unwrap_or(0.0),
+                100.0 * line["accuracy"].as_f64().unwrap_or(0.0),
+                100.0 * line["abstention_rate"].as_f64().unwrap_or(0.0),
+                line["completion_len"].as_f64().unwrap_or(0.0),
+                roll.flat_groups,
+                roll.groups_sampled,
+                format_count(line["sample_tok_per_s"].as_f64().unwrap_or(0.0))
+            ),
+        );
+        stage.log.push(line)?;
+        let last = st.step == cfg.train.steps;
+        if let Some(e) = &cfg.eval {
+            if e.every > 0 && st.step % e.every == 0 && !last {
+                if let Some(r) = grading.held_out(&stage, &grader)? {
+                    stage.log.push(json!({"stage": "rl", "step": st.step, "eval": r}))?;
+                }
+            }
+        }
+        if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 && !last {
+            stage.save(&st)?;
+        }
+    }
+    progress.finish();
+    // Save before evaluating: an evaluation crash must not lose the run.
+    stage.save(&st)?;
+    grading.end(&mut stage, &grader, st.step)?;
+    grading.practised(&mut stage, &grader, cfg, &st.practised.tasks)?;
+    stage
+        .meta
+        .metrics
+        .insert("prompt_repeats".into(), json!(prompts.repeats()));
+    stage
+        .meta
+        .metrics
+        .insert("curriculum".into(), json!(prompts.curriculum.slots));
+    let summary = train_summary(&stage.log.lines, &st);
+    stage.meta.metrics.insert("train".into(), summary);
+    let out = stage.out.clone();
+    let meta = stage.finish(&st)?;
+    eprintln!(
+        "rl: done: {} steps in {}; checkpoint {}",
+        st.step,
+        format_secs(st.train_secs),
+        out.display()
+    );
+    Ok(meta)
+}
+
+/// The frozen starting model the KL term measures against (`rl.kl_coef > 0`).
+fn reference_model(cfg: &RlConfig, device: tch::Device) -> Result<Option<(tch::nn::VarStore, Gpt)>> {
+    if cfg.rl.kl_coef <= 0.0 {
+        return Ok(None);
+    }
+    let init = cfg
+        .init
+        .as_ref()
+        .context("rl.kl_coef > 0 measures KL to the starting model: pass --init <dir>")?;
+    let (rvs, mut rmodel, _) = checkpoint::load_model(init, device)?;
+    rmodel.set_compute_kind(cfg.train.precision.kind());
+    Ok(Some((rvs, rmodel)))
+}
+
+fn print_header(stage: &Stage, cfg: &RlConfig) -> Result<()> {
+    let (n_prompts, g) = (cfg.rl.prompts_per_step, cfg.rl.group_size);
+    eprintln!(
+        "rl: {} loss, {} prompts x {} samples = {} completions per step, {} inner epoch(s), clip [{}, {}], kl {}, rewards correct {} / abstain {} / wrong {} / format {}, overlong {:?}, on {}",
+        serde_json::to_value(cfg.rl.loss)?.as_str().unwrap_or("?"),
+        n_prompts,
+        g,
+        n_prompts * g,
+        cfg.rl.inner_epochs,
+        cfg.rl.clip_low,
+        cfg.clip_high(),
+        cfg.rl.kl_coef,
+        cfg.rewards.correct,
+        cfg.rewards.abstain,
+        cfg.rewards.wrong,
+        cfg.rewards.format,
+        cfg.overlong(),
+        device_name(stage.device)
+    );
+    stage.describe_adapters();
+    Ok(())
+}
+
+/// Greedy grading of the held-out tasks (`[eval] tasks`) and of the training prompts the
+/// run asks (`[eval] seen_per_kind`), at the start and at the end.
+struct Grading {
+    held_out: Option<Vec<Task>>,
+    hard: Option<Vec<Task>>,
+    opts: Option<EvalOptions>,
+}
+
+impl Grading {
+    fn new(cfg: &RlConfig, device: tch::Device) -> Result<Self> {
+        let Some(e) = &cfg.eval else {
+            return Ok(Grading {
+                held_out: None,
+                hard: None,
+                opts: None,
+            });
+        };
+        Ok(Grading {
+            held_out: Some(limit_per_kind(load_tasks(&e.tasks)?, e.per_kind)),
+            hard: e.hard_tasks.as_deref().map(load_tasks).transpose()?,
+            opts: Some(EvalOptions {
+                sampling: SamplingConfig::greedy(e.max_new_tokens),
+                samples: 1,
+                batch_size: e.batch_size,
+                device,
+            }),
+        })
+    }
+
+    fn grade(
+        &self,
+        model: &Gpt,
+        stage: &Stage,
+        grader: &Grader,
+        list: Option<&Vec<Task>>,
+        what: &str,
+    ) -> Result<Option<Value>> {
+        let (Some(opts), Some(list)) = (&self.opts, list) else {
+            return Ok(None);
+        };
+        let r = evaluate_tasks(model, &stage.tok, list, grader, opts)?;
+        eprintln!("rl: {what}: {}", summarize(&r));
+        Ok(Some(serde_json::to_value(&r)?))
+    }
+
+    fn held_out(&self, stage: &Stage, grader: &Grader) -> Result<Option<Value>> {
+        self.grade(&stage.model, stage, grader, self.held_out.as_ref(), "held-out tasks")
+    }
+
+    fn hard(&self, stage: &Stage, grader: &Grader) -> Result<Option<Value>> {
+        self.grade(&stage.model, stage, grader, self.hard.as_ref(), "harder held-out slice")
+    }
+
+    fn start(&self, stage: &mut Stage, grader: &Grader) -> Result<()> {
+        if let Some(r) = self.held_out(stage, grader)? {
+            stage.log.push(json!({"stage": "rl", "step": 0, "eval": r.clone()}))?;
+            stage.meta.metrics.insert("tasks_start".into(), r);
+        }
+        if let Some(r) = self.hard(stage, grader)? {
+            stage.meta.metrics.insert("tasks_hard_start".into(), r);
+        }
+        Ok(())
+    }
+
+    fn end(&self, stage: &mut Stage, grader: &Grader, step: u64) -> Result<()> {
+        if let Some(r) = self.held_out(stage, grader)? {
+            stage
+                .log
+                .push(json!({"stage": "rl", "step": step, "eval": r.clone()}))?;
+            stage.meta.metrics.insert("tasks".into(), r);
+        }
+        if let Some(r) = self.hard(stage, grader)? {
+            stage.meta.metrics.insert("tasks_hard".into(), r);
+        }
+        Ok(())
+    }
+
+    /// The practised prompts graded by the final model and by the starting one (loaded
+    /// again from `--init`): a gain there that held-out questions do not show is memorised.
+    fn practised(&self, stage: &mut Stage, grader: &Grader, cfg: &RlConfig, tasks: &[Task]) -> Result<()> {
+        let Some(init) = cfg.init.as_ref().filter(|_| !tasks.is_empty()) else {
+            return Ok(());
+        };
+        let list = Some(tasks.to_vec());
+        if let Some(r) = self.grade(&stage.model, stage, grader, list.as_ref(), "practised prompts, after")? {
+            stage.meta.metrics.insert("tasks_seen".into(), r);
+        }
+        let (_vs, start, _) = checkpoint::load_model(init, stage.device)?;
+        if let Some(r) = self.grade(&start, stage, grader, list.as_ref(), "practised prompts, before")? {
+            stage.meta.metrics.insert("tasks_seen_start".into(), r);
+        }
+        Ok(())
+    }
+}
+
+/// What an update did (figures of its last inner epoch).
+#[derive(Default)]
+struct UpdateStats {
+    loss: f64,
+    grad_norm: f64,
+    clipped: f64,
+    counted: f64,
+    kl_sum: f64,
+    trained_sequences: usize,
+    /// Completion tokens run through the update, over all inner epochs.
+    train_tokens: f64,
+    secs: f64,
+}
+
+/// Log-probs `[N, L]` of `targets` under `model` with the sampling settings.
+fn token_logps(model: &Gpt, input: &Tensor, targets: &Tensor, sampling: &SamplingConfig) -> Tensor {
+    let logits = model.forward(input, &Positions::CAUSAL, None);
+    let lp = sampling.log_probs(&logits);
+    lp.gather(2, &targets.clamp_min(0).unsqueeze(2), false).squeeze_dim(2)
+}
+
+/// `(start, len)` of each micro-batch of `n` rows.
+fn micro_ranges(n: usize, micro: usize) -> Vec<(i64, i64)> {
+    (0..n)
+        .step_by(micro.max(1))
+        .map(|s| (s as i64, (micro.min(n - s)) as i64))
+        .collect()
+}
+
+/// The policy update on one rollout: `inner_epochs` optimizer steps of the clipped ratio
+/// objective against the log-probs of the sampling policy (and the reference's, for KL).
+fn update(
+    stage: &mut Stage,
+    reference: Option<&(tch::nn::VarStore, Gpt)>,
+    roll: &Rollout,
+    cfg: &RlConfig,
+    lr: f64,
+) -> Result<UpdateStats> {
+    let t1 = Instant::now();
+    let device = stage.device;
+    let seqs = roll.sequences(stage.tok.pad);
+    let mut stats = UpdateStats {
+        trained_sequences: seqs.n,
+        train_tokens: seqs.mask.sum(Kind::Float).double_value(&[]) * cfg.rl.inner_epochs as f64,
+        ..Default::default()
+    };
+    if seqs.n > 0 {
+        let input = seqs.input.to_device(device);
+        let target = seqs.target.to_device(device);
+        let mask = seqs.mask.to_device(device);
+        let adv = Tensor::from_slice(&seqs.adv.iter().map(|&a| a as f32).collect::<Vec<_>>()).to_device(device);
+        let ranges = micro_ranges(seqs.n, cfg.train.micro_batch_size as usize);
+        let logps_of = |m: &Gpt| -> Vec<Tensor> {
+            ranges
+                .iter()
+                .map(|&(s, l)| token_logps(m, &input.narrow(0, s, l), &target.narrow(0, s, l), &cfg.sampling))
+                .collect()
+        };
+        let (old, refl) = {
+            let _g = tch::no_grad_guard();
+            (logps_of(&stage.model), reference.map(|(_, r)| logps_of(r)))
+        };
+        let settings = LossSettings {
+            kind: cfg.rl.loss,
+            clip_low: cfg.rl.clip_low,
+            clip_high: cfg.clip_high(),
+            kl_coef: cfg.rl.kl_coef,
+            max_new_tokens: cfg.sampling.max_new_tokens,
+            norm: roll.norm,
+        };
+        for epoch in 0..cfg.rl.inner_epochs {
+            stage.opt.zero_grad();
+            let mut total = 0.0;
+            for (j, &(s, l)) in ranges.iter().enumerate() {
+                let logp = token_logps(
+                    &stage.model,
+                    &input.narrow(0, s, l),
+                    &target.narrow(0, s, l),
+                    &cfg.sampling,
+                );
+                let inputs = LossInputs {
+                    logp: &logp,
+                    old_logp: &old[j],
+                    ref_logp: refl.as_ref().map(|r| &r[j]),
+                    mask: &mask.narrow(0, s, l),
+                    adv: &adv.narrow(0, s, l),
+                };
+                let parts = policy_loss(&inputs, &settings);
+                parts.loss.backward();
+                total += parts.loss.double_value(&[]);
+                if epoch + 1 == cfg.rl.inner_epochs {
+                    stats.clipped += parts.clipped_tokens;
+                    stats.counted += parts.tokens;
+                    stats.kl_sum += parts.kl_sum;
+                }
+            }
+            if !total.is_finite() {
+                bail!("rl: loss became {total}; stopped without saving (last good checkpoint kept). Lower train.lr");
+            }
+            stats.grad_norm = stage.opt.clip_grad_norm(cfg.train.grad_clip);
+            stage.opt.step(lr);
+            stats.loss = total;
+        }
+    }
+    stats.secs = t1.elapsed().as_secs_f64();
+    Ok(stats)
+}
+
+/// The metrics-log line of a step.
+fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs: f64) -> Value {
+    // Statistics of everything sampled this step (replaced groups included).
+    let all = &roll.all;
+    let nf = all.len().max(1) as f64;
+    let mean = all.iter().map(|a| a.reward).sum::<f64>() / nf;
+    let std = (all.iter().map(|a| (a.reward - mean).powi(2)).sum::<f64>() / nf).sqrt();
+    let frac = |f: &dyn Fn(&SampleStat) -> bool| all.iter().filter(|a| f(a)).count() as f64 / nf;
+    let sampled: usize = all.iter().map(|a| a.len).sum();
+    let per_token = |x: f64| if upd.counted > 0.0 { x / upd.counted } else { 0.0 };
+    json!({
+        "stage": "rl", "step": step, "lr": lr, "loss": upd.loss,
+        "reward_mean": mean, "reward_std": std,
+        "accuracy": frac(&|a| a.verdict.correct),
+        "abstention_rate": frac(&|a| a.verdict.abstained),
+        "format_rate": frac(&|a| a.verdict.formatted),
+        "verifier_errors": frac(&|a| a.verdict.errored),
+        "truncation_rate": frac(&|a| !a.finished),
+        "completion_len": sampled as f64 / nf,
+        "kl": per_token(upd.kl_sum),
+        "clip_frac": per_token(upd.clipped),
+        "zero_adv_groups": roll.flat_groups as f64 / roll.groups_sampled.max(1) as f64,
+        "groups_sampled": roll.groups_sampled,
+        "trained_sequences": upd.trained_sequences, "grad_norm": upd.grad_norm,
+        "sample_tok_per_s": sampled as f64 / roll.gen_secs.max(1e-9),
+        "train_tok_per_s": upd.train_tokens / upd.secs.max(1e-9),
+        "sample_secs": sample_secs, "train_secs": upd.secs,
+    })
+}
+
+/// `meta.metrics.train` of an RL run: averages over the step lines of the log.
+fn train_summary(lines: &[Value], st: &RlState) -> Value {
+    let rl_lines: Vec<&Value> = lines.iter().filter(|l| l.get("reward_mean").is_some()).collect();
+    let avg = |k: &str| rl_lines.iter().filter_map(|l| l[k].as_f64()).sum::<f64>() / rl_lines.len().max(1) as f64;
+    json!({
+        "secs": st.train_secs, "tokens_sampled": st.tokens_sampled,
+        "sample_tok_per_s": avg("sample_tok_per_s"), "train_tok_per_s": avg("train_tok_per_s"),
+        "sample_time_fraction": avg("sample_secs") / (avg("sample_secs") + avg("train_secs")).max(1e-9),
+        "first_reward": rl_lines.first().and_then(|l| l["reward_mean"].as_f64()),
+        "last_reward": rl_lines.last().and_then(|l| l["reward_mean"].as_f64()),
+    })
+}

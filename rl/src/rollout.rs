@@ -1,0 +1,253 @@
+//! Rollouts: which prompts a step asks, a group of sampled answers to each, their grades,
+//! rewards and group-relative advantages, and the token tensors the update trains on.
+use crate::config::{Overlong, RlConfig};
+use crate::grpo::{advantages, batch_normaliser, flat_groups, LossKind};
+use anyhow::Result;
+use common::device::seed_everything;
+use common::prompts::{Drawn, PromptStream};
+use common::sampling::generate;
+use common::stage::Stage;
+use common::tokenizer::Message;
+use common::verify::{Grader, Task, Verdict};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+/// One sampled completion, for the step's statistics.
+pub struct SampleStat {
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// Its reward (after the overlong policy).
+    pub reward: f64,
+    /// Whether it reached a stop token.
+    pub finished: bool,
+    /// Completion tokens.
+    pub len: usize,
+}
+
+/// One step's graded groups: those kept for the update (flattened, group after group), and
+/// statistics of everything sampled (replaced groups included).
+#[derive(Default)]
+pub struct Rollout {
+    /// Rendered prompts, one per completion (each repeated `group_size` times).
+    pub prompts: Vec<Vec<u32>>,
+    /// The completions (without the stop token).
+    pub tokens: Vec<Vec<u32>>,
+    /// The stop token that ended each finished completion.
+    pub ended_with: Vec<Option<u32>>,
+    /// Rewards (after the overlong policy).
+    pub rewards: Vec<f64>,
+    /// Group-relative advantages.
+    pub adv: Vec<f64>,
+    /// Per completion: run through the update (in the loss and able to move it).
+    pub trained: Vec<bool>,
+    /// What the micro-batch losses are divided by (see [`batch_normaliser`]).
+    pub norm: f64,
+    /// Every completion sampled this step.
+    pub all: Vec<SampleStat>,
+    /// Groups sampled, and how many of them had equal rewards.
+    pub groups_sampled: usize,
+    /// Groups whose rewards all agree (no learning signal).
+    pub flat_groups: usize,
+    /// Seconds spent generating.
+    pub gen_secs: f64,
+}
+
+/// Draws `prompts_per_step` prompts from the stream, samples `group_size` answers to each
+/// (seeded per step and round, so a resumed run samples what an uninterrupted one would),
+/// grades them and feeds each group's success rate to the curriculum. With
+/// `rl.resample_rounds > 0` (DAPO's dynamic sampling), groups whose rewards all agree are
+/// replaced by fresh prompts for up to that many more rounds and left out of the update.
+/// The first `practise_per_kind` prompts of each task kind are recorded in `practised`.
+pub fn rollout(
+    stage: &Stage,
+    grader: &Grader,
+    stream: &mut PromptStream,
+    cfg: &RlConfig,
+    step: u64,
+    practised: &mut Practised,
+) -> Result<Rollout> {
+    let tok = &stage.tok;
+    let g = cfg.rl.group_size;
+    let resample = cfg.rl.resample_rounds > 0;
+    let overlong = cfg.overlong();
+    let mut out = Rollout::default();
+    let mut finished = Vec::new();
+    for round in 0..=cfg.rl.resample_rounds {
+        let need = cfg.rl.prompts_per_step - out.rewards.len() / g;
+        if need == 0 {
+            break;
+        }
+        let drawn: Vec<Drawn> = (0..need).map(|_| stream.next()).collect();
+        for d in &drawn {
+            practised.record(&d.task);
+        }
+        let mut prompts = Vec::with_capacity(need * g);
+        for d in &drawn {
+            let p = tok.render_prompt(&[Message::new("user", d.task.prompt.clone())])?;
+            prompts.extend(std::iter::repeat_n(p, g));
+        }
+        seed_everything(
+            cfg.train
+                .seed
+                .wrapping_add(step * 7919)
+                .wrapping_add(round as u64 * 104_729),
+        );
+        let gen = generate(
+            &stage.model,
+            &prompts,
+            &cfg.sampling,
+            tok.stops(),
+            tok.pad,
+            stage.device,
+        )?;
+        out.gen_secs += gen.secs;
+        let texts: Vec<String> = gen.tokens.iter().map(|t| tok.decode(t)).collect::<Result<_>>()?;
+        let verdicts: Vec<Verdict> = texts
+            .par_iter()
+            .enumerate()
+            .map(|(i, c)| grader.grade(&drawn[i / g].task, c))
+            .collect();
+        let rewards: Vec<f64> = verdicts
+            .iter()
+            .zip(&gen.finished)
+            .map(|(v, &fin)| {
+                if !fin && overlong == Overlong::Penalty {
+                    v.reward - cfg.rl.overlong_penalty
+                } else {
+                    v.reward
+                }
+            })
+            .collect();
+        let flat = flat_groups(&rewards, g);
+        for (j, d) in drawn.iter().enumerate() {
+            let rows = j * g..(j + 1) * g;
+            let right = verdicts[rows.clone()].iter().filter(|v| v.correct).count();
+            stream.curriculum.record(d.slot, right as f64 / g as f64);
+            out.groups_sampled += 1;
+            out.flat_groups += usize::from(flat[j]);
+            for i in rows.clone() {
+                out.all.push(SampleStat {
+                    verdict: verdicts[i],
+                    reward: rewards[i],
+                    finished: gen.finished[i],
+                    len: gen.tokens[i].len(),
+                });
+            }
+            if resample && flat[j] {
+                continue;
+            }
+            for i in rows {
+                out.prompts.push(prompts[i].clone());
+                out.tokens.push(gen.tokens[i].clone());
+                out.ended_with.push(gen.ended_with[i]);
+                out.rewards.push(rewards[i]);
+                finished.push(gen.finished[i]);
+            }
+        }
+        if !resample {
+            break;
+        }
+    }
+    let rewards = &out.rewards;
+    out.adv = advantages(rewards, g, cfg.scale_rewards())?;
+    let flat = flat_groups(rewards, g);
+    let in_loss: Vec<bool> = (0..rewards.len())
+        .map(|i| {
+            let dropped = cfg.rl.loss == LossKind::Dapo && flat[i / g];
+            let masked = overlong == Overlong::Mask && !finished[i];
+            !dropped && !masked
+        })
+        .collect();
+    // The batch normaliser counts every sequence in the loss (grpo/dr_grpo: sequences,
+    // dapo: their tokens, the stop token included) ...
+    let counted: Vec<usize> = (0..rewards.len()).filter(|&i| in_loss[i]).collect();
+    let loss_tokens: f64 = counted
+        .iter()
+        .map(|&i| (out.tokens[i].len() + usize::from(out.ended_with[i].is_some())) as f64)
+        .sum();
+    out.norm = batch_normaliser(cfg.rl.loss, counted.len(), loss_tokens);
+    // ... but without a KL term a sequence whose advantage is zero adds exactly nothing to
+    // the gradient, so it is not run through the model (in half the groups or more of a
+    // step every answer gets the same reward).
+    out.trained = (0..rewards.len())
+        .map(|i| in_loss[i] && (cfg.rl.kl_coef > 0.0 || out.adv[i] != 0.0))
+        .collect();
+    Ok(out)
+}
+
+/// The first prompts a run practises, up to `per_kind` of each task kind (graded by the
+/// final and the starting model at the end: a gain there that held-out questions do not
+/// show is memorised, not learned).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Practised {
+    /// Prompts kept per kind.
+    pub per_kind: usize,
+    /// The prompts, first practised first.
+    pub tasks: Vec<Task>,
+}
+
+impl Practised {
+    /// Keeps `t` if its kind has fewer than `per_kind` prompts.
+    pub fn record(&mut self, t: &Task) {
+        if self.tasks.iter().filter(|x| x.kind == t.kind).count() < self.per_kind {
+            self.tasks.push(t.clone());
+        }
+    }
+}
+
+/// The trained completions of a rollout as `[N, L]` tensors (on the CPU).
+pub struct Sequences {
+    /// Prompt + completion tokens, shifted (inputs).
+    pub input: Tensor,
+    /// Next tokens; `-100` outside completions.
+    pub target: Tensor,
+    /// 1.0 on completion tokens.
+    pub mask: Tensor,
+    /// Advantage of each row.
+    pub adv: Vec<f64>,
+    /// Rows.
+    pub n: usize,
+}
+
+impl Rollout {
+    /// The completions marked `trained`, padded with `pad` into tensors.
+    pub fn sequences(&self, pad: u32) -> Sequences {
+        let keep: Vec<usize> = (0..self.prompts.len()).filter(|&i| self.trained[i]).collect();
+        let seqs: Vec<(Vec<u32>, usize)> = keep
+            .iter()
+            .map(|&i| {
+                let mut s = self.prompts[i].clone();
+                let start = s.len();
+                s.extend(&self.tokens[i]);
+                // The stop token the policy sampled is part of its answer (it learns to stop).
+                if let Some(stop) = self.ended_with[i] {
+                    s.push(stop);
+                }
+                (s, start)
+            })
+            .collect();
+        let l = seqs.iter().map(|(s, _)| s.len() - 1).max().unwrap_or(1).max(1);
+        let n = seqs.len();
+        let mut input = vec![pad as i64; n * l];
+        let mut target = vec![-100i64; n * l];
+        let mut mask = vec![0f32; n * l];
+        for (r, (s, start)) in seqs.iter().enumerate() {
+            for i in 0..s.len() - 1 {
+                input[r * l + i] = s[i] as i64;
+                if i + 1 >= *start {
+                    target[r * l + i] = s[i + 1] as i64;
+                    mask[r * l + i] = 1.0;
+                }
+            }
+        }
+        let shape = [n as i64, l as i64];
+        Sequences {
+            input: Tensor::from_slice(&input).view(shape),
+            target: Tensor::from_slice(&target).view(shape),
+            mask: Tensor::from_slice(&mask).view(shape),
+            adv: keep.iter().map(|&i| self.adv[i]).collect(),
+            n,
+        }
+    }
+}
