@@ -115,13 +115,16 @@ impl Isolation {
         if !(self.pid_namespace || self.no_fork) {
             m.push("no surviving background processes");
         }
+        if !self.tmpfs_workdir {
+            m.push("bounded disk use (a size-limited tmpfs working directory)");
+        }
         if !(self.no_fork || self.nproc_limit || self.pid_max > 0) {
             m.push("a bound on the number of processes (fork bombs)");
         }
         m
     }
 
-    /// Only the weakest layers (rlimits and a process group) or not much more: some guarantee is missing.
+    /// Some guarantee is missing (at worst only rlimits and the process group are left).
     pub fn is_weak(&self) -> bool {
         !self.missing().is_empty()
     }

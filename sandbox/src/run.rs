@@ -378,6 +378,8 @@ fn collect(
     let mut ended: Option<Instant> = None;
     let mut hard_timeout = false;
     let mut buf = vec![0u8; 64 * 1024];
+    // Longest wait between checks of the wrapper: grows from 1 ms to 10 ms while nothing happens.
+    let mut step = Duration::from_millis(1);
     loop {
         let now = Instant::now();
         if ended.is_none() {
@@ -401,7 +403,8 @@ fn collect(
             Some(t) => (t + DRAIN).saturating_duration_since(now),
             None => hard_deadline.saturating_duration_since(now),
         }
-        .min(Duration::from_millis(5));
+        .min(step);
+        step = (step * 2).min(Duration::from_millis(10));
         let mut fds = Vec::with_capacity(2);
         if out_open {
             fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
@@ -416,7 +419,7 @@ fn collect(
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO);
         match poll(&mut fds, timeout) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
+            Ok(_) => step = Duration::from_millis(1),
             Err(e) => bail!("polling the program's output: {e}"),
         }
         let ready: Vec<bool> = fds

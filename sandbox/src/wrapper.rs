@@ -191,6 +191,9 @@ fn outer_run(policy: &Policy, policy_json: &str, iso: &mut Isolation) -> Result<
         .spawn()
         .context("starting the sandbox's init")?;
     let deadline = start + policy.limits.timeout;
+    // Polls with a step that grows from 1 ms to 10 ms: short programs return quickly, long ones
+    // cost few wake-ups (hundreds of runs may wait at once).
+    let mut step = Duration::from_millis(1);
     let timed_out = loop {
         if init.try_wait()?.is_some() {
             break false;
@@ -202,7 +205,8 @@ fn outer_run(policy: &Policy, policy_json: &str, iso: &mut Isolation) -> Result<
             let _ = init.wait();
             break true;
         }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(2)));
+        std::thread::sleep((deadline - now).min(step));
+        step = (step * 2).min(Duration::from_millis(10));
     };
     if timed_out {
         // Every layer was in place before the program started: the exec stage reported them then.
