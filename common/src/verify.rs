@@ -4,8 +4,8 @@
 //! SFT data teaches). Verifiers are a trait; the [`Grader`] routes each task kind to its
 //! verifier and combines correctness, abstention and (opt-in) format into a reward.
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 use sandbox::{Exit, Limits, Sandbox, SandboxOptions};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -518,7 +518,10 @@ mod tests {
             assert!(matches!(exec.run(hostile)?, RunOutcome::Failed(_)), "{hostile}");
         }
         assert!(!std::path::Path::new("/tmp/lib2expert-verify-pwned").exists());
-        assert_eq!(exec.run("import os\nprint(sorted(os.environ))")?, RunOutcome::Ok("['HOME', 'LANG', 'PATH', 'TMPDIR']\n".into()));
+        assert_eq!(
+            exec.run("import os\nprint(sorted(os.environ))")?,
+            RunOutcome::Ok("['HOME', 'LANG', 'PATH', 'TMPDIR']\n".into())
+        );
         Ok(())
     }
 }

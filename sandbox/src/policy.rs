@@ -150,7 +150,8 @@ impl Isolation {
                 i.caps_dropped,
             ]
         };
-        layers(self).iter().zip(layers(other)).all(|(need, got)| !need || got) && other.landlock_abi >= self.landlock_abi
+        layers(self).iter().zip(layers(other)).all(|(need, got)| !need || got)
+            && other.landlock_abi >= self.landlock_abi
     }
 }
 

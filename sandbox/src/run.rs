@@ -188,11 +188,19 @@ impl Sandbox {
             .with_context(|| format!("parsing what `{}` says about itself", opts.python))?;
         let python = PathBuf::from(&interp.executable);
         if !python.is_absolute() || !python.is_file() {
-            bail!("the interpreter `{}` reports no usable sys.executable (`{}`)", opts.python, interp.executable);
+            bail!(
+                "the interpreter `{}` reports no usable sys.executable (`{}`)",
+                opts.python,
+                interp.executable
+            );
         }
         let read_paths: Vec<PathBuf> = interp.paths.iter().map(PathBuf::from).collect();
         if let Some(root) = read_paths.iter().find(|p| p.parent().is_none()) {
-            bail!("the interpreter `{}` lives at {}: the sandbox would expose the whole file system", opts.python, root.display());
+            bail!(
+                "the interpreter `{}` lives at {}: the sandbox would expose the whole file system",
+                opts.python,
+                root.display()
+            );
         }
         let mut sandbox = Sandbox {
             exec,
@@ -308,7 +316,11 @@ impl Sandbox {
         }
         let exit = status.exit.context("the sandbox status has no exit")?;
         if exit != Exit::TimedOut && !self.isolation.satisfied_by(&status.isolation) {
-            bail!("sandbox: the run got weaker isolation ({}) than required ({})", status.isolation, self.isolation);
+            bail!(
+                "sandbox: the run got weaker isolation ({}) than required ({})",
+                status.isolation,
+                self.isolation
+            );
         }
         Ok(RunResult {
             exit,
@@ -422,10 +434,7 @@ fn collect(
             Ok(_) => step = Duration::from_millis(1),
             Err(e) => bail!("polling the program's output: {e}"),
         }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
         let mut i = 0;
         if out_open {

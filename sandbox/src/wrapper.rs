@@ -14,7 +14,9 @@
 //!
 //! Stages report through small JSON files in the run folder (outside the working directory,
 //! so the program cannot reach them when Landlock is on).
-use crate::policy::{Exit, Isolation, Limits, Policy, Status, MAIN_FILE, PROGRAM_FILE, PROTOCOL, STATUS_FILE, WORK_DIR};
+use crate::policy::{
+    Exit, Isolation, Limits, Policy, Status, MAIN_FILE, PROGRAM_FILE, PROTOCOL, STATUS_FILE, WORK_DIR,
+};
 use anyhow::{bail, Context, Result};
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, Ruleset, RulesetAttr,
@@ -166,8 +168,14 @@ fn outer_run(policy: &Policy, policy_json: &str, iso: &mut Isolation) -> Result<
     let work = policy.run_dir.join(WORK_DIR);
     if iso.mount_namespace {
         // Nothing mounted here may propagate back to the host.
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .context("making the mount namespace private")?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .context("making the mount namespace private")?;
         let opts = format!("size={}m,nr_inodes=16384,mode=0700", policy.limits.workdir_mb.max(1));
         iso.tmpfs_workdir = mount(
             Some("tmpfs"),
@@ -178,7 +186,10 @@ fn outer_run(policy: &Policy, policy_json: &str, iso: &mut Isolation) -> Result<
         )
         .is_ok();
     }
-    require(policy, &[("tmpfs_workdir", policy.require.tmpfs_workdir, iso.tmpfs_workdir)])?;
+    require(
+        policy,
+        &[("tmpfs_workdir", policy.require.tmpfs_workdir, iso.tmpfs_workdir)],
+    )?;
     std::fs::write(work.join(MAIN_FILE), program).context("writing main.py into the working directory")?;
 
     let me = std::env::current_exe().context("locating sandbox-exec itself")?;
@@ -327,7 +338,10 @@ fn init_run(policy: &Policy, report: &mut InitReport) -> Result<Exit> {
     let r = &policy.require;
     require(
         policy,
-        &[("fresh_proc", r.fresh_proc, iso.fresh_proc), ("pid_max", r.pid_max > 0, iso.pid_max > 0)],
+        &[
+            ("fresh_proc", r.fresh_proc, iso.fresh_proc),
+            ("pid_max", r.pid_max > 0, iso.pid_max > 0),
+        ],
     )?;
     let me = std::env::current_exe().context("locating sandbox-exec itself")?;
     let _ = std::fs::remove_file(policy.run_dir.join(EXEC_REPORT));
@@ -385,10 +399,13 @@ fn exec(policy_json: &str, iso_json: Option<&String>) -> i32 {
     };
     let err = match restrict(&policy, &mut report.isolation) {
         Ok(mut cmd) => {
-            if let Err(e) = serde_json::to_writer(&mut file, &report).map_err(anyhow::Error::from).and_then(|_| {
-                file.flush()?;
-                Ok(())
-            }) {
+            if let Err(e) = serde_json::to_writer(&mut file, &report)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| {
+                    file.flush()?;
+                    Ok(())
+                })
+            {
                 eprintln!("sandbox-exec exec: writing {}: {e:#}", path.display());
                 return SETUP_FAILED;
             }
@@ -452,7 +469,12 @@ fn set_rlimits(l: &Limits) -> Result<()> {
     let cpu = l.cpu_secs();
     for (res, soft, hard, name) in [
         (Resource::RLIMIT_AS, mib(l.memory_mb), mib(l.memory_mb), "RLIMIT_AS"),
-        (Resource::RLIMIT_FSIZE, mib(l.file_size_mb), mib(l.file_size_mb), "RLIMIT_FSIZE"),
+        (
+            Resource::RLIMIT_FSIZE,
+            mib(l.file_size_mb),
+            mib(l.file_size_mb),
+            "RLIMIT_FSIZE",
+        ),
         // SIGXCPU at the soft limit, SIGKILL one second later.
         (Resource::RLIMIT_CPU, cpu, cpu + 1, "RLIMIT_CPU"),
         (Resource::RLIMIT_NOFILE, l.open_files, l.open_files, "RLIMIT_NOFILE"),
@@ -616,7 +638,12 @@ fn seccomp(allow_fork: bool, iso: &mut Isolation) -> Result<()> {
             rules.insert(libc::SYS_vfork, vec![]);
         }
     }
-    let deny = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)?;
+    let deny = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )?;
     let deny: BpfProgram = deny.try_into()?;
     if !allow_fork {
         // clone3 passes its flags in memory, out of seccomp's sight: ENOSYS makes libc fall back

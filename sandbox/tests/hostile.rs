@@ -96,7 +96,10 @@ fn processes_with(marker: &str) -> Vec<String> {
 #[test]
 fn well_behaved_program_prints_and_its_output_is_returned() -> Result<()> {
     let _w = Watchdog::new("well_behaved", Duration::from_secs(20));
-    let r = strict().run("import sys\nprint(sum(range(10)))\nprint('to stderr', file=sys.stderr)\n", &limits(5000))?;
+    let r = strict().run(
+        "import sys\nprint(sum(range(10)))\nprint('to stderr', file=sys.stderr)\n",
+        &limits(5000),
+    )?;
     assert_eq!(r.exit, Exit::Code(0), "{}", r.stderr_text());
     assert_eq!(r.stdout_text(), "45\n");
     assert_eq!(r.stderr_text(), "to stderr\n");
@@ -118,7 +121,10 @@ fn an_infinite_loop_times_out() -> Result<()> {
     let _w = Watchdog::new("infinite_loop", Duration::from_secs(20));
     let t0 = Instant::now();
     // Bounded: even uncontained it stops after 20 s.
-    let r = strict().run("import time\nt = time.time()\nwhile time.time() - t < 20: pass\n", &limits(500))?;
+    let r = strict().run(
+        "import time\nt = time.time()\nwhile time.time() - t < 20: pass\n",
+        &limits(500),
+    )?;
     assert_eq!(r.exit, Exit::TimedOut);
     assert!(t0.elapsed() < Duration::from_millis(1500), "took {:?}", t0.elapsed());
     Ok(())
@@ -176,7 +182,11 @@ fn filling_the_disk_stops_at_the_limits() -> Result<()> {
     assert_eq!(total[1], 28, "{out:?}");
     assert!(total[0] <= 48, "{out:?}");
     let after = free_bytes("/tmp");
-    assert!(before.saturating_sub(after) < 32 << 20, "the host disk lost {} bytes", before - after);
+    assert!(
+        before.saturating_sub(after) < 32 << 20,
+        "the host disk lost {} bytes",
+        before - after
+    );
     Ok(())
 }
 
@@ -205,10 +215,19 @@ fn secrets_are_not_readable() -> Result<()> {
     let r = strict().run(&program, &limits(5000))?;
     assert_eq!(r.exit, Exit::Code(0), "{}", r.stderr_text());
     let out = lines(&r);
-    assert!(out.iter().all(|l| !l.starts_with("READ") && !l.starts_with("LISTED")), "{out:?}");
+    assert!(
+        out.iter().all(|l| !l.starts_with("READ") && !l.starts_with("LISTED")),
+        "{out:?}"
+    );
     // Only the sandbox's own variables: nothing of the caller's environment (cargo sets CARGO_* here).
-    assert_eq!(out.last().map(String::as_str), Some("['HOME', 'LANG', 'PATH', 'TMPDIR']"));
-    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")), "the test expects cargo's variables");
+    assert_eq!(
+        out.last().map(String::as_str),
+        Some("['HOME', 'LANG', 'PATH', 'TMPDIR']")
+    );
+    assert!(
+        std::env::vars().any(|(k, _)| k.starts_with("CARGO")),
+        "the test expects cargo's variables"
+    );
     Ok(())
 }
 
@@ -252,7 +271,11 @@ fn a_detached_background_process_does_not_survive() -> Result<()> {
     assert_eq!(r.exit, Exit::Code(0), "{}", r.stderr_text());
     assert_eq!(r.stdout_text(), "parent done\n");
     assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
-    assert_eq!(processes_with(&marker), Vec::<String>::new(), "a background process survived");
+    assert_eq!(
+        processes_with(&marker),
+        Vec::<String>::new(),
+        "a background process survived"
+    );
     // Without allow_fork the program cannot even start one.
     let r = strict().run(&program, &limits(5000))?;
     assert_ne!(r.exit, Exit::Code(0));
@@ -347,7 +370,10 @@ fn memory_and_output_are_capped() -> Result<()> {
     assert_eq!(r.exit, Exit::Code(1));
     assert!(r.stderr_text().contains("MemoryError"), "{}", r.stderr_text());
     let t0 = Instant::now();
-    let r = strict().run("import sys\nfor _ in range(64): sys.stdout.write('y' * (1 << 16))\n", &limits(5000))?;
+    let r = strict().run(
+        "import sys\nfor _ in range(64): sys.stdout.write('y' * (1 << 16))\n",
+        &limits(5000),
+    )?;
     assert_eq!(r.exit, Exit::Code(0));
     assert_eq!(r.stdout.len(), 1 << 20);
     assert!(r.stdout_truncated && !r.stderr_truncated);
