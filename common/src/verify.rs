@@ -4,10 +4,11 @@
 //! SFT data teaches). Verifiers are a trait; the [`Grader`] routes each task kind to its
 //! verifier and combines correctness, abstention and (opt-in) format into a reward.
 use anyhow::{Context, Result};
+use sandbox::{Exit, Limits, Sandbox, SandboxOptions};
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// A task with a verifiable answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,11 +178,14 @@ impl Verifier for Abstention {
     }
 }
 
-/// Program execution: runs Python in a subprocess with a wall-clock limit and an address-space
-/// limit. If the completion contains a ```python block, that program is run and its output
-/// compared with the reference; otherwise the program in the prompt is run (the ground truth)
-/// and the completion's final answer compared with its output. A hang, crash or
-/// non-zero exit of the *completion's* program scores zero.
+/// Program execution: runs Python in the `sandbox` crate's sandbox (namespaces, Landlock,
+/// seccomp, rlimits; see the README, "Sandbox for model-written code") with a wall-clock limit
+/// and an address-space limit. If the completion contains a ```python block, that program is run
+/// and its output compared with the reference; otherwise the program in the prompt is run (the
+/// ground truth) and the completion's final answer compared with its output. A hang, crash or
+/// non-zero exit of the *completion's* program scores zero. Where this machine's sandbox lacks a
+/// guarantee, program tasks error (counted as verifier errors) unless
+/// `LIB2EXPERT_ALLOW_WEAK_SANDBOX=1` opts in to the weaker sandbox, with a loud warning.
 pub struct ProgramExec {
     /// Interpreter.
     pub python: String,
@@ -190,6 +194,9 @@ pub struct ProgramExec {
     /// Address-space limit in megabytes.
     pub memory_mb: u64,
 }
+
+/// Set to `1` to run programs in a sandbox that lacks some guarantee on this machine.
+pub const ALLOW_WEAK_SANDBOX_ENV: &str = "LIB2EXPERT_ALLOW_WEAK_SANDBOX";
 
 impl Default for ProgramExec {
     fn default() -> Self {
@@ -222,58 +229,52 @@ pub enum RunOutcome {
     TimedOut,
 }
 
-const SANDBOX: &str = "import resource, sys\nlim = int(sys.argv[1]) * 1024 * 1024\nresource.setrlimit(resource.RLIMIT_AS, (lim, lim))\nsrc = sys.stdin.read()\nsys.stdin = open('/dev/null')\nexec(compile(src, '<program>', 'exec'), {'__name__': '__main__'})\n";
-
 impl ProgramExec {
-    /// Runs `source` and returns what happened; never waits longer than the timeout.
+    /// The sandbox for this interpreter: built once per process and interpreter (it probes the
+    /// machine and logs its isolation layers to standard error), then shared by every thread.
+    /// A failure is remembered too, so a refused sandbox fails every run at once.
+    pub fn sandbox(&self) -> Result<Arc<Sandbox>> {
+        type Cache = Mutex<HashMap<String, std::result::Result<Arc<Sandbox>, String>>>;
+        static SANDBOXES: OnceLock<Cache> = OnceLock::new();
+        let mut cache = SANDBOXES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = cache.entry(self.python.clone()).or_insert_with(|| {
+            let allow_weak = std::env::var(ALLOW_WEAK_SANDBOX_ENV).is_ok_and(|v| v == "1" || v == "true");
+            let opts = SandboxOptions {
+                python: self.python.clone(),
+                allow_weak,
+                ..Default::default()
+            };
+            match Sandbox::new(opts) {
+                Ok(sb) => {
+                    eprintln!("program sandbox ({}): {}", sb.python().display(), sb.isolation());
+                    Ok(Arc::new(sb))
+                }
+                Err(e) => {
+                    eprintln!("program sandbox for `{}` unavailable: {e:#}", self.python);
+                    Err(format!("{e:#}"))
+                }
+            }
+        });
+        entry.clone().map_err(anyhow::Error::msg)
+    }
+
+    /// Runs `source` in the sandbox and returns what happened; never waits much longer than the
+    /// timeout, and nothing the program started outlives the call.
     pub fn run(&self, source: &str) -> Result<RunOutcome> {
-        let mut child = Command::new(&self.python)
-            .args(["-I", "-c", SANDBOX, &self.memory_mb.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {} for program execution", self.python))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A program that never reads stdin still gets all of it: it is small.
-            let _ = stdin.write_all(source.as_bytes());
-        }
-        let mut stdout = child.stdout.take();
-        let mut stderr = child.stderr.take();
-        // Read output off the main thread so a chatty program cannot block on a full pipe.
-        let out_reader = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            if let Some(o) = stdout.as_mut() {
-                let _ = o.take(1 << 20).read_to_end(&mut s);
-            }
-            s
-        });
-        let err_reader = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            if let Some(e) = stderr.as_mut() {
-                let _ = e.take(1 << 16).read_to_end(&mut s);
-            }
-            s
-        });
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break Some(st);
-            }
-            if t0.elapsed() >= self.timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let limits = Limits {
+            timeout: self.timeout,
+            memory_mb: self.memory_mb,
+            ..Default::default()
         };
-        let out = out_reader.join().unwrap_or_default();
-        let err = err_reader.join().unwrap_or_default();
-        Ok(match status {
-            None => RunOutcome::TimedOut,
-            Some(st) if st.success() => RunOutcome::Ok(String::from_utf8_lossy(&out).into_owned()),
-            Some(_) => {
-                let e = String::from_utf8_lossy(&err);
+        let r = self.sandbox()?.run(source, &limits)?;
+        Ok(match r.exit {
+            Exit::TimedOut => RunOutcome::TimedOut,
+            Exit::Code(0) => RunOutcome::Ok(r.stdout_text()),
+            Exit::Code(_) | Exit::Signal(_) => {
+                let e = r.stderr_text();
                 RunOutcome::Failed(e.lines().rev().take(3).collect::<Vec<_>>().join(" | "))
             }
         })
@@ -411,6 +412,7 @@ impl Grader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     fn task(kind: &str, prompt: &str, answer: &str) -> Task {
         Task {
@@ -495,6 +497,31 @@ mod tests {
         // A memory hog hits the address-space limit and fails instead of taking the machine.
         assert!(matches!(slow.run("x = bytearray(2 * 1024**3)")?, RunOutcome::Failed(_)));
         assert!(matches!(slow.run("raise SystemExit(3)")?, RunOutcome::Failed(_)));
+        Ok(())
+    }
+
+    #[test]
+    fn program_execution_is_sandboxed() -> Result<()> {
+        let exec = ProgramExec {
+            python: crate::testing::venv_python().display().to_string(),
+            ..Default::default()
+        };
+        // The sandbox crate's tests cover each hostile program; here: ProgramExec goes through it.
+        let isolation = *exec.sandbox()?.isolation();
+        assert!(isolation.landlock_fs && isolation.seccomp, "{isolation}");
+        for hostile in [
+            "print(open('/etc/shadow').read())",
+            "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)",
+            "open('/tmp/lib2expert-verify-pwned', 'w').write('x')",
+            "import os\nos.kill(os.getppid(), 9)\nos.kill(-1, 9)\nraise SystemExit(1)",
+        ] {
+            assert!(matches!(exec.run(hostile)?, RunOutcome::Failed(_)), "{hostile}");
+        }
+        assert!(!std::path::Path::new("/tmp/lib2expert-verify-pwned").exists());
+        assert_eq!(
+            exec.run("import os\nprint(sorted(os.environ))")?,
+            RunOutcome::Ok("['HOME', 'LANG', 'PATH', 'TMPDIR']\n".into())
+        );
         Ok(())
     }
 }
