@@ -194,7 +194,7 @@ impl RlConfig {
 
     /// Checks ranges; errors name the key.
     pub fn validate(&self) -> Result<()> {
-        self.train.validate()?;
+        self.train.validate_optimisation()?;
         if self.train.batch_size.is_some() {
             bail!("train.batch_size is the LM stages' batch; RL's is rl.prompts_per_step x rl.group_size: drop it");
         }

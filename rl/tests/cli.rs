@@ -245,3 +245,18 @@ fn generator_prompt_mix_with_curriculum_resumes_like_an_uninterrupted_run() -> R
     assert_same_weights(&weights(&a)?, &weights(&b)?, 1e-5, "after resume");
     Ok(())
 }
+
+#[test]
+fn the_shipped_config_and_prompt_mix_validate() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let o = Command::new(env!("CARGO_BIN_EXE_rl"))
+        .current_dir(&root)
+        .args(["--config", "configs/rl.toml", "--init", "runs/default/sft", "--dry-run"])
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mix: common::prompts::PromptMix =
+        toml::from_str(&std::fs::read_to_string(root.join("configs/mixes/rl.toml"))?)?;
+    assert!(mix.source.iter().any(|s| s.generator.is_some()));
+    mix.curriculum.validate()?;
+    Ok(())
+}
