@@ -22,11 +22,12 @@ use anyhow::{bail, Context, Result};
 use common::checkpoint::{self, Meta};
 use common::config::CommonArgs;
 use common::device::device_name;
+use common::metrics::{lines_of, EvalLine, RlStep, RlTrainMetrics, TrainMetrics};
 use common::model::{Gpt, Positions};
 use common::progress::{format_count, format_secs, Progress};
 use common::sampling::SamplingConfig;
 use common::stage::{Opened, Stage, StageOptions, TrainerState};
-use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions};
+use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions, TaskReport};
 use common::verify::{Grader, ProgramExec, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -67,7 +68,7 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         init_example: "runs/default/sft",
     };
     let (mut stage, resumed) = match Stage::open::<RlState>(opts, None)? {
-        Opened::Complete(meta) => return Ok(meta),
+        Opened::Complete(meta) => return Ok(*meta),
         Opened::Run { stage, resumed } => (stage, resumed),
     };
     let reference = reference_model(cfg, stage.device)?;
@@ -123,20 +124,18 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             st.step,
             format!(
                 "reward {:.3} | acc {:.0}% | idk {:.0}% | len {:.0} | sample {}/s",
-                line["reward_mean"].as_f64().unwrap_or(0.0),
-                100.0 * line["accuracy"].as_f64().unwrap_or(0.0),
-                100.0 * line["abstention_rate"].as_f64().unwrap_or(0.0),
-                line["completion_len"].as_f64().unwrap_or(0.0),
+                line.reward_mean,
+                100.0 * line.accuracy,
+                100.0 * line.abstention_rate,
+                line.completion_len,
                 format_count(roll.gen.tokens_per_sec)
             ),
         );
-        stage.log.push(line)?;
+        stage.log.push(&line)?;
         let last = st.step == cfg.train.steps;
         if let Some(e) = &cfg.eval {
             if e.every > 0 && st.step % e.every == 0 && !last {
-                if let Some(r) = grading.held_out(&stage, &grader)? {
-                    stage.log.push(json!({"stage": "rl", "step": st.step, "eval": r}))?;
-                }
+                grading.held_out(&mut stage, &grader, st.step)?;
             }
         }
         if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 && !last {
@@ -147,8 +146,7 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     // Save before evaluating: an evaluation crash must not lose the run.
     stage.save(&st)?;
     grading.end(&mut stage, &grader, st.step)?;
-    let summary = train_summary(&stage.log.lines, &st);
-    stage.meta.metrics.insert("train".into(), summary);
+    stage.meta.metrics.train = Some(TrainMetrics::Rl(train_summary(&stage.log.lines, &st)));
     let out = stage.out.clone();
     let meta = stage.finish(&st)?;
     eprintln!(
@@ -228,44 +226,47 @@ impl Grading {
         })
     }
 
-    fn grade(&self, stage: &Stage, grader: &Grader, list: Option<&Vec<Task>>, what: &str) -> Result<Option<Value>> {
+    fn grade(
+        &self,
+        stage: &Stage,
+        grader: &Grader,
+        list: Option<&Vec<Task>>,
+        what: &str,
+    ) -> Result<Option<TaskReport>> {
         let (Some(opts), Some(list)) = (&self.opts, list) else {
             return Ok(None);
         };
         let r = evaluate_tasks(&stage.model, &stage.tok, list, grader, opts)?;
         eprintln!("rl: {what}: {}", summarize(&r));
-        Ok(Some(serde_json::to_value(&r)?))
+        Ok(Some(r))
     }
 
-    fn held_out(&self, stage: &Stage, grader: &Grader) -> Result<Option<Value>> {
-        self.grade(stage, grader, self.held_out.as_ref(), "held-out tasks")
+    /// Grades the held-out tasks, and logs the result at `step`.
+    fn held_out(&self, stage: &mut Stage, grader: &Grader, step: u64) -> Result<Option<TaskReport>> {
+        let r = self.grade(stage, grader, self.held_out.as_ref(), "held-out tasks")?;
+        if let Some(r) = &r {
+            stage.log.push(&EvalLine {
+                stage: "rl".into(),
+                step,
+                eval: r,
+            })?;
+        }
+        Ok(r)
     }
 
-    fn seen(&self, stage: &Stage, grader: &Grader) -> Result<Option<Value>> {
+    fn seen(&self, stage: &Stage, grader: &Grader) -> Result<Option<TaskReport>> {
         self.grade(stage, grader, self.seen.as_ref(), "training prompts it samples")
     }
 
     fn start(&self, stage: &mut Stage, grader: &Grader) -> Result<()> {
-        if let Some(r) = self.held_out(stage, grader)? {
-            stage.log.push(json!({"stage": "rl", "step": 0, "eval": r.clone()}))?;
-            stage.meta.metrics.insert("tasks_start".into(), r);
-        }
-        if let Some(r) = self.seen(stage, grader)? {
-            stage.meta.metrics.insert("tasks_seen_start".into(), r);
-        }
+        stage.meta.metrics.tasks_start = self.held_out(stage, grader, 0)?;
+        stage.meta.metrics.tasks_seen_start = self.seen(stage, grader)?;
         Ok(())
     }
 
     fn end(&self, stage: &mut Stage, grader: &Grader, step: u64) -> Result<()> {
-        if let Some(r) = self.held_out(stage, grader)? {
-            stage
-                .log
-                .push(json!({"stage": "rl", "step": step, "eval": r.clone()}))?;
-            stage.meta.metrics.insert("tasks".into(), r);
-        }
-        if let Some(r) = self.seen(stage, grader)? {
-            stage.meta.metrics.insert("tasks_seen".into(), r);
-        }
+        stage.meta.metrics.tasks = self.held_out(stage, grader, step)?;
+        stage.meta.metrics.tasks_seen = self.seen(stage, grader)?;
         Ok(())
     }
 }
@@ -379,7 +380,7 @@ fn update(
 }
 
 /// The metrics-log line of a step.
-fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs: f64) -> Value {
+fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs: f64) -> RlStep {
     let rewards = &roll.rewards;
     let nf = rewards.len() as f64;
     let mean = rewards.iter().sum::<f64>() / nf;
@@ -388,34 +389,43 @@ fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs:
     let sampled: usize = roll.gen.tokens.iter().map(Vec::len).sum();
     let per_token = |x: f64| if upd.counted > 0.0 { x / upd.counted } else { 0.0 };
     let v = &roll.verdicts;
-    json!({
-        "stage": "rl", "step": step, "lr": lr, "loss": upd.loss,
-        "reward_mean": mean, "reward_std": std,
-        "accuracy": frac(&|i| v[i].correct),
-        "abstention_rate": frac(&|i| v[i].abstained),
-        "format_rate": frac(&|i| v[i].formatted),
-        "verifier_errors": frac(&|i| v[i].errored),
-        "truncation_rate": frac(&|i| !roll.gen.finished[i]),
-        "completion_len": sampled as f64 / nf,
-        "kl": per_token(upd.kl_sum),
-        "clip_frac": per_token(upd.clipped),
-        "zero_adv_groups": roll.flat.iter().filter(|&&f| f).count() as f64 / roll.flat.len() as f64,
-        "trained_sequences": upd.trained_sequences, "grad_norm": upd.grad_norm,
-        "sample_tok_per_s": roll.gen.tokens_per_sec,
-        "train_tok_per_s": upd.train_tokens / upd.secs.max(1e-9),
-        "sample_secs": sample_secs, "train_secs": upd.secs,
-    })
+    RlStep {
+        stage: "rl".into(),
+        step,
+        lr,
+        loss: upd.loss,
+        reward_mean: mean,
+        reward_std: std,
+        accuracy: frac(&|i| v[i].correct),
+        abstention_rate: frac(&|i| v[i].abstained),
+        format_rate: frac(&|i| v[i].formatted),
+        verifier_errors: frac(&|i| v[i].errored),
+        truncation_rate: frac(&|i| !roll.gen.finished[i]),
+        completion_len: sampled as f64 / nf,
+        kl: per_token(upd.kl_sum),
+        clip_frac: per_token(upd.clipped),
+        zero_adv_groups: roll.flat.iter().filter(|&&f| f).count() as f64 / roll.flat.len() as f64,
+        trained_sequences: upd.trained_sequences,
+        grad_norm: upd.grad_norm,
+        sample_tok_per_s: roll.gen.tokens_per_sec,
+        train_tok_per_s: upd.train_tokens / upd.secs.max(1e-9),
+        sample_secs,
+        train_secs: upd.secs,
+    }
 }
 
 /// `meta.metrics.train` of an RL run: averages over the step lines of the log.
-fn train_summary(lines: &[Value], st: &RlState) -> Value {
-    let rl_lines: Vec<&Value> = lines.iter().filter(|l| l.get("reward_mean").is_some()).collect();
-    let avg = |k: &str| rl_lines.iter().filter_map(|l| l[k].as_f64()).sum::<f64>() / rl_lines.len().max(1) as f64;
-    json!({
-        "secs": st.train_secs, "tokens_sampled": st.tokens_sampled,
-        "sample_tok_per_s": avg("sample_tok_per_s"), "train_tok_per_s": avg("train_tok_per_s"),
-        "sample_time_fraction": avg("sample_secs") / (avg("sample_secs") + avg("train_secs")).max(1e-9),
-        "first_reward": rl_lines.first().and_then(|l| l["reward_mean"].as_f64()),
-        "last_reward": rl_lines.last().and_then(|l| l["reward_mean"].as_f64()),
-    })
+fn train_summary(lines: &[Value], st: &RlState) -> RlTrainMetrics {
+    let steps: Vec<RlStep> = lines_of(lines);
+    let avg = |k: fn(&RlStep) -> f64| steps.iter().map(k).sum::<f64>() / steps.len().max(1) as f64;
+    let (sample, train) = (avg(|l| l.sample_secs), avg(|l| l.train_secs));
+    RlTrainMetrics {
+        secs: st.train_secs,
+        tokens_sampled: st.tokens_sampled,
+        sample_tok_per_s: avg(|l| l.sample_tok_per_s),
+        train_tok_per_s: avg(|l| l.train_tok_per_s),
+        sample_time_fraction: sample / (sample + train).max(1e-9),
+        first_reward: steps.first().map(|l| l.reward_mean),
+        last_reward: steps.last().map(|l| l.reward_mean),
+    }
 }
