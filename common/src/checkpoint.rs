@@ -16,7 +16,6 @@
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::Tok;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,74 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
-/// Version of the checkpoint layout.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// A reference to the checkpoint a run started from.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ParentRef {
-    /// Directory of the parent checkpoint.
-    pub path: String,
-    /// Stage that wrote it.
-    pub stage: String,
-    /// SHA-256 of its `model.safetensors`.
-    pub weights_sha256: String,
-}
-
-/// Contents of `meta.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Meta {
-    /// `pretrain`, `midtrain`, `sft` or `rl`.
-    pub stage: String,
-    /// Optimizer steps taken in this stage.
-    pub step: u64,
-    /// Steps the stage was configured for.
-    pub total_steps: u64,
-    /// Whether the stage ran to its end (false for periodic and interrupted saves).
-    pub complete: bool,
-    /// Training tokens consumed in this stage.
-    pub tokens_seen: u64,
-    /// Wall-clock seconds spent training in this stage (across resumes).
-    pub train_secs: f64,
-    /// Device it trained on.
-    pub device: String,
-    /// Checkpoint it started from.
-    pub parent: Option<ParentRef>,
-    /// SHA-256 of this checkpoint's `model.safetensors`.
-    pub weights_sha256: String,
-    /// The resolved stage configuration.
-    pub config: serde_json::Value,
-    /// The resolved data mix.
-    pub mix: serde_json::Value,
-    /// Held-out metrics, by name.
-    pub metrics: BTreeMap<String, serde_json::Value>,
-    /// lib2expert version that wrote it.
-    pub version: String,
-    /// Checkpoint layout version.
-    pub format: u32,
-}
-
-impl Meta {
-    /// Metadata for `stage` with everything else empty.
-    pub fn new(stage: &str) -> Self {
-        Meta {
-            stage: stage.to_string(),
-            step: 0,
-            total_steps: 0,
-            complete: false,
-            tokens_seen: 0,
-            train_secs: 0.0,
-            device: "cpu".into(),
-            parent: None,
-            weights_sha256: String::new(),
-            config: serde_json::Value::Null,
-            mix: serde_json::Value::Null,
-            metrics: BTreeMap::new(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            format: FORMAT_VERSION,
-        }
-    }
-}
+pub use crate::meta::{Loaded, Meta, ParentRef, FORMAT_VERSION};
 
 /// Resumable state saved under `state/`.
 pub struct TrainState {
@@ -99,20 +31,6 @@ pub struct TrainState {
     pub tensors: Vec<(String, Tensor)>,
     /// Everything else (schedule position, data cursor, RNG), written to `state/trainer.json`.
     pub json: serde_json::Value,
-}
-
-/// What a checkpoint holds once loaded.
-pub struct Loaded {
-    /// Directory it was read from (may be the `.prev` fallback).
-    pub dir: PathBuf,
-    /// Architecture.
-    pub config: GptConfig,
-    /// Tokenizer.
-    pub tok: Tok,
-    /// Metadata.
-    pub meta: Meta,
-    /// Weights, by name, on the CPU.
-    pub weights: Vec<(String, Tensor)>,
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -148,16 +66,29 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     dir.with_file_name(name)
 }
 
+/// What a checkpoint holds besides its `meta.json`.
+pub struct Contents<'a> {
+    /// Weights.
+    pub vs: &'a nn::VarStore,
+    /// Architecture.
+    pub config: &'a GptConfig,
+    /// Tokenizer.
+    pub tok: &'a Tok,
+    /// The training log up to this checkpoint.
+    pub metrics_log: &'a [serde_json::Value],
+    /// Resumable state, for `--resume`.
+    pub state: Option<&'a TrainState>,
+}
+
 /// Writes a checkpoint atomically into `dir`. `meta.weights_sha256` is filled in.
-pub fn save(
-    dir: &Path,
-    vs: &nn::VarStore,
-    config: &GptConfig,
-    tok: &Tok,
-    meta: &mut Meta,
-    metrics_log: &[serde_json::Value],
-    state: Option<&TrainState>,
-) -> Result<()> {
+pub fn save(dir: &Path, contents: &Contents<'_>, meta: &mut Meta) -> Result<()> {
+    let Contents {
+        vs,
+        config,
+        tok,
+        metrics_log,
+        state,
+    } = *contents;
     let partial = sibling(dir, ".partial");
     let prev = sibling(dir, ".prev");
     if let Some(parent) = dir.parent() {
@@ -385,7 +316,7 @@ pub enum OutState {
     /// No checkpoint: start a new run.
     Fresh,
     /// A complete checkpoint of this stage: nothing to do.
-    Complete(Meta),
+    Complete(Box<Meta>),
     /// A partial run of this stage to continue.
     Resume {
         /// Directory holding it (may be the `.prev` fallback).
@@ -426,7 +357,7 @@ pub fn prepare_out(out: &Path, stage: &str, resume: bool) -> Result<OutState> {
             meta.step,
             meta.total_steps
         );
-        return Ok(OutState::Complete(meta));
+        return Ok(OutState::Complete(Box::new(meta)));
     }
     let state = load_state(&dir)?;
     let log = crate::metrics::read_jsonl(&dir.join("metrics.jsonl"));

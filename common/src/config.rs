@@ -344,24 +344,9 @@ impl TrainSection {
 
     /// Checks ranges; errors name the key.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size() <= 0 {
-            bail!("train.batch_size must be positive");
-        }
-        if self.batch_size() % self.micro_batch_size.max(1) != 0 {
-            bail!(
-                "train.batch_size ({}) must be a multiple of train.micro_batch_size ({})",
-                self.batch_size(),
-                self.micro_batch_size
-            );
-        }
-        self.validate_optimisation()
-    }
-
-    /// Checks everything but the LM batch (RL's batch is prompts x group, not `batch_size`).
-    pub fn validate_optimisation(&self) -> Result<()> {
         self.schedule().validate()?;
-        if self.micro_batch_size <= 0 {
-            bail!("train.micro_batch_size must be positive");
+        if self.batch_size() <= 0 || self.micro_batch_size <= 0 {
+            bail!("train.batch_size and train.micro_batch_size must be positive");
         }
         for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&b) {
@@ -478,6 +463,14 @@ impl LmConfig {
     /// Checks everything that can be checked before reading data.
     pub fn validate(&self) -> Result<()> {
         self.train.validate()?;
+        let t = &self.train;
+        if t.batch_size() % t.micro_batch_size != 0 {
+            bail!(
+                "train.batch_size ({}) must be a multiple of train.micro_batch_size ({})",
+                t.batch_size(),
+                t.micro_batch_size
+            );
+        }
         if self.data.seq_len < 2 {
             bail!("data.seq_len must be at least 2, got {}", self.data.seq_len);
         }

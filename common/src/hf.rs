@@ -7,7 +7,7 @@
 //! scaling), tied or untied embeddings, weights in `model.safetensors` or shards listed in
 //! `model.safetensors.index.json`, in fp32, fp16 or bf16 (loaded into fp32 master weights).
 //! Anything else is refused with the field that makes it so.
-use crate::checkpoint::{Loaded, Meta};
+use crate::meta::{Loaded, Meta};
 use crate::model::{GptConfig, RopeScaling};
 use crate::tokenizer::Tok;
 use anyhow::{anyhow, bail, Context, Result};

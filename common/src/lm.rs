@@ -5,19 +5,19 @@
 use crate::checkpoint::Meta;
 use crate::config::{CommonArgs, LmConfig};
 use crate::data::mix::{load_mix, ResolvedMix};
-use crate::data::sampler::{Cursor, LmSampler, PackMode, PackedBatch, IGNORE};
+use crate::data::sampler::{Cursor, LmSampler, PackMode, PackedBatch, SamplerOptions, IGNORE};
 use crate::device::device_name;
+use crate::metrics::{EvalLine, HeldOut, HeldOutBySource, LmStep, LmTrainMetrics, TrainMetrics};
 use crate::model::{Gpt, Positions};
 use crate::optim::AdamW;
 use crate::progress::{format_count, format_secs, Progress};
 use crate::sampling::SamplingConfig;
 use crate::stage::{Opened, Scratch, Stage, StageOptions, TrainerState};
-use crate::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions};
+use crate::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions, TaskReport};
 use crate::tokenizer::Tok;
 use crate::verify::{Grader, Task};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tch::{Device, Kind, Reduction, Tensor};
@@ -100,11 +100,13 @@ pub fn build_eval_sets(mix: &ResolvedMix, tok: &Tok, opts: &EvalSetOptions) -> R
         let mut sampler = LmSampler::new(
             &single,
             tok,
-            opts.seq_len,
-            opts.pack,
-            opts.assistant_only,
-            0,
-            false,
+            SamplerOptions {
+                seq_len: opts.seq_len,
+                mode: opts.pack,
+                assistant_only: opts.assistant_only,
+                seed: 0,
+                shuffle: false,
+            },
             None,
         )?;
         let mut batches = Vec::new();
@@ -151,7 +153,7 @@ pub fn lm_loss_sum(model: &Gpt, b: &PackedBatch) -> Result<Tensor> {
 }
 
 /// Loss (nats/token) and bits per byte of `model` on each set.
-pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<BTreeMap<String, Value>> {
+pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<HeldOutBySource> {
     let _guard = tch::no_grad_guard();
     let mut out = BTreeMap::new();
     for set in sets {
@@ -167,7 +169,12 @@ pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<BTreeMa
         let bpb = nats / std::f64::consts::LN_2 / bytes.max(1) as f64;
         out.insert(
             set.name.clone(),
-            json!({"loss": loss, "bpb": bpb, "tokens": toks, "unigram_loss": set.unigram_loss}),
+            HeldOut {
+                loss,
+                bpb,
+                tokens: toks,
+                unigram_loss: set.unigram_loss,
+            },
         );
     }
     Ok(out)
@@ -187,7 +194,7 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
         init_example: spec.init_example,
     };
     let (mut stage, resumed) = match Stage::open::<SavedState>(opts, scratch.as_ref().map(|f| f as _))? {
-        Opened::Complete(meta) => return Ok(meta),
+        Opened::Complete(meta) => return Ok(*meta),
         Opened::Run { stage, resumed } => (stage, resumed),
     };
     let mix = load_mix(&cfg.data.mix)?;
@@ -212,7 +219,7 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
     let schedule = cfg.train.schedule();
     let mut progress = Progress::new(stage_name, cfg.train.steps);
     progress.update(st.step, "");
-    let (mut last_loss, mut data_secs) = (f64::NAN, 0.0);
+    let (mut last_loss, mut data_secs) = (None, 0.0);
     while st.step < cfg.train.steps {
         st.cursor = data.sampler.cursor();
         stage.check_interrupt(&st)?;
@@ -221,13 +228,21 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
         st.train_secs += s.secs;
         st.tokens_seen += s.tokens;
         data_secs += s.data_secs;
-        last_loss = s.loss;
+        last_loss = Some(s.loss).filter(|l| l.is_finite());
         let tps = speed.step_tokens / s.secs;
         let mfu = speed.mfu(tps);
-        stage.log.push(json!({
-            "stage": stage_name, "step": st.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
-            "tokens": st.tokens_seen, "tok_per_s": tps, "mfu": mfu, "step_secs": s.secs, "data_secs": s.data_secs,
-        }))?;
+        stage.log.push(&LmStep {
+            stage: stage_name.into(),
+            step: st.step,
+            loss: s.loss,
+            lr: s.lr,
+            grad_norm: s.grad_norm,
+            tokens: st.tokens_seen,
+            tok_per_s: tps,
+            mfu,
+            step_secs: s.secs,
+            data_secs: s.data_secs,
+        })?;
         progress.update(
             st.step,
             format!(
@@ -246,9 +261,7 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
                 st.step,
                 summarize_eval(&ev)
             ));
-            stage
-                .log
-                .push(json!({"stage": stage_name, "step": st.step, "eval": ev}))?;
+            stage.log.push(&eval_line(stage_name, st.step, ev))?;
         }
         if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 && !last {
             st.cursor = data.sampler.cursor();
@@ -262,19 +275,16 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
     stage.save(&st)?;
     evaluate_end(&mut stage, cfg, &data, st.step)?;
     let throughput = st.tokens_seen as f64 / st.train_secs.max(1e-9);
-    stage.meta.metrics.insert(
-        "train".into(),
-        json!({
-            "final_loss": last_loss,
-            "tokens": st.tokens_seen,
-            "secs": st.train_secs,
-            "tok_per_s": throughput,
-            "mfu": speed.mfu(throughput),
-            "peak_gflops": speed.peak,
-            "data_fraction": data_secs / st.train_secs.max(1e-9),
-            "consumed_per_source": data.sampler.consumed().into_iter().collect::<BTreeMap<_, _>>(),
-        }),
-    );
+    stage.meta.metrics.train = Some(TrainMetrics::Lm(LmTrainMetrics {
+        final_loss: last_loss,
+        tokens: st.tokens_seen,
+        secs: st.train_secs,
+        tok_per_s: throughput,
+        mfu: speed.mfu(throughput),
+        peak_gflops: speed.peak,
+        data_fraction: data_secs / st.train_secs.max(1e-9),
+        consumed_per_source: data.sampler.consumed().into_iter().collect(),
+    }));
     let out = stage.out.clone();
     let meta = stage.finish(&st)?;
     eprintln!(
@@ -301,11 +311,13 @@ impl LmData {
         let sampler = LmSampler::new(
             mix,
             tok,
-            seq_len,
-            spec.pack,
-            spec.assistant_only,
-            cfg.train.seed,
-            true,
+            SamplerOptions {
+                seq_len,
+                mode: spec.pack,
+                assistant_only: spec.assistant_only,
+                seed: cfg.train.seed,
+                shuffle: true,
+            },
             cursor,
         )?;
         let eval_sets = match &cfg.eval.mix {
@@ -452,7 +464,7 @@ fn train_step(stage: &mut Stage, cfg: &LmConfig, sampler: &mut LmSampler, lr: f6
 }
 
 /// Grades the model on the `[tasks]` list (greedy answers); `None` without one.
-fn run_tasks(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<Value>> {
+fn run_tasks(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<TaskReport>> {
     let (Some(t), Some(list)) = (&cfg.tasks, &data.tasks) else {
         return Ok(None);
     };
@@ -465,24 +477,19 @@ fn run_tasks(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<Valu
     };
     let r = evaluate_tasks(&stage.model, &stage.tok, list, &grader, &opts)?;
     eprintln!("{}: tasks: {}", stage.name, summarize(&r));
-    Ok(Some(serde_json::to_value(&r)?))
+    Ok(Some(r))
 }
 
 /// The starting checkpoint's tasks (when `tasks.eval_start`) and held-out loss.
 fn evaluate_start(stage: &mut Stage, cfg: &LmConfig, data: &LmData) -> Result<()> {
     if cfg.tasks.as_ref().is_some_and(|t| t.eval_start) {
-        if let Some(r) = run_tasks(stage, cfg, data)? {
-            stage.meta.metrics.insert("tasks_start".into(), r);
-        }
+        stage.meta.metrics.tasks_start = run_tasks(stage, cfg, data)?;
     }
     if !data.eval_sets.is_empty() {
         let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
         eprintln!("{}: held-out at start: {}", stage.name, summarize_eval(&ev));
-        stage
-            .meta
-            .metrics
-            .insert("heldout_start".into(), serde_json::to_value(&ev)?);
-        stage.log.push(json!({"stage": stage.name, "step": 0, "eval": ev}))?;
+        stage.log.push(&eval_line(stage.name, 0, ev.clone()))?;
+        stage.meta.metrics.heldout_start = Some(ev);
     }
     Ok(())
 }
@@ -492,14 +499,11 @@ fn evaluate_end(stage: &mut Stage, cfg: &LmConfig, data: &LmData, step: u64) -> 
     if !data.eval_sets.is_empty() {
         let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
         eprintln!("{}: held-out at end: {}", stage.name, summarize_eval(&ev));
-        stage.log.push(json!({"stage": stage.name, "step": step, "eval": ev}))?;
-        stage
-            .meta
-            .metrics
-            .insert("heldout".to_string(), serde_json::to_value(&ev)?);
+        stage.log.push(&eval_line(stage.name, step, ev.clone()))?;
+        stage.meta.metrics.heldout = Some(ev);
     }
     if let Some(r) = run_tasks(stage, cfg, data)? {
-        stage.meta.metrics.insert("tasks".to_string(), r);
+        stage.meta.metrics.tasks = Some(r);
     }
     Ok(())
 }
@@ -519,15 +523,18 @@ pub fn lm_backward(model: &Gpt, opt: &mut AdamW, batches: &[PackedBatch], traine
 }
 
 /// `encyclopedia 2.31 (1.10 bpb) | chatter …`
-pub fn summarize_eval(ev: &BTreeMap<String, Value>) -> String {
+pub fn summarize_eval(ev: &HeldOutBySource) -> String {
     ev.iter()
-        .map(|(k, v)| {
-            format!(
-                "{k} {:.3} ({:.3} bpb)",
-                v["loss"].as_f64().unwrap_or(f64::NAN),
-                v["bpb"].as_f64().unwrap_or(f64::NAN)
-            )
-        })
+        .map(|(k, v)| format!("{k} {:.3} ({:.3} bpb)", v.loss, v.bpb))
         .collect::<Vec<_>>()
         .join(" | ")
+}
+
+/// The metrics-log line of a held-out evaluation at `step`.
+fn eval_line(stage: &str, step: u64, eval: HeldOutBySource) -> EvalLine<HeldOutBySource> {
+    EvalLine {
+        stage: stage.into(),
+        step,
+        eval,
+    }
 }

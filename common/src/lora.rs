@@ -12,7 +12,7 @@ pub fn default_alpha() -> f64 {
     32.0
 }
 
-/// The LoRA settings of a config section (`train` or `rl`): `None` for `lora_rank = 0`; an
+/// The LoRA settings of a config section (`train`): `None` for `lora_rank = 0`; an
 /// error naming the keys when they are out of range.
 pub fn from_section(section: &str, rank: i64, alpha: f64) -> Result<Option<LoraConfig>> {
     if rank < 0 || !(alpha > 0.0) {

@@ -117,6 +117,40 @@ pub struct Generation {
     pub secs: f64,
 }
 
+/// Prompts left-padded with `pad` to `p_len`: token ids and positions (row-major `[B, P]`;
+/// positions start at 0 on each prompt's first token) and each row's padding.
+fn left_pad(prompts: &[Vec<u32>], p_len: i64, pad: u32) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    let pads: Vec<i64> = prompts.iter().map(|p| p_len - p.len() as i64).collect();
+    let mut ids = Vec::with_capacity(prompts.len() * p_len as usize);
+    let mut pos = Vec::with_capacity(prompts.len() * p_len as usize);
+    for (p, &np) in prompts.iter().zip(&pads) {
+        for i in 0..p_len {
+            ids.push(if i < np {
+                pad as i64
+            } else {
+                p[(i - np) as usize] as i64
+            });
+            pos.push((i - np).max(0));
+        }
+    }
+    (ids, pos, pads)
+}
+
+/// Key validity over the whole cache `[B, total]` (false on each row's left padding), and
+/// the prefill's attention mask `[B, 1, P, P]` (causal, valid keys, and each query itself).
+fn prefill_masks(pads: &[i64], p_len: i64, total: i64, device: Device) -> (Tensor, Tensor) {
+    let pad_t = Tensor::from_slice(pads).to_device(device).view([pads.len() as i64, 1]);
+    let key_idx = Tensor::arange(total, (Kind::Int64, device)).view([1, total]);
+    let valid = key_idx.ge_tensor(&pad_t); // [B, total]
+    let q_idx = Tensor::arange(p_len, (Kind::Int64, device)).view([p_len, 1]);
+    let causal = key_idx.narrow(1, 0, p_len).le_tensor(&q_idx); // [P, P]
+    let eye = Tensor::eye(p_len, (Kind::Bool, device));
+    let prefill_mask = (causal.unsqueeze(0).logical_and(&valid.narrow(1, 0, p_len).unsqueeze(1)))
+        .logical_or(&eye.unsqueeze(0))
+        .unsqueeze(1);
+    (valid, prefill_mask)
+}
+
 /// Generates a continuation of every prompt, batched, with the KV cache; stops a row at
 /// any of `stops` (e.g. `<|end|>`). `pad` fills the left of shorter prompts.
 pub fn generate(
@@ -149,33 +183,12 @@ pub fn generate(
     if new <= 0 {
         bail!("a prompt of {p_len} tokens leaves no room in the model's context of {max_len}");
     }
-    let pads: Vec<i64> = prompts.iter().map(|p| p_len - p.len() as i64).collect();
-    let mut ids = Vec::with_capacity(b * p_len as usize);
-    let mut pos = Vec::with_capacity(b * p_len as usize);
-    for (p, &np) in prompts.iter().zip(&pads) {
-        for i in 0..p_len {
-            ids.push(if i < np {
-                pad as i64
-            } else {
-                p[(i - np) as usize] as i64
-            });
-            pos.push((i - np).max(0));
-        }
-    }
+    let (ids, pos, pads) = left_pad(prompts, p_len, pad);
     let bi = b as i64;
     let total = p_len + new;
     let ids = Tensor::from_slice(&ids).view([bi, p_len]).to_device(device);
     let pos_t = Tensor::from_slice(&pos).view([bi, p_len]).to_device(device);
-    // Key validity over the whole cache: false on each row's left padding.
-    let pad_t = Tensor::from_slice(&pads).to_device(device).view([bi, 1]);
-    let key_idx = Tensor::arange(total, (Kind::Int64, device)).view([1, total]);
-    let valid = key_idx.ge_tensor(&pad_t); // [B, total]
-    let q_idx = Tensor::arange(p_len, (Kind::Int64, device)).view([p_len, 1]);
-    let causal = key_idx.narrow(1, 0, p_len).le_tensor(&q_idx); // [P, P]
-    let eye = Tensor::eye(p_len, (Kind::Bool, device));
-    let prefill_mask = (causal.unsqueeze(0).logical_and(&valid.narrow(1, 0, p_len).unsqueeze(1)))
-        .logical_or(&eye.unsqueeze(0))
-        .unsqueeze(1);
+    let (valid, prefill_mask) = prefill_masks(&pads, p_len, total, device);
     let mut cache = model.new_cache(bi, total);
     // Without left padding (e.g. an RL group of one prompt), plain causal attention from
     // the cache is exact and lets SDPA take its fast, mask-free path.

@@ -10,7 +10,7 @@
 //!
 //! What a stage keeps to resume (step, data cursor, prompt order, …) is its own
 //! [`TrainerState`]; the harness writes it to `state/trainer.json` beside the optimiser.
-use crate::checkpoint::{self, Meta, OutState, TrainState};
+use crate::checkpoint::{self, Contents, Meta, OutState, TrainState};
 use crate::config::TrainSection;
 use crate::device::{configure_threads, device_name, seed_everything};
 use crate::lora::Adapters;
@@ -63,7 +63,7 @@ pub struct StageOptions<'a> {
 /// What [`Stage::open`] found.
 pub enum Opened<S> {
     /// `out` already holds a complete checkpoint of this stage: nothing to do.
-    Complete(Meta),
+    Complete(Box<Meta>),
     /// A run to train: fresh (`resumed` is `None`) or continuing the saved state.
     Run {
         /// The harness.
@@ -226,15 +226,14 @@ impl Stage {
             tensors,
             json: serde_json::to_value(st)?,
         };
-        checkpoint::save(
-            &self.out,
-            merged.as_ref().unwrap_or(&self.vs),
-            self.model.config(),
-            &self.tok,
-            &mut self.meta,
-            &self.log.lines,
-            Some(&state),
-        )
+        let contents = Contents {
+            vs: merged.as_ref().unwrap_or(&self.vs),
+            config: self.model.config(),
+            tok: &self.tok,
+            metrics_log: &self.log.lines,
+            state: Some(&state),
+        };
+        checkpoint::save(&self.out, &contents, &mut self.meta)
     }
 
     /// After Ctrl-C or SIGTERM: saves `st` and returns the error that ends the run (it

@@ -617,7 +617,7 @@ mod tests {
         tok.save(&path)?;
         let sample = "Velmora 2024: the salt of the river, 37 + 48 = 85.";
         let ours = tok.encode(sample)?;
-        let python = crate::testing::venv_python();
+        let python = testkit::venv_python();
         let out = std::process::Command::new(&python)
             .args([
                 "-c",

@@ -466,7 +466,7 @@ mod tests {
     #[test]
     fn program_execution_runs_and_bounds_programs() -> Result<()> {
         let exec = ProgramExec {
-            python: crate::testing::venv_python().display().to_string(),
+            python: testkit::venv_python().display().to_string(),
             ..Default::default()
         };
         let t = task(

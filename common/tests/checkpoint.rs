@@ -2,8 +2,8 @@
 use anyhow::Result;
 use common::checkpoint::{self, Meta};
 use common::model::{Gpt, GptConfig};
-use common::testing::{tiny_checkpoint, tiny_world};
 use tch::{nn, Device, Kind, Tensor};
+use testkit::{tiny_checkpoint, tiny_world};
 
 fn err(r: Result<impl Sized>) -> String {
     match r {
@@ -31,7 +31,14 @@ fn save_then_load_is_bit_identical() -> Result<()> {
     // Saving the loaded model again gives the same bytes.
     let ck2 = dir.path().join("ck2");
     let mut meta = loaded.meta.clone();
-    checkpoint::save(&ck2, &vs, &loaded.config, &loaded.tok, &mut meta, &[], None)?;
+    let contents = checkpoint::Contents {
+        vs: &vs,
+        config: &loaded.config,
+        tok: &loaded.tok,
+        metrics_log: &[],
+        state: None,
+    };
+    checkpoint::save(&ck2, &contents, &mut meta)?;
     assert_eq!(
         std::fs::read(ck.join("model.safetensors"))?,
         std::fs::read(ck2.join("model.safetensors"))?
@@ -89,7 +96,14 @@ fn each_mismatch_is_named() -> Result<()> {
     cfg.vocab_size = 100;
     let vs = nn::VarStore::new(Device::Cpu);
     let _m = Gpt::new(vs.root(), &cfg);
-    checkpoint::save(&small, &vs, &cfg, &loaded.tok, &mut Meta::new("pretrain"), &[], None)?;
+    let contents = checkpoint::Contents {
+        vs: &vs,
+        config: &cfg,
+        tok: &loaded.tok,
+        metrics_log: &[],
+        state: None,
+    };
+    checkpoint::save(&small, &contents, &mut Meta::new("pretrain"))?;
     let e = err(checkpoint::load(&small));
     assert!(
         e.contains("tokenizer.json has") && e.contains("vocab_size is 100"),

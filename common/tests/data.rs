@@ -4,7 +4,7 @@ use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::data::mix::{load_mix, MixConfig};
 use common::data::parquet::{read_all, Doc};
-use common::data::sampler::{LmSampler, PackMode, IGNORE};
+use common::data::sampler::{LmSampler, PackMode, SamplerOptions, IGNORE};
 use common::data::writer::{write_chat, write_tasks, write_text};
 use common::tokenizer::{Message, Tok};
 use common::verify::Task;
@@ -51,7 +51,18 @@ fn weights_3_to_1_hold_within_2_percent_over_1m_tokens() -> Result<()> {
         d.display()
     ))?;
     let mix = load_mix(&mix)?;
-    let mut s = LmSampler::new(&mix, &tok, 256, PackMode::Stream, false, 7, true, None)?;
+    let mut s = LmSampler::new(
+        &mix,
+        &tok,
+        SamplerOptions {
+            seq_len: 256,
+            mode: PackMode::Stream,
+            assistant_only: false,
+            seed: 7,
+            shuffle: true,
+        },
+        None,
+    )?;
     let mut per = [0i64; 2];
     let mut total = 0;
     while total < 1_000_000 {
@@ -94,8 +105,30 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
             ),
         )?;
         let mix = load_mix(&mix)?;
-        let mut full = LmSampler::new(&mix, &tok, 32, mode, only, 11, true, None)?;
-        let mut part = LmSampler::new(&mix, &tok, 32, mode, only, 11, true, None)?;
+        let mut full = LmSampler::new(
+            &mix,
+            &tok,
+            SamplerOptions {
+                seq_len: 32,
+                mode,
+                assistant_only: only,
+                seed: 11,
+                shuffle: true,
+            },
+            None,
+        )?;
+        let mut part = LmSampler::new(
+            &mix,
+            &tok,
+            SamplerOptions {
+                seq_len: 32,
+                mode,
+                assistant_only: only,
+                seed: 11,
+                shuffle: true,
+            },
+            None,
+        )?;
         let mut expected = Vec::new();
         // Long enough to cross record batches, files and an epoch boundary.
         for _ in 0..400 {
@@ -108,11 +141,13 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
         let mut resumed = LmSampler::new(
             &mix,
             &tok,
-            32,
-            mode,
-            only,
-            11,
-            true,
+            SamplerOptions {
+                seq_len: 32,
+                mode,
+                assistant_only: only,
+                seed: 11,
+                shuffle: true,
+            },
             Some(serde_json::from_str(&cursor)?),
         )?;
         for (i, e) in expected.iter().enumerate().skip(137) {
@@ -145,7 +180,18 @@ fn document_packing_confines_attention_and_masks_users() -> Result<()> {
             d.display()
         ),
     )?)?;
-    let mut s = LmSampler::new(&mix, &tok, 64, PackMode::Documents, true, 0, false, None)?;
+    let mut s = LmSampler::new(
+        &mix,
+        &tok,
+        SamplerOptions {
+            seq_len: 64,
+            mode: PackMode::Documents,
+            assistant_only: true,
+            seed: 0,
+            shuffle: false,
+        },
+        None,
+    )?;
     let b = s.next_batch(1)?;
     let input: Vec<i64> = Vec::try_from(b.input.flatten(0, -1))?;
     let target: Vec<i64> = Vec::try_from(b.target.flatten(0, -1))?;
@@ -304,7 +350,18 @@ weight = 1
     );
     // And the sampler packs them all.
     let tok = tok(d)?;
-    let mut s = LmSampler::new(&mix, &tok, 16, PackMode::Documents, true, 0, true, None)?;
+    let mut s = LmSampler::new(
+        &mix,
+        &tok,
+        SamplerOptions {
+            seq_len: 16,
+            mode: PackMode::Documents,
+            assistant_only: true,
+            seed: 0,
+            shuffle: true,
+        },
+        None,
+    )?;
     assert!(s.next_batch(8)?.trained_tokens > 0);
     Ok(())
 }
@@ -398,7 +455,18 @@ fn exhausted_source_is_an_error_not_a_silent_repeat() -> Result<()> {
         &(0..10).map(|i| format!("alpha {i}")).collect::<Vec<_>>(),
     )?;
     let m = write_mix(d, &format!("[[source]]\nname = \"small\"\npath = \"{}/small.parquet\"\nformat = \"text\"\nweight = 1\nmax_epochs = 2\n", d.display()))?;
-    let mut s = LmSampler::new(&load_mix(&m)?, &tok, 32, PackMode::Stream, false, 0, true, None)?;
+    let mut s = LmSampler::new(
+        &load_mix(&m)?,
+        &tok,
+        SamplerOptions {
+            seq_len: 32,
+            mode: PackMode::Stream,
+            assistant_only: false,
+            seed: 0,
+            shuffle: true,
+        },
+        None,
+    )?;
     let e = err_of((0..100).try_for_each(|_| s.next_batch(4).map(|_| ())));
     assert!(e.contains("source `small`") && e.contains("max_epochs = 2"), "{e}");
     Ok(())
@@ -422,7 +490,18 @@ fn masked_user_tokens_contribute_no_gradient() -> Result<()> {
             d.display()
         ),
     )?)?;
-    let mut s = LmSampler::new(&mix, &tok, 24, PackMode::Documents, true, 0, false, None)?;
+    let mut s = LmSampler::new(
+        &mix,
+        &tok,
+        SamplerOptions {
+            seq_len: 24,
+            mode: PackMode::Documents,
+            assistant_only: true,
+            seed: 0,
+            shuffle: false,
+        },
+        None,
+    )?;
     let b = s.next_batch(1)?;
     tch::manual_seed(0);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);

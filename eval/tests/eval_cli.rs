@@ -2,9 +2,8 @@
 //! `report` turns a run into a page.
 use anyhow::Result;
 use common::config::{CommonArgs, LmConfig};
-use common::testing::{tiny_checkpoint, tiny_world};
 use serde_json::Value;
-use std::process::Command;
+use testkit::{bin, tiny_checkpoint, tiny_world};
 
 #[test]
 fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
@@ -20,9 +19,10 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     std::env::set_var("L2E_PROGRESS", "quiet");
     let cfg = LmConfig::load(&d.join("configs/sft.toml"), &args, "sft")?;
     let meta = common::lm::run(&sft::SPEC, &cfg, &args)?;
+    let metrics = serde_json::to_value(&meta.metrics)?;
 
     let out = d.join("eval.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_eval"))
+    let o = bin(env!("CARGO_BIN_EXE_eval"))
         .arg(d.join("run/sft"))
         .arg("--tasks")
         .arg(d.join("eval/tasks.parquet"))
@@ -37,12 +37,12 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
     for kind in ["arithmetic", "facts", "program", "unanswerable"] {
         assert_eq!(
-            v["greedy"]["per_kind"][kind]["accuracy"], meta.metrics["tasks"]["per_kind"][kind]["accuracy"],
+            v["greedy"]["per_kind"][kind]["accuracy"], metrics["tasks"]["per_kind"][kind]["accuracy"],
             "{kind}: eval and meta.json disagree"
         );
         assert_eq!(
             v["greedy"]["per_kind"][kind]["abstention_rate"],
-            meta.metrics["tasks"]["per_kind"][kind]["abstention_rate"]
+            metrics["tasks"]["per_kind"][kind]["abstention_rate"]
         );
     }
     // The sample log holds every graded answer; its greedy lines give back the accuracy.
@@ -71,7 +71,7 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         "pass@k grows with k: {pk}"
     );
 
-    let o = Command::new(env!("CARGO_BIN_EXE_chat"))
+    let o = bin(env!("CARGO_BIN_EXE_chat"))
         .arg(d.join("run/sft"))
         .args(["--prompt", "What is 2 + 3?", "--max-new-tokens", "8"])
         .output()?;
@@ -81,7 +81,7 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         "chat printed an answer"
     );
 
-    let o = Command::new(env!("CARGO_BIN_EXE_report")).arg(d.join("run")).output()?;
+    let o = bin(env!("CARGO_BIN_EXE_report")).arg(d.join("run")).output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let md = std::fs::read_to_string(d.join("run/report.md"))?;
     assert!(

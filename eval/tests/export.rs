@@ -3,10 +3,10 @@
 use anyhow::{Context, Result};
 use common::model::Positions;
 use common::sampling::{generate, SamplingConfig};
-use common::testing::{tiny_checkpoint, tiny_world, venv_python};
 use common::tokenizer::Message;
 use std::process::Command;
 use tch::{Device, Tensor};
+use testkit::{bin, tiny_checkpoint, tiny_world, venv_python};
 
 const SCRIPT: &str = r#"
 import json, sys, torch
@@ -41,7 +41,7 @@ fn exported_checkpoint_matches_in_transformers() -> Result<()> {
     let ck = d.join("ck");
     tiny_checkpoint(d, &ck, "sft")?;
     let out = d.join("hf");
-    let o = Command::new(env!("CARGO_BIN_EXE_export"))
+    let o = bin(env!("CARGO_BIN_EXE_export"))
         .args(["--to", "hf"])
         .arg(&ck)
         .arg(&out)

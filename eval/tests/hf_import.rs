@@ -6,15 +6,15 @@ use anyhow::{Context, Result};
 use common::checkpoint;
 use common::model::Positions;
 use common::sampling::{generate, SamplingConfig};
-use common::testing::{tiny_world, venv_python, workspace_root};
 use common::tokenizer::Message;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
+use testkit::{tiny_world, venv_python, workspace_root};
 
 /// A binary of another crate of the workspace (built by `cargo test --workspace`).
-fn bin(name: &str) -> PathBuf {
+fn exe(name: &str) -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_eval")).with_file_name(name)
 }
 
@@ -132,7 +132,7 @@ fn imported_llama_and_qwen2_match_transformers_and_train() -> Result<()> {
     // SFT then RL on the imported Qwen2, with the tiny world's data.
     tiny_world(d)?;
     let run = |exe: PathBuf, args: &[&str]| -> Result<()> {
-        let o = Command::new(&exe).args(args).env("L2E_PROGRESS", "quiet").output()?;
+        let o = testkit::bin(&exe).args(args).output()?;
         assert!(
             o.status.success(),
             "{} {args:?}: {}",
@@ -143,7 +143,7 @@ fn imported_llama_and_qwen2_match_transformers_and_train() -> Result<()> {
     };
     let p = |x: &str| d.join(x).display().to_string();
     run(
-        bin("sft"),
+        exe("sft"),
         &[
             "--config",
             &p("configs/sft.toml"),
@@ -156,7 +156,7 @@ fn imported_llama_and_qwen2_match_transformers_and_train() -> Result<()> {
     let meta = checkpoint::read_meta(&d.join("run/sft"))?;
     assert_eq!(meta.parent.as_ref().map(|r| r.stage.as_str()), Some("hf"));
     assert!(
-        meta.metrics["tasks"]["per_kind"]["arithmetic"]["n"]
+        serde_json::to_value(&meta.metrics)?["tasks"]["per_kind"]["arithmetic"]["n"]
             .as_u64()
             .unwrap_or(0)
             > 0
@@ -170,7 +170,7 @@ fn imported_llama_and_qwen2_match_transformers_and_train() -> Result<()> {
     assert!(lora_cfg.contains("lora_rank = 2"));
     std::fs::write(d.join("configs/rl-lora.toml"), lora_cfg)?;
     run(
-        bin("rl"),
+        exe("rl"),
         &[
             "--config",
             &p("configs/rl-lora.toml"),
@@ -184,7 +184,7 @@ fn imported_llama_and_qwen2_match_transformers_and_train() -> Result<()> {
     assert!(rl.config.qkv_bias && rl.tok.chat_template().is_some());
 
     // Export the trained Qwen2 and compare in transformers.
-    run(bin("export"), &["--to", "hf", &p("run/rl"), &p("out-qwen2")])?;
+    run(exe("export"), &["--to", "hf", &p("run/rl"), &p("out-qwen2")])?;
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(d.join("out-qwen2/config.json"))?)?;
     assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
     check_parity(&d.join("run/rl"), &d.join("out-qwen2"))?;
@@ -198,7 +198,7 @@ fn bad_model_directories_are_explained() -> Result<()> {
     make_models(d)?;
     tiny_world(d)?;
     let err_of = |init: &Path| -> Result<String> {
-        let o = Command::new(bin("sft"))
+        let o = testkit::bin(exe("sft"))
             .arg("--config")
             .arg(d.join("configs/sft.toml"))
             .arg("--out")

@@ -1,13 +1,11 @@
 //! The `midtrain` binary: continues a checkpoint and records its parent.
 use anyhow::Result;
-use common::testing::{tiny_checkpoint, tiny_world};
 use serde_json::Value;
 use std::process::Command;
+use testkit::{tiny_checkpoint, tiny_world};
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_midtrain"));
-    c.env("L2E_PROGRESS", "quiet");
-    c
+    testkit::bin(env!("CARGO_BIN_EXE_midtrain"))
 }
 
 #[test]

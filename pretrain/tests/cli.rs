@@ -1,20 +1,14 @@
 //! The `pretrain` binary as a user runs it: help, bad input, a tiny run end to end,
 //! a kill at any moment, and resume equal to an uninterrupted run.
 use anyhow::Result;
-use common::testing::tiny_world;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::{stderr, tiny_world};
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pretrain"));
-    c.env("L2E_PROGRESS", "quiet").env_remove("LD_LIBRARY_PATH");
-    c
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    testkit::bin(env!("CARGO_BIN_EXE_pretrain"))
 }
 
 fn losses(path: &Path) -> Result<Vec<(u64, f64)>> {

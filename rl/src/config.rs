@@ -194,7 +194,7 @@ impl RlConfig {
 
     /// Checks ranges; errors name the key.
     pub fn validate(&self) -> Result<()> {
-        self.train.validate_optimisation()?;
+        self.train.validate()?;
         if self.train.batch_size.is_some() {
             bail!("train.batch_size is the LM stages' batch; RL's is rl.prompts_per_step x rl.group_size: drop it");
         }
@@ -246,5 +246,43 @@ impl RlConfig {
         } else {
             Overlong::Keep
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_loads_with_its_knobs() -> Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/rl.toml");
+        let cfg = RlConfig::load(&path, &CommonArgs::default())?;
+        // configs/rl.toml: 16 prompts x 8 samples in micro-batches of 64, LoRA rank 8 at 1e-4,
+        // no weight decay (RL's default before the shared section).
+        assert_eq!((cfg.rl.prompts_per_step, cfg.rl.group_size), (16, 8));
+        assert_eq!(cfg.train.micro_batch_size, 64);
+        assert_eq!(
+            (cfg.train.lora_rank, cfg.train.lr, cfg.train.weight_decay),
+            (8, 1e-4, 0.0)
+        );
+        assert_eq!((cfg.train.beta1, cfg.train.beta2, cfg.train.eps), (0.9, 0.95, 1e-8));
+        let args = CommonArgs {
+            steps: Some(2),
+            lr: Some(3e-5),
+            ..Default::default()
+        };
+        let cfg = RlConfig::load(&path, &args)?;
+        assert_eq!((cfg.train.steps, cfg.train.warmup_steps, cfg.train.lr), (2, 2, 3e-5));
+        Ok(())
+    }
+
+    #[test]
+    fn an_lm_batch_size_is_refused() -> Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/rl.toml");
+        let mut cfg = RlConfig::load(&path, &CommonArgs::default())?;
+        cfg.train.batch_size = Some(32);
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("rl.prompts_per_step x rl.group_size"), "{e}");
+        Ok(())
     }
 }

@@ -21,13 +21,15 @@ use crate::rollout::{rollout, Practised, Rollout, SampleStat};
 use anyhow::{bail, Context, Result};
 use common::checkpoint::{self, Meta};
 use common::config::CommonArgs;
+use common::curriculum::Curriculum;
 use common::device::device_name;
+use common::metrics::{lines_of, EvalLine, RlStep, RlTrainMetrics, SlotLog, TrainMetrics};
 use common::model::{Gpt, Positions};
 use common::progress::{format_count, format_secs, Progress};
 use common::prompts::{PromptMix, PromptStream, StreamState};
 use common::sampling::SamplingConfig;
 use common::stage::{Opened, Stage, StageOptions, TrainerState};
-use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions};
+use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions, TaskReport};
 use common::verify::{Grader, ProgramExec, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -70,7 +72,7 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         init_example: "runs/default/sft",
     };
     let (mut stage, resumed) = match Stage::open::<RlState>(opts, None)? {
-        Opened::Complete(meta) => return Ok(meta),
+        Opened::Complete(meta) => return Ok(*meta),
         Opened::Run { stage, resumed } => (stage, resumed),
     };
     let reference = reference_model(cfg, stage.device)?;
@@ -128,33 +130,26 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         let sampled: usize = roll.all.iter().map(|a| a.len).sum();
         st.tokens_sampled += sampled as u64;
         let mut line = step_line(&roll, &upd, st.step, lr, sample_secs);
-        line["curriculum"] = json!(prompts
-            .curriculum
-            .slots
-            .iter()
-            .map(|s| json!({"slot": s.name, "success": s.success, "drawn": s.drawn}))
-            .collect::<Vec<_>>());
-        line["in_band"] = json!(prompts.curriculum.share_in_band());
+        line.curriculum = slot_logs(&prompts.curriculum);
+        line.in_band = prompts.curriculum.share_in_band();
         progress.update(
             st.step,
             format!(
                 "reward {:.3} | acc {:.0}% | idk {:.0}% | len {:.0} | flat {}/{} | sample {}/s",
-                line["reward_mean"].as_f64().unwrap_or(0.0),
-                100.0 * line["accuracy"].as_f64().unwrap_or(0.0),
-                100.0 * line["abstention_rate"].as_f64().unwrap_or(0.0),
-                line["completion_len"].as_f64().unwrap_or(0.0),
+                line.reward_mean,
+                100.0 * line.accuracy,
+                100.0 * line.abstention_rate,
+                line.completion_len,
                 roll.flat_groups,
                 roll.groups_sampled,
-                format_count(line["sample_tok_per_s"].as_f64().unwrap_or(0.0))
+                format_count(line.sample_tok_per_s)
             ),
         );
-        stage.log.push(line)?;
+        stage.log.push(&line)?;
         let last = st.step == cfg.train.steps;
         if let Some(e) = &cfg.eval {
             if e.every > 0 && st.step % e.every == 0 && !last {
-                if let Some(r) = grading.held_out(&stage, &grader)? {
-                    stage.log.push(json!({"stage": "rl", "step": st.step, "eval": r}))?;
-                }
+                grading.held_out(&mut stage, &grader, st.step)?;
             }
         }
         if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 && !last {
@@ -166,16 +161,9 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     stage.save(&st)?;
     grading.end(&mut stage, &grader, st.step)?;
     grading.practised(&mut stage, &grader, cfg, &st.practised.tasks)?;
-    stage
-        .meta
-        .metrics
-        .insert("prompt_repeats".into(), json!(prompts.repeats()));
-    stage
-        .meta
-        .metrics
-        .insert("curriculum".into(), json!(prompts.curriculum.slots));
-    let summary = train_summary(&stage.log.lines, &st);
-    stage.meta.metrics.insert("train".into(), summary);
+    stage.meta.metrics.prompt_repeats = Some(prompts.repeats());
+    stage.meta.metrics.curriculum = Some(slot_logs(&prompts.curriculum));
+    stage.meta.metrics.train = Some(TrainMetrics::Rl(train_summary(&stage.log.lines, &st)));
     let out = stage.out.clone();
     let meta = stage.finish(&st)?;
     eprintln!(
@@ -224,8 +212,8 @@ fn print_header(stage: &Stage, cfg: &RlConfig) -> Result<()> {
     Ok(())
 }
 
-/// Greedy grading of the held-out tasks (`[eval] tasks`) and of the training prompts the
-/// run asks (`[eval] seen_per_kind`), at the start and at the end.
+/// Greedy grading of the held-out tasks (`[eval] tasks`) and the harder slice
+/// (`[eval] hard_tasks`) at the start and at the end, and of the practised prompts.
 struct Grading {
     held_out: Option<Vec<Task>>,
     hard: Option<Vec<Task>>,
@@ -260,44 +248,41 @@ impl Grading {
         grader: &Grader,
         list: Option<&Vec<Task>>,
         what: &str,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<TaskReport>> {
         let (Some(opts), Some(list)) = (&self.opts, list) else {
             return Ok(None);
         };
         let r = evaluate_tasks(model, &stage.tok, list, grader, opts)?;
         eprintln!("rl: {what}: {}", summarize(&r));
-        Ok(Some(serde_json::to_value(&r)?))
+        Ok(Some(r))
     }
 
-    fn held_out(&self, stage: &Stage, grader: &Grader) -> Result<Option<Value>> {
-        self.grade(&stage.model, stage, grader, self.held_out.as_ref(), "held-out tasks")
+    /// Grades the held-out tasks, and logs the result at `step`.
+    fn held_out(&self, stage: &mut Stage, grader: &Grader, step: u64) -> Result<Option<TaskReport>> {
+        let r = self.grade(&stage.model, stage, grader, self.held_out.as_ref(), "held-out tasks")?;
+        if let Some(r) = &r {
+            stage.log.push(&EvalLine {
+                stage: "rl".into(),
+                step,
+                eval: r,
+            })?;
+        }
+        Ok(r)
     }
 
-    fn hard(&self, stage: &Stage, grader: &Grader) -> Result<Option<Value>> {
+    fn hard(&self, stage: &Stage, grader: &Grader) -> Result<Option<TaskReport>> {
         self.grade(&stage.model, stage, grader, self.hard.as_ref(), "harder held-out slice")
     }
 
     fn start(&self, stage: &mut Stage, grader: &Grader) -> Result<()> {
-        if let Some(r) = self.held_out(stage, grader)? {
-            stage.log.push(json!({"stage": "rl", "step": 0, "eval": r.clone()}))?;
-            stage.meta.metrics.insert("tasks_start".into(), r);
-        }
-        if let Some(r) = self.hard(stage, grader)? {
-            stage.meta.metrics.insert("tasks_hard_start".into(), r);
-        }
+        stage.meta.metrics.tasks_start = self.held_out(stage, grader, 0)?;
+        stage.meta.metrics.tasks_hard_start = self.hard(stage, grader)?;
         Ok(())
     }
 
     fn end(&self, stage: &mut Stage, grader: &Grader, step: u64) -> Result<()> {
-        if let Some(r) = self.held_out(stage, grader)? {
-            stage
-                .log
-                .push(json!({"stage": "rl", "step": step, "eval": r.clone()}))?;
-            stage.meta.metrics.insert("tasks".into(), r);
-        }
-        if let Some(r) = self.hard(stage, grader)? {
-            stage.meta.metrics.insert("tasks_hard".into(), r);
-        }
+        stage.meta.metrics.tasks = self.held_out(stage, grader, step)?;
+        stage.meta.metrics.tasks_hard = self.hard(stage, grader)?;
         Ok(())
     }
 
@@ -308,15 +293,25 @@ impl Grading {
             return Ok(());
         };
         let list = Some(tasks.to_vec());
-        if let Some(r) = self.grade(&stage.model, stage, grader, list.as_ref(), "practised prompts, after")? {
-            stage.meta.metrics.insert("tasks_seen".into(), r);
-        }
+        stage.meta.metrics.tasks_seen =
+            self.grade(&stage.model, stage, grader, list.as_ref(), "practised prompts, after")?;
         let (_vs, start, _) = checkpoint::load_model(init, stage.device)?;
-        if let Some(r) = self.grade(&start, stage, grader, list.as_ref(), "practised prompts, before")? {
-            stage.meta.metrics.insert("tasks_seen_start".into(), r);
-        }
+        stage.meta.metrics.tasks_seen_start =
+            self.grade(&start, stage, grader, list.as_ref(), "practised prompts, before")?;
         Ok(())
     }
+}
+
+/// The curriculum's slots as logged.
+fn slot_logs(c: &Curriculum) -> Vec<SlotLog> {
+    c.slots
+        .iter()
+        .map(|s| SlotLog {
+            slot: s.name.clone(),
+            success: s.success,
+            drawn: s.drawn,
+        })
+        .collect()
 }
 
 /// What an update did (figures of its last inner epoch).
@@ -428,7 +423,7 @@ fn update(
 }
 
 /// The metrics-log line of a step.
-fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs: f64) -> Value {
+fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs: f64) -> RlStep {
     // Statistics of everything sampled this step (replaced groups included).
     let all = &roll.all;
     let nf = all.len().max(1) as f64;
@@ -437,35 +432,46 @@ fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs:
     let frac = |f: &dyn Fn(&SampleStat) -> bool| all.iter().filter(|a| f(a)).count() as f64 / nf;
     let sampled: usize = all.iter().map(|a| a.len).sum();
     let per_token = |x: f64| if upd.counted > 0.0 { x / upd.counted } else { 0.0 };
-    json!({
-        "stage": "rl", "step": step, "lr": lr, "loss": upd.loss,
-        "reward_mean": mean, "reward_std": std,
-        "accuracy": frac(&|a| a.verdict.correct),
-        "abstention_rate": frac(&|a| a.verdict.abstained),
-        "format_rate": frac(&|a| a.verdict.formatted),
-        "verifier_errors": frac(&|a| a.verdict.errored),
-        "truncation_rate": frac(&|a| !a.finished),
-        "completion_len": sampled as f64 / nf,
-        "kl": per_token(upd.kl_sum),
-        "clip_frac": per_token(upd.clipped),
-        "zero_adv_groups": roll.flat_groups as f64 / roll.groups_sampled.max(1) as f64,
-        "groups_sampled": roll.groups_sampled,
-        "trained_sequences": upd.trained_sequences, "grad_norm": upd.grad_norm,
-        "sample_tok_per_s": sampled as f64 / roll.gen_secs.max(1e-9),
-        "train_tok_per_s": upd.train_tokens / upd.secs.max(1e-9),
-        "sample_secs": sample_secs, "train_secs": upd.secs,
-    })
+    RlStep {
+        stage: "rl".into(),
+        step,
+        lr,
+        loss: upd.loss,
+        reward_mean: mean,
+        reward_std: std,
+        accuracy: frac(&|a| a.verdict.correct),
+        abstention_rate: frac(&|a| a.verdict.abstained),
+        format_rate: frac(&|a| a.verdict.formatted),
+        verifier_errors: frac(&|a| a.verdict.errored),
+        truncation_rate: frac(&|a| !a.finished),
+        completion_len: sampled as f64 / nf,
+        kl: per_token(upd.kl_sum),
+        clip_frac: per_token(upd.clipped),
+        zero_adv_groups: roll.flat_groups as f64 / roll.groups_sampled.max(1) as f64,
+        trained_sequences: upd.trained_sequences,
+        grad_norm: upd.grad_norm,
+        sample_tok_per_s: sampled as f64 / roll.gen_secs.max(1e-9),
+        train_tok_per_s: upd.train_tokens / upd.secs.max(1e-9),
+        sample_secs,
+        train_secs: upd.secs,
+        groups_sampled: roll.groups_sampled,
+        curriculum: Vec::new(),
+        in_band: 0.0,
+    }
 }
 
 /// `meta.metrics.train` of an RL run: averages over the step lines of the log.
-fn train_summary(lines: &[Value], st: &RlState) -> Value {
-    let rl_lines: Vec<&Value> = lines.iter().filter(|l| l.get("reward_mean").is_some()).collect();
-    let avg = |k: &str| rl_lines.iter().filter_map(|l| l[k].as_f64()).sum::<f64>() / rl_lines.len().max(1) as f64;
-    json!({
-        "secs": st.train_secs, "tokens_sampled": st.tokens_sampled,
-        "sample_tok_per_s": avg("sample_tok_per_s"), "train_tok_per_s": avg("train_tok_per_s"),
-        "sample_time_fraction": avg("sample_secs") / (avg("sample_secs") + avg("train_secs")).max(1e-9),
-        "first_reward": rl_lines.first().and_then(|l| l["reward_mean"].as_f64()),
-        "last_reward": rl_lines.last().and_then(|l| l["reward_mean"].as_f64()),
-    })
+fn train_summary(lines: &[Value], st: &RlState) -> RlTrainMetrics {
+    let steps: Vec<RlStep> = lines_of(lines);
+    let avg = |k: fn(&RlStep) -> f64| steps.iter().map(k).sum::<f64>() / steps.len().max(1) as f64;
+    let (sample, train) = (avg(|l| l.sample_secs), avg(|l| l.train_secs));
+    RlTrainMetrics {
+        secs: st.train_secs,
+        tokens_sampled: st.tokens_sampled,
+        sample_tok_per_s: avg(|l| l.sample_tok_per_s),
+        train_tok_per_s: avg(|l| l.train_tok_per_s),
+        sample_time_fraction: sample / (sample + train).max(1e-9),
+        first_reward: steps.first().map(|l| l.reward_mean),
+        last_reward: steps.last().map(|l| l.reward_mean),
+    }
 }

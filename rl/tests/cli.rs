@@ -1,15 +1,11 @@
 //! The `rl` binary: a tiny GRPO run end to end, with every per-step figure logged.
 use anyhow::Result;
-use common::testing::{assert_same_weights, sorted_weights as weights, tiny_checkpoint, tiny_world};
 use serde_json::Value;
-use std::process::Command;
+use testkit::{assert_same_weights, bin, sorted_weights as weights, tiny_checkpoint, tiny_world};
 
 #[test]
 fn help_and_bad_config() -> Result<()> {
-    let o = Command::new(env!("CARGO_BIN_EXE_rl"))
-        .arg("--help")
-        .env_clear()
-        .output()?;
+    let o = bin(env!("CARGO_BIN_EXE_rl")).arg("--help").env_clear().output()?;
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--init"));
     let dir = tempfile::tempdir()?;
     tiny_world(dir.path())?;
@@ -18,7 +14,7 @@ fn help_and_bad_config() -> Result<()> {
         &bad,
         std::fs::read_to_string(dir.path().join("configs/rl.toml"))?.replace("group_size = 4", "group_size = 1"),
     )?;
-    let o = Command::new(env!("CARGO_BIN_EXE_rl"))
+    let o = bin(env!("CARGO_BIN_EXE_rl"))
         .arg("--config")
         .arg(&bad)
         .args(["--init", "x"])
@@ -35,8 +31,7 @@ fn tiny_grpo_run_end_to_end() -> Result<()> {
     tiny_world(d)?;
     tiny_checkpoint(d, &d.join("runs/x/sft"), "sft")?;
     let out = d.join("runs/x/rl");
-    let o = Command::new(env!("CARGO_BIN_EXE_rl"))
-        .env("L2E_PROGRESS", "quiet")
+    let o = bin(env!("CARGO_BIN_EXE_rl"))
         .arg("--config")
         .arg(d.join("configs/rl.toml"))
         .arg("--init")
@@ -86,10 +81,7 @@ fn tiny_grpo_run_end_to_end() -> Result<()> {
 
 /// Runs `rl` with `args`; returns its output.
 fn rl(args: &[&std::ffi::OsStr]) -> Result<std::process::Output> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_rl"))
-        .env("L2E_PROGRESS", "quiet")
-        .args(args)
-        .output()?)
+    Ok(bin(env!("CARGO_BIN_EXE_rl")).args(args).output()?)
 }
 
 #[test]
@@ -249,7 +241,7 @@ fn generator_prompt_mix_with_curriculum_resumes_like_an_uninterrupted_run() -> R
 #[test]
 fn the_shipped_config_and_prompt_mix_validate() -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let o = Command::new(env!("CARGO_BIN_EXE_rl"))
+    let o = bin(env!("CARGO_BIN_EXE_rl"))
         .current_dir(&root)
         .args(["--config", "configs/rl.toml", "--init", "runs/default/sft", "--dry-run"])
         .output()?;

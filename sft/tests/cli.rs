@@ -1,15 +1,11 @@
 //! The `sft` binary: a tiny run that trains on assistant tokens and grades answers.
 use anyhow::Result;
-use common::testing::{assert_same_weights, sorted_weights as weights, tiny_checkpoint, tiny_world};
 use serde_json::Value;
-use std::process::Command;
+use testkit::{assert_same_weights, bin, sorted_weights as weights, tiny_checkpoint, tiny_world};
 
 #[test]
 fn help_runs() -> Result<()> {
-    let o = Command::new(env!("CARGO_BIN_EXE_sft"))
-        .arg("--help")
-        .env_clear()
-        .output()?;
+    let o = bin(env!("CARGO_BIN_EXE_sft")).arg("--help").env_clear().output()?;
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("assistant"));
     Ok(())
 }
@@ -21,8 +17,7 @@ fn tiny_sft_run_reports_task_metrics_before_and_after() -> Result<()> {
     tiny_world(d)?;
     tiny_checkpoint(d, &d.join("runs/x/midtrain"), "midtrain")?;
     let out = d.join("runs/x/sft");
-    let o = Command::new(env!("CARGO_BIN_EXE_sft"))
-        .env("L2E_PROGRESS", "quiet")
+    let o = bin(env!("CARGO_BIN_EXE_sft"))
         .arg("--config")
         .arg(d.join("configs/sft.toml"))
         .arg("--init")
@@ -60,8 +55,7 @@ fn lora_sft_trains_adapters_only_saves_merged_weights_and_resumes_exactly() -> R
         ),
     )?;
     let run = |out: &std::path::Path, extra: &[&str]| -> Result<std::process::Output> {
-        Ok(Command::new(env!("CARGO_BIN_EXE_sft"))
-            .env("L2E_PROGRESS", "quiet")
+        Ok(bin(env!("CARGO_BIN_EXE_sft"))
             .arg("--config")
             .arg(&cfg)
             .arg("--init")
@@ -108,7 +102,7 @@ fn lora_sft_trains_adapters_only_saves_merged_weights_and_resumes_exactly() -> R
         &scratch,
         std::fs::read_to_string(d.join("configs/pretrain.toml"))?.replace("[train]\n", "[train]\nlora_rank = 2\n"),
     )?;
-    let o = Command::new(env!("CARGO_BIN_EXE_sft"))
+    let o = bin(env!("CARGO_BIN_EXE_sft"))
         .arg("--config")
         .arg(&scratch)
         .arg("--out")

@@ -101,19 +101,32 @@ pub struct LmSampler {
     docs: u64,
 }
 
+/// How an [`LmSampler`] reads and packs.
+#[derive(Clone, Copy, Debug)]
+pub struct SamplerOptions {
+    /// Inputs per row.
+    pub seq_len: usize,
+    /// How documents become rows.
+    pub mode: PackMode,
+    /// Train only on assistant tokens of conversations.
+    pub assistant_only: bool,
+    /// Seed of the file and row order.
+    pub seed: u64,
+    /// Shuffle files per epoch and rows per record batch (false: read in order).
+    pub shuffle: bool,
+}
+
 impl LmSampler {
-    /// A sampler over `mix` yielding rows of `seq_len` inputs. `assistant_only` trains only
-    /// on assistant tokens of conversations. `cursor` resumes a saved position.
-    pub fn new(
-        mix: &ResolvedMix,
-        tok: &Tok,
-        seq_len: usize,
-        mode: PackMode,
-        assistant_only: bool,
-        seed: u64,
-        shuffle: bool,
-        cursor: Option<Cursor>,
-    ) -> Result<Self> {
+    /// A sampler over `mix` yielding rows of `opts.seq_len` inputs. `cursor` resumes a saved
+    /// position.
+    pub fn new(mix: &ResolvedMix, tok: &Tok, opts: SamplerOptions, cursor: Option<Cursor>) -> Result<Self> {
+        let SamplerOptions {
+            seq_len,
+            mode,
+            assistant_only,
+            seed,
+            shuffle,
+        } = opts;
         let n = mix.sources.len();
         let cursor = cursor.unwrap_or_else(|| Cursor {
             readers: vec![ReaderPos::default(); n],

@@ -8,7 +8,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use common::data::mix::load_mix;
-use common::data::sampler::{LmSampler, PackMode};
+use common::data::sampler::{LmSampler, PackMode, SamplerOptions};
 use common::device::{configure_threads, device_name, DeviceChoice};
 use common::lm::lm_backward;
 use common::model::{Gpt, GptConfig, Positions};
@@ -120,11 +120,13 @@ fn one_train(
         (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Some(LmSampler::new(
             &mix,
             &tok,
-            seq as usize,
-            PackMode::Stream,
-            false,
-            0,
-            true,
+            SamplerOptions {
+                seq_len: seq as usize,
+                mode: PackMode::Stream,
+                assistant_only: false,
+                seed: 0,
+                shuffle: true,
+            },
             None,
         )?),
         _ => None,
@@ -250,7 +252,18 @@ fn one_data() -> Result<Value> {
     let tok = tokenizer().context("data/default/tokenizer.json is missing: run `just datasets` first")?;
     let mix = load_mix(std::path::Path::new("configs/mixes/pretrain.toml"))?;
     let t0 = Instant::now();
-    let mut s = LmSampler::new(&mix, &tok, 256, PackMode::Stream, false, 0, true, None)?;
+    let mut s = LmSampler::new(
+        &mix,
+        &tok,
+        SamplerOptions {
+            seq_len: 256,
+            mode: PackMode::Stream,
+            assistant_only: false,
+            seed: 0,
+            shuffle: true,
+        },
+        None,
+    )?;
     let mut tokens = 0i64;
     while tokens < 1_000_000 {
         tokens += s.next_batch(32)?.trained_tokens;
@@ -381,46 +394,13 @@ fn run_all(a: &Args) -> Result<()> {
         (Some(x), Some(y)) if y > 0.0 => json!(x / y),
         _ => Value::Null,
     };
-    // Paired rounds: ours then PyTorch, back to back, three times; the median of the three
-    // ratios is robust to a slow spell of this shared machine hitting one side only.
-    let mut rounds: Vec<f64> = Vec::new();
-    if cpu && reference["train_tok_per_s"].is_number() {
-        let short: Vec<&str> = dflt.iter().map(|s| if *s == "9" { "5" } else { s }).collect();
-        for _ in 0..3 {
-            let o = sub(&short, a.device)?;
-            let t = reference_train(&a.python, &cfg, threads, 5)?;
-            if let (Some(o), Some(t)) = (o["tok_per_s"].as_f64(), t) {
-                rounds.push(o / t);
-            }
-        }
-        eprintln!("bench: paired rounds ours/PyTorch {rounds:.3?}");
-    }
+    let (rounds, sample_rounds) = paired_rounds(a, &cfg, threads, &dflt, &reference)?;
     let median = |xs: &[f64]| {
         let mut r = xs.to_vec();
         r.sort_by(f64::total_cmp);
         r.get(r.len() / 2).copied()
     };
     let paired = median(&rounds);
-    // The same for KV-cache sampling at each batch size: ours then PyTorch, three times.
-    let batches = ["1", "8", "64"];
-    let mut sample_rounds: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
-    if cpu && reference["sample_tok_per_s"].is_object() {
-        for _ in 0..3 {
-            let o = sub(&["sample", "--cache-only"], a.device)?;
-            let t = run_reference(
-                &a.python,
-                &cfg,
-                json!({"threads": threads, "train": false, "sample": true, "prompt_len": 32, "new_tokens": 64,
-                       "sample_batches": [1, 8, 64]}),
-            )?;
-            for (i, b) in batches.iter().enumerate() {
-                if let (Some(o), Some(t)) = (o[format!("cache_b{b}")].as_f64(), t["sample_tok_per_s"][b].as_f64()) {
-                    sample_rounds[i].push(o / t);
-                }
-            }
-        }
-        eprintln!("bench: paired sampling rounds ours/PyTorch (batch 1, 8, 64) {sample_rounds:.3?}");
-    }
     let sample_paired: Vec<Option<f64>> = sample_rounds.iter().map(|r| median(r)).collect();
     let results = json!({
         "date": std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
@@ -456,7 +436,82 @@ fn run_all(a: &Args) -> Result<()> {
     }
     std::fs::write(&a.out, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("writing {}", a.out.display()))?;
+    print_table(&results, cpu);
+    eprintln!(
+        "bench: results in {} ({:.0}s)",
+        a.out.display(),
+        t_all.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Paired rounds, on the CPU when the reference ran: ours then PyTorch, back to back, three
+/// times, for training and for KV-cache sampling at batch 1, 8 and 64 (ratios ours/PyTorch).
+fn paired_rounds(
+    a: &Args,
+    cfg: &GptConfig,
+    threads: usize,
+    dflt: &[&str],
+    reference: &Value,
+) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+    let cpu = a.device.resolve()? == Device::Cpu;
+    // Paired rounds: ours then PyTorch, back to back, three times; the median of the three
+    // ratios is robust to a slow spell of this shared machine hitting one side only.
+    let mut rounds: Vec<f64> = Vec::new();
+    if cpu && reference["train_tok_per_s"].is_number() {
+        let short: Vec<&str> = dflt.iter().map(|s| if *s == "9" { "5" } else { s }).collect();
+        for _ in 0..3 {
+            let o = sub(&short, a.device)?;
+            let t = reference_train(&a.python, cfg, threads, 5)?;
+            if let (Some(o), Some(t)) = (o["tok_per_s"].as_f64(), t) {
+                rounds.push(o / t);
+            }
+        }
+        eprintln!("bench: paired rounds ours/PyTorch {rounds:.3?}");
+    }
+    // The same for KV-cache sampling at each batch size: ours then PyTorch, three times.
+    let batches = ["1", "8", "64"];
+    let mut sample_rounds: Vec<Vec<f64>> = vec![Vec::new(); batches.len()];
+    if cpu && reference["sample_tok_per_s"].is_object() {
+        for _ in 0..3 {
+            let o = sub(&["sample", "--cache-only"], a.device)?;
+            let t = run_reference(
+                &a.python,
+                cfg,
+                json!({"threads": threads, "train": false, "sample": true, "prompt_len": 32, "new_tokens": 64,
+                       "sample_batches": [1, 8, 64]}),
+            )?;
+            for (i, b) in batches.iter().enumerate() {
+                if let (Some(o), Some(t)) = (o[format!("cache_b{b}")].as_f64(), t["sample_tok_per_s"][b].as_f64()) {
+                    sample_rounds[i].push(o / t);
+                }
+            }
+        }
+        eprintln!("bench: paired sampling rounds ours/PyTorch (batch 1, 8, 64) {sample_rounds:.3?}");
+    }
+    Ok((rounds, sample_rounds))
+}
+
+/// The results as a Markdown table (what the README quotes).
+fn print_table(results: &Value, cpu: bool) {
+    let (b_big, s_big) = if cpu { (4, 256) } else { (32, 1024) };
+    let train = &results["train"];
+    let (ours, ours_bf16, big) = (&train["default_fp32"], &train["default_bf16"], &train["d12_fp32"]);
+    let (reference, sample, data) = (&results["reference"], &results["sampling"], &results["data"]);
+    let fp32 = results["matmul_gflops"]["fp32"].as_f64().unwrap_or(f64::NAN);
+    let bf16 = results["matmul_gflops"]["bf16"].as_f64().unwrap_or(f64::NAN);
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) if y > 0.0 => json!(x / y),
+        _ => Value::Null,
+    };
+    let floats = |v: &Value| -> Vec<f64> { v.as_array().into_iter().flatten().filter_map(Value::as_f64).collect() };
     let r = &results["ratios"];
+    let paired = r["train_ours_over_pytorch_paired_median"].as_f64();
+    let rounds = floats(&r["train_paired_rounds"]);
+    let batches = ["1", "8", "64"];
+    let sample_paired: Vec<Option<f64>> = batches.iter().map(|b| r["sample_paired_median"][*b].as_f64()).collect();
+    let sample_rounds: Vec<Vec<f64>> = batches.iter().map(|b| floats(&r["sample_paired_rounds"][*b])).collect();
+    let mfu_of = |k: &str| train["mfu"][k].as_f64().unwrap_or(f64::NAN);
     let fmt = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
     let tf = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.0}"));
     println!("| measure | lib2expert | PyTorch eager | ratio |\n|---|---|---|---|");
@@ -464,7 +519,7 @@ fn run_all(a: &Args) -> Result<()> {
     println!(
         "| train default fp32 (tok/s) | {} (MFU {:.0}%) | {} | {} |",
         tf(&ours["tok_per_s"]),
-        100.0 * mfu(&ours, fp32),
+        100.0 * mfu_of("default_fp32"),
         tf(&reference["train_tok_per_s"]),
         fmt(&r["train_ours_over_pytorch"])
     );
@@ -505,7 +560,7 @@ fn run_all(a: &Args) -> Result<()> {
     println!(
         "| train d12 fp32 (tok/s, batch {b_big}x{s_big}) | {} (MFU {:.0}%) | | |",
         tf(&big["tok_per_s"]),
-        100.0 * mfu(&big, fp32)
+        100.0 * mfu_of("d12_fp32")
     );
     println!(
         "| peak memory default / d12 (MB) | {} / {} | | |",
@@ -544,12 +599,6 @@ fn run_all(a: &Args) -> Result<()> {
         "| time outside libtorch per step (data + bookkeeping) | {:.2}% | | |",
         100.0 * ours["outside_libtorch_fraction"].as_f64().unwrap_or(f64::NAN)
     );
-    eprintln!(
-        "bench: results in {} ({:.0}s)",
-        a.out.display(),
-        t_all.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 fn main() -> ExitCode {

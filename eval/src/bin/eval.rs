@@ -3,6 +3,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use common::checkpoint;
 use common::device::{configure_threads, seed_everything, DeviceChoice};
+use common::metrics::EvalFile;
 use common::sampling::SamplingConfig;
 use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, EvalOptions, TaskReport};
 use common::verify::{Grader, ProgramExec, RewardWeights};
@@ -167,11 +168,16 @@ fn run(a: Args) -> Result<()> {
     println!("{}", table(&greedy, sampled.as_ref()));
     println!("generation: {:.0} tokens/s", greedy.gen_tokens_per_sec);
     if let Some(out) = &a.out {
-        let j = serde_json::json!({
-            "checkpoint": a.checkpoint.display().to_string(), "stage": loaded.meta.stage, "tasks": a.tasks.display().to_string(),
-            "greedy": greedy, "sampled": sampled, "temperature": a.temperature,
-        });
-        std::fs::write(out, serde_json::to_string_pretty(&j)?).with_context(|| format!("writing {}", out.display()))?;
+        let file = EvalFile {
+            checkpoint: a.checkpoint.display().to_string(),
+            stage: loaded.meta.stage.clone(),
+            tasks: a.tasks.display().to_string(),
+            greedy: greedy.clone(),
+            sampled: sampled.clone(),
+            temperature: a.temperature,
+        };
+        std::fs::write(out, serde_json::to_string_pretty(&file)?)
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     if let Some(path) = &a.log_samples {
         let mut text = String::new();

@@ -1,6 +1,12 @@
 //! `report`: turns a run's checkpoints into `runs/<run>/report.md` with tables and plots.
 use anyhow::{Context, Result};
 use clap::Parser;
+use common::checkpoint::Meta;
+use common::metrics::{
+    lines_of, read_jsonl, EvalFile, HeldOut, HeldOutBySource, LmStep, RlStep, StageMetrics, TrainMetrics,
+};
+use common::progress::{format_count, format_secs};
+use common::tasks::{KindReport, TaskReport};
 use plotters::prelude::*;
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -24,7 +30,7 @@ struct Args {
 
 struct Stage {
     name: &'static str,
-    meta: Value,
+    meta: Meta,
     log: Vec<Value>,
 }
 
@@ -35,13 +41,9 @@ fn load(run: &Path) -> Result<Vec<Stage>> {
         let Ok(dir) = common::checkpoint::resolve_dir(&dir) else {
             continue;
         };
-        let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)
+        let meta: Meta = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)
             .with_context(|| format!("parsing {}/meta.json", dir.display()))?;
-        let log = std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
+        let log = read_jsonl(&dir.join("metrics.jsonl"));
         out.push(Stage { name, meta, log });
     }
     if out.is_empty() {
@@ -54,12 +56,13 @@ fn load(run: &Path) -> Result<Vec<Stage>> {
     Ok(out)
 }
 
-fn f(v: &Value) -> Option<f64> {
-    v.as_f64()
-}
-
 fn pct(x: Option<f64>) -> String {
     x.map_or("–".into(), |x| format!("{:.1}%", 100.0 * x))
+}
+
+/// `x` with three decimals, or "–".
+fn num3(x: Option<f64>) -> String {
+    x.map_or("–".into(), |x| format!("{x:.3}"))
 }
 
 fn plot_loss(stages: &[Stage], path: &Path) -> Result<()> {
@@ -70,12 +73,11 @@ fn plot_loss(stages: &[Stage], path: &Path) -> Result<()> {
         if s.name == "rl" {
             continue;
         }
-        let pts: Vec<(f64, f64)> = s
-            .log
+        let pts: Vec<(f64, f64)> = lines_of::<LmStep>(&s.log)
             .iter()
-            .filter_map(|l| Some((offset + f(&l["step"])?, f(&l["loss"])?)))
+            .map(|l| (offset + l.step as f64, l.loss))
             .collect();
-        offset += s.meta["step"].as_f64().unwrap_or(0.0);
+        offset += s.meta.step as f64;
         bounds.push(offset);
         series.push((s.name, pts));
     }
@@ -161,333 +163,360 @@ fn run(a: Args) -> Result<()> {
     let mut md = String::new();
     writeln!(md, "# lib2expert report: `{}`\n", a.run.display())?;
     writeln!(md, "From library to expert: each stage below starts from the checkpoint of the one before. All figures are measured on held-out data.\n")?;
+    cost_table(&mut md, &stages)?;
+    heldout_table(&mut md, &stages)?;
+    plot_loss(&stages, &a.run.join("loss.svg"))?;
+    writeln!(md, "\n![training loss](loss.svg)")?;
+    task_table(&mut md, &stages, &a.run)?;
+    let rl = stages.iter().find(|s| s.name == "rl");
+    if let Some(rl) = rl {
+        skill_table(&mut md, &rl.meta.metrics)?;
+        rl_dynamics(&mut md, rl)?;
+    }
+    test_time_compute(&mut md, &a.run)?;
+    data_section(&mut md, &stages)?;
+    let out = a.run.join("report.md");
+    std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("report: wrote {}", out.display());
+    Ok(())
+}
 
-    // Cost of each stage.
+/// What each stage cost: steps, tokens, time, throughput, MFU, device.
+fn cost_table(md: &mut String, stages: &[Stage]) -> Result<()> {
     writeln!(md, "## What each stage cost\n\n| stage | steps | tokens | time | tokens/s | MFU | device |\n|---|---|---|---|---|---|---|")?;
-    for s in &stages {
-        let t = &s.meta["metrics"]["train"];
-        let secs = s.meta["train_secs"].as_f64().unwrap_or(0.0);
-        let toks = s.meta["tokens_seen"].as_f64().unwrap_or(0.0);
-        let rate = t["tok_per_s"].as_f64().or(t["sample_tok_per_s"].as_f64());
+    for s in stages {
+        let t = s.meta.metrics.train.as_ref();
+        let rl = s.name == "rl";
+        let mfu = match t {
+            Some(TrainMetrics::Lm(m)) => Some(m.mfu),
+            _ => None,
+        };
         writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} |",
             s.name,
-            s.meta["step"],
-            common::progress::format_count(toks) + if s.name == "rl" { " sampled" } else { "" },
-            common::progress::format_secs(secs),
-            rate.map_or("–".into(), common::progress::format_count) + if s.name == "rl" { " (sampling)" } else { "" },
-            t["mfu"].as_f64().map_or("–".into(), |m| format!("{:.0}%", 100.0 * m)),
-            s.meta["device"].as_str().unwrap_or("?")
+            s.meta.step,
+            format_count(s.meta.tokens_seen as f64) + if rl { " sampled" } else { "" },
+            format_secs(s.meta.train_secs),
+            t.map_or("–".into(), |t| format_count(t.tok_per_s())) + if rl { " (sampling)" } else { "" },
+            mfu.map_or("–".into(), |m| format!("{:.0}%", 100.0 * m)),
+            s.meta.device
         )?;
     }
+    Ok(())
+}
 
-    // Held-out bits per byte.
-    let lm: Vec<&Stage> = stages
+/// Held-out bits per byte of pretraining and midtraining, per source.
+fn heldout_table(md: &mut String, stages: &[Stage]) -> Result<()> {
+    let lm: Vec<(&Stage, &HeldOutBySource)> = stages
         .iter()
-        .filter(|s| s.meta["metrics"]["heldout"].is_object() && s.name != "sft")
+        .filter(|s| s.name != "sft")
+        .filter_map(|s| Some((s, s.meta.metrics.heldout.as_ref()?)))
         .collect();
-    if let Some(first) = lm.first() {
-        let sources: Vec<String> = first.meta["metrics"]["heldout"]
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
-        writeln!(
-            md,
-            "\n## What pretraining and midtraining bought: held-out bits per byte\n"
-        )?;
-        write!(md, "| source | random init |")?;
-        for s in &lm {
-            write!(md, " {} |", s.name)?;
-        }
-        writeln!(md, " midtrain vs pretrain |\n|---|---|{}---|", "---|".repeat(lm.len()))?;
-        for src in &sources {
-            let init = f(&first.meta["metrics"]["heldout_start"][src]["bpb"]);
-            write!(md, "| {src} | {} |", init.map_or("–".into(), |x| format!("{x:.3}")))?;
-            let mut vals = Vec::new();
-            for s in &lm {
-                let v = f(&s.meta["metrics"]["heldout"][src]["bpb"]);
-                vals.push(v);
-                write!(md, " {} |", v.map_or("–".into(), |x| format!("{x:.3}")))?;
-            }
-            let change = match (vals.first().copied().flatten(), vals.get(1).copied().flatten()) {
-                (Some(p), Some(m)) => format!("{:+.1}%", 100.0 * (m / p - 1.0)),
-                _ => "–".into(),
-            };
-            writeln!(md, " {change} |")?;
-        }
-        writeln!(
-            md,
-            "\nUnigram floor (nats/token, entropy of each held-out set's own token frequencies): {}",
-            sources
-                .iter()
-                .map(|s| format!(
-                    "{s} {:.2}",
-                    f(&first.meta["metrics"]["heldout"][s]["unigram_loss"]).unwrap_or(f64::NAN)
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )?;
-        writeln!(
-            md,
-            "; held-out loss after pretraining: {}.",
-            sources
-                .iter()
-                .map(|s| format!(
-                    "{s} {:.2}",
-                    f(&first.meta["metrics"]["heldout"][s]["loss"]).unwrap_or(f64::NAN)
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )?;
+    let Some(&(first, first_end)) = lm.first() else {
+        return Ok(());
+    };
+    let sources: Vec<&String> = first_end.keys().collect();
+    writeln!(
+        md,
+        "\n## What pretraining and midtraining bought: held-out bits per byte\n"
+    )?;
+    write!(md, "| source | random init |")?;
+    for (s, _) in &lm {
+        write!(md, " {} |", s.name)?;
     }
-    plot_loss(&stages, &a.run.join("loss.svg"))?;
-    writeln!(md, "\n![training loss](loss.svg)")?;
-
-    // Task accuracy per stage: base = the checkpoint SFT started from.
-    let mut cols: Vec<(String, Value)> = Vec::new();
-    if let Some(sft) = stages.iter().find(|s| s.name == "sft") {
-        if sft.meta["metrics"]["tasks_start"].is_object() {
-            cols.push(("base (before SFT)".into(), sft.meta["metrics"]["tasks_start"].clone()));
+    writeln!(md, " midtrain vs pretrain |\n|---|---|{}---|", "---|".repeat(lm.len()))?;
+    let start = first.meta.metrics.heldout_start.as_ref();
+    for src in &sources {
+        let init = start.and_then(|h| h.get(*src)).map(|h| h.bpb);
+        write!(md, "| {src} | {} |", num3(init))?;
+        let vals: Vec<Option<f64>> = lm.iter().map(|(_, h)| h.get(*src).map(|h| h.bpb)).collect();
+        for v in &vals {
+            write!(md, " {} |", num3(*v))?;
         }
-        if sft.meta["metrics"]["tasks"].is_object() {
-            cols.push(("SFT".into(), sft.meta["metrics"]["tasks"].clone()));
+        let change = match (vals.first().copied().flatten(), vals.get(1).copied().flatten()) {
+            (Some(p), Some(m)) => format!("{:+.1}%", 100.0 * (m / p - 1.0)),
+            _ => "–".into(),
+        };
+        writeln!(md, " {change} |")?;
+    }
+    let list = |get: fn(&HeldOut) -> f64| {
+        sources
+            .iter()
+            .map(|s| format!("{s} {:.2}", first_end.get(*s).map_or(f64::NAN, get)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    writeln!(
+        md,
+        "\nUnigram floor (nats/token, entropy of each held-out set's own token frequencies): {}",
+        list(|h| h.unigram_loss)
+    )?;
+    writeln!(md, "; held-out loss after pretraining: {}.", list(|h| h.loss))?;
+    Ok(())
+}
+
+/// Questions of task `kind` in `r`, or "–".
+fn questions(r: &TaskReport, kind: &str) -> String {
+    r.per_kind.get(kind).map_or("–".into(), |k| k.n.to_string())
+}
+
+/// The task columns: base (what SFT started from), SFT, before RL (same questions as RL), RL.
+fn task_columns(stages: &[Stage]) -> Vec<(String, &TaskReport)> {
+    let mut cols = Vec::new();
+    if let Some(sft) = stages.iter().find(|s| s.name == "sft") {
+        if let Some(t) = &sft.meta.metrics.tasks_start {
+            cols.push(("base (before SFT)".into(), t));
+        }
+        if let Some(t) = &sft.meta.metrics.tasks {
+            cols.push(("SFT".into(), t));
         }
     }
     if let Some(rl) = stages.iter().find(|s| s.name == "rl") {
-        if rl.meta["metrics"]["tasks"].is_object() {
+        if let Some(t) = &rl.meta.metrics.tasks {
             // RL's gain is read against its own starting point on the same questions (the SFT
             // stage may have graded a different number of them).
-            if rl.meta["metrics"]["tasks_start"].is_object() {
-                cols.push((
-                    "before RL (same questions as RL)".into(),
-                    rl.meta["metrics"]["tasks_start"].clone(),
-                ));
+            if let Some(t0) = &rl.meta.metrics.tasks_start {
+                cols.push(("before RL (same questions as RL)".into(), t0));
             }
-            cols.push(("RL".into(), rl.meta["metrics"]["tasks"].clone()));
+            cols.push(("RL".into(), t));
         }
     }
-    if !cols.is_empty() {
+    cols
+}
+
+/// Held-out task accuracy per stage, with a plot and a few examples.
+fn task_table(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
+    let cols = task_columns(stages);
+    if cols.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "\n## What SFT and RL bought: held-out task accuracy (greedy answers, graded by verifiers)\n"
+    )?;
+    write!(md, "| task |")?;
+    for (c, _) in &cols {
+        write!(md, " {c} |")?;
+    }
+    writeln!(md, "\n|---|{}", "---|".repeat(cols.len()))?;
+    write!(md, "| questions per task |")?;
+    for (_, v) in &cols {
+        write!(md, " {} |", questions(v, "arithmetic"))?;
+    }
+    writeln!(md)?;
+    let mut series: Vec<(String, Vec<f64>)> = Vec::new();
+    for k in cols[0].1.per_kind.keys() {
+        write!(md, "| {k} |")?;
+        let mut ys = Vec::new();
+        for (_, v) in &cols {
+            let r = v.per_kind.get(k);
+            ys.push(r.map_or(f64::NAN, |r| r.accuracy));
+            let (lo, hi) = r.map_or((0.0, 0.0), |r| r.ci95);
+            write!(
+                md,
+                " {} [{:.0}–{:.0}] |",
+                pct(r.map(|r| r.accuracy)),
+                100.0 * lo,
+                100.0 * hi
+            )?;
+        }
+        writeln!(md)?;
+        series.push((k.clone(), ys));
+    }
+    type Getter = fn(&KindReport) -> f64;
+    let pooled: [(&str, Getter); 3] = [
+        ("answerable, pooled", |r| r.accuracy),
+        ("format compliance", |r| r.format_rate),
+        ("abstention (answerable)", |r| r.abstention_rate),
+    ];
+    for (label, get) in pooled {
+        write!(md, "| {label} |")?;
+        for (_, v) in &cols {
+            write!(md, " {} |", pct(Some(get(&v.answerable))))?;
+        }
+        writeln!(md)?;
+    }
+    write!(
+        md,
+        "| **hallucination** (confident answers to unanswerable questions) |"
+    )?;
+    let mut hall = Vec::new();
+    for (_, v) in &cols {
+        let h = v.per_kind.get("unanswerable").and_then(|r| r.hallucination_rate);
+        hall.push(h.unwrap_or(f64::NAN));
+        write!(md, " {} |", pct(h))?;
+    }
+    writeln!(md)?;
+    series.push(("hallucination".into(), hall));
+    let xs: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
+    plot_lines(
+        &run.join("accuracy.svg"),
+        "held-out accuracy per task, by stage",
+        "stage",
+        &xs,
+        &series,
+    )?;
+    writeln!(md, "\n![accuracy by stage](accuracy.svg)")?;
+    if let Some((label, last)) = cols.last() {
+        writeln!(md, "\nExamples ({label}):\n")?;
+        for (q, ans, correct) in last.examples.iter().take(8) {
+            let q = q.replace('\n', " ");
+            let ans = ans.replace('\n', " ⏎ ");
+            writeln!(
+                md,
+                "- {} **Q:** {} **A:** {}",
+                if *correct { "✅" } else { "❌" },
+                q.chars().take(140).collect::<String>(),
+                ans.chars().take(160).collect::<String>()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Memorisation or skill: RL on the prompts it trained on against held-out ones.
+fn skill_table(md: &mut String, m: &StageMetrics) -> Result<()> {
+    let (Some(seen0), Some(seen1), Some(held0), Some(held1)) =
+        (&m.tasks_seen_start, &m.tasks_seen, &m.tasks_start, &m.tasks)
+    else {
+        return Ok(());
+    };
+    writeln!(
+        md,
+        "\n## RL: skill or memorisation? Its own training prompts against held-out questions\n\n\
+         A gain on the prompts RL practised that does not show on held-out questions is memorised, not learned.\n\n\
+         | task | trained-on prompts: before RL | after RL | change | held-out: before RL | after RL | change |\n|---|---|---|---|---|---|---|"
+    )?;
+    let row = |label: &str, get: &dyn Fn(&TaskReport) -> Option<f64>| -> String {
+        let (s0, s1) = (get(seen0), get(seen1));
+        let (h0, h1) = (get(held0), get(held1));
+        let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:+.1}", 100.0 * (b - a)),
+            _ => "–".into(),
+        };
+        format!(
+            "| {label} | {} | {} | {} | {} | {} | {} |",
+            pct(s0),
+            pct(s1),
+            d(s0, s1),
+            pct(h0),
+            pct(h1),
+            d(h0, h1)
+        )
+    };
+    for k in held1.per_kind.keys().filter(|k| *k != "unanswerable") {
         writeln!(
             md,
-            "\n## What SFT and RL bought: held-out task accuracy (greedy answers, graded by verifiers)\n"
+            "{}",
+            row(k, &|v: &TaskReport| v.per_kind.get(k).map(|r| r.accuracy))
         )?;
-        write!(md, "| task |")?;
-        for (c, _) in &cols {
-            write!(md, " {c} |")?;
-        }
-        writeln!(md, "\n|---|{}", "---|".repeat(cols.len()))?;
-        write!(md, "| questions per task |")?;
-        for (_, v) in &cols {
-            write!(md, " {} |", v["per_kind"]["arithmetic"]["n"])?;
-        }
-        writeln!(md)?;
-        let kinds: Vec<String> = cols[0].1["per_kind"]
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
-        let mut series: Vec<(String, Vec<f64>)> = Vec::new();
-        for k in &kinds {
-            write!(md, "| {k} |")?;
-            let mut ys = Vec::new();
-            for (_, v) in &cols {
-                let r = &v["per_kind"][k];
-                ys.push(f(&r["accuracy"]).unwrap_or(f64::NAN));
-                write!(
-                    md,
-                    " {} [{:.0}–{:.0}] |",
-                    pct(f(&r["accuracy"])),
-                    100.0 * f(&r["ci95"][0]).unwrap_or(0.0),
-                    100.0 * f(&r["ci95"][1]).unwrap_or(0.0)
-                )?;
-            }
-            writeln!(md)?;
-            series.push((k.clone(), ys));
-        }
-        for (label, key) in [
-            ("answerable, pooled", "accuracy"),
-            ("format compliance", "format_rate"),
-            ("abstention (answerable)", "abstention_rate"),
-        ] {
-            write!(md, "| {label} |")?;
-            for (_, v) in &cols {
-                write!(md, " {} |", pct(f(&v["answerable"][key])))?;
-            }
-            writeln!(md)?;
-        }
-        write!(
+    }
+    writeln!(
+        md,
+        "{}",
+        row("answerable, pooled", &|v: &TaskReport| Some(v.answerable.accuracy))
+    )?;
+    writeln!(
+        md,
+        "\nQuestions per task: {} trained-on, {} held-out.",
+        questions(seen1, "arithmetic"),
+        questions(held1, "arithmetic")
+    )?;
+    Ok(())
+}
+
+/// Every eighth RL step line (and the last).
+fn rl_dynamics(md: &mut String, rl: &Stage) -> Result<()> {
+    let steps: Vec<RlStep> = lines_of(&rl.log);
+    if steps.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "\n## RL dynamics\n\n| step | reward | accuracy | abstain | length | zero-adv groups | clip | KL | sample tok/s |\n|---|---|---|---|---|---|---|---|---|")?;
+    let every = (steps.len() / 8).max(1);
+    for (_, l) in steps
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % every == 0 || *i + 1 == steps.len())
+    {
+        writeln!(
             md,
-            "| **hallucination** (confident answers to unanswerable questions) |"
+            "| {} | {:.3} | {} | {} | {:.1} | {} | {} | {:.4} | {:.0} |",
+            l.step,
+            l.reward_mean,
+            pct(Some(l.accuracy)),
+            pct(Some(l.abstention_rate)),
+            l.completion_len,
+            pct(Some(l.zero_adv_groups)),
+            pct(Some(l.clip_frac)),
+            l.kl,
+            l.sample_tok_per_s
         )?;
-        let mut hall = Vec::new();
-        for (_, v) in &cols {
-            let h = f(&v["per_kind"]["unanswerable"]["hallucination_rate"]);
-            hall.push(h.unwrap_or(f64::NAN));
-            write!(md, " {} |", pct(h))?;
-        }
-        writeln!(md)?;
-        series.push(("hallucination".into(), hall));
-        let xs: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
-        plot_lines(
-            &a.run.join("accuracy.svg"),
-            "held-out accuracy per task, by stage",
-            "stage",
-            &xs,
-            &series,
-        )?;
-        writeln!(md, "\n![accuracy by stage](accuracy.svg)")?;
-        if let Some((_, last)) = cols.last() {
-            writeln!(
-                md,
-                "\nExamples ({}):\n",
-                cols.last().map(|c| c.0.as_str()).unwrap_or("")
-            )?;
-            for e in last["examples"].as_array().into_iter().flatten().take(8) {
-                let q = e[0].as_str().unwrap_or("").replace('\n', " ");
-                let ans = e[1].as_str().unwrap_or("").replace('\n', " ⏎ ");
-                writeln!(
-                    md,
-                    "- {} **Q:** {} **A:** {}",
-                    if e[2].as_bool() == Some(true) { "✅" } else { "❌" },
-                    q.chars().take(140).collect::<String>(),
-                    ans.chars().take(160).collect::<String>()
-                )?;
-            }
-        }
     }
+    Ok(())
+}
 
-    // Memorisation or skill: RL on the prompts it trained on against held-out ones.
-    if let Some(rl) = stages.iter().find(|s| s.name == "rl") {
-        let m = &rl.meta["metrics"];
-        if m["tasks_seen"].is_object() && m["tasks_seen_start"].is_object() && m["tasks_start"].is_object() {
-            writeln!(
-                md,
-                "\n## RL: skill or memorisation? Its own training prompts against held-out questions\n\n\
-                 A gain on the prompts RL practised that does not show on held-out questions is memorised, not learned.\n\n\
-                 | task | trained-on prompts: before RL | after RL | change | held-out: before RL | after RL | change |\n|---|---|---|---|---|---|---|"
-            )?;
-            let kinds: Vec<String> = m["tasks"]["per_kind"]
-                .as_object()
-                .map(|o| o.keys().filter(|k| *k != "unanswerable").cloned().collect())
-                .unwrap_or_default();
-            let row = |label: &str, get: &dyn Fn(&Value) -> Option<f64>| -> String {
-                let (s0, s1) = (get(&m["tasks_seen_start"]), get(&m["tasks_seen"]));
-                let (h0, h1) = (get(&m["tasks_start"]), get(&m["tasks"]));
-                let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                    (Some(a), Some(b)) => format!("{:+.1}", 100.0 * (b - a)),
-                    _ => "–".into(),
-                };
-                format!(
-                    "| {label} | {} | {} | {} | {} | {} | {} |",
-                    pct(s0),
-                    pct(s1),
-                    d(s0, s1),
-                    pct(h0),
-                    pct(h1),
-                    d(h0, h1)
-                )
-            };
-            for k in &kinds {
-                writeln!(md, "{}", row(k, &|v: &Value| f(&v["per_kind"][k.as_str()]["accuracy"])))?;
-            }
-            writeln!(
-                md,
-                "{}",
-                row("answerable, pooled", &|v: &Value| f(&v["answerable"]["accuracy"]))
-            )?;
-            writeln!(
-                md,
-                "\nQuestions per task: {} trained-on, {} held-out.",
-                m["tasks_seen"]["per_kind"]["arithmetic"]["n"], m["tasks"]["per_kind"]["arithmetic"]["n"]
-            )?;
-        }
+/// pass@k and maj@k of the final checkpoint, from `eval --samples` (`eval-rl.json`).
+fn test_time_compute(md: &mut String, run: &Path) -> Result<()> {
+    let path = run.join("eval-rl.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let v: EvalFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let Some(s) = v.sampled.as_ref().map(|s| &s.answerable) else {
+        return Ok(());
+    };
+    if s.pass_at_k.is_empty() {
+        return Ok(());
     }
+    let ks: Vec<usize> = s.pass_at_k.keys().copied().collect();
+    let xs: Vec<String> = ks.iter().map(|k| k.to_string()).collect();
+    let pv: Vec<f64> = ks.iter().map(|k| s.pass_at_k[k]).collect();
+    let mv: Vec<f64> = ks
+        .iter()
+        .map(|k| s.maj_at_k.get(k).copied().unwrap_or(f64::NAN))
+        .collect();
+    writeln!(
+        md,
+        "\n## Test-time compute: more samples, slowly more accuracy (final checkpoint, answerable tasks, T = {:?})\n",
+        v.temperature
+    )?;
+    writeln!(md, "| k | {} |\n|---|{}", xs.join(" | "), "---|".repeat(xs.len()))?;
+    let row = |v: &[f64]| v.iter().map(|x| pct(Some(*x))).collect::<Vec<_>>().join(" | ");
+    writeln!(md, "| pass@k | {} |", row(&pv))?;
+    writeln!(md, "| maj@k | {} |", row(&mv))?;
+    plot_lines(
+        &run.join("passk.svg"),
+        "pass@k and majority vote against k",
+        "k (samples per question)",
+        &xs,
+        &[("pass@k".into(), pv), ("maj@k".into(), mv)],
+    )?;
+    writeln!(md, "\n![pass@k](passk.svg)")?;
+    Ok(())
+}
 
-    // RL dynamics.
-    if let Some(rl) = stages.iter().find(|s| s.name == "rl") {
-        let steps: Vec<&Value> = rl.log.iter().filter(|l| l.get("reward_mean").is_some()).collect();
-        if !steps.is_empty() {
-            writeln!(md, "\n## RL dynamics\n\n| step | reward | accuracy | abstain | length | zero-adv groups | clip | KL | sample tok/s |\n|---|---|---|---|---|---|---|---|---|")?;
-            let every = (steps.len() / 8).max(1);
-            for l in steps
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % every == 0 || *i + 1 == steps.len())
-                .map(|(_, l)| l)
-            {
-                writeln!(
-                    md,
-                    "| {} | {:.3} | {} | {} | {:.1} | {} | {} | {:.4} | {:.0} |",
-                    l["step"],
-                    f(&l["reward_mean"]).unwrap_or(0.0),
-                    pct(f(&l["accuracy"])),
-                    pct(f(&l["abstention_rate"])),
-                    f(&l["completion_len"]).unwrap_or(0.0),
-                    pct(f(&l["zero_adv_groups"])),
-                    pct(f(&l["clip_frac"])),
-                    f(&l["kl"]).unwrap_or(0.0),
-                    f(&l["sample_tok_per_s"]).unwrap_or(0.0)
-                )?;
-            }
-        }
-    }
-
-    // Test-time compute.
-    let ev = a.run.join("eval-rl.json");
-    if let Ok(text) = std::fs::read_to_string(&ev) {
-        let v: Value = serde_json::from_str(&text)?;
-        let s = &v["sampled"]["answerable"];
-        if let (Some(p), Some(m)) = (s["pass_at_k"].as_object(), s["maj_at_k"].as_object()) {
-            let ks: Vec<String> = p.keys().cloned().collect();
-            let mut ks_sorted: Vec<usize> = ks.iter().filter_map(|k| k.parse().ok()).collect();
-            ks_sorted.sort();
-            let xs: Vec<String> = ks_sorted.iter().map(|k| k.to_string()).collect();
-            let pv: Vec<f64> = ks_sorted
-                .iter()
-                .map(|k| f(&p[&k.to_string()]).unwrap_or(f64::NAN))
-                .collect();
-            let mv: Vec<f64> = ks_sorted
-                .iter()
-                .map(|k| f(&m[&k.to_string()]).unwrap_or(f64::NAN))
-                .collect();
-            writeln!(md, "\n## Test-time compute: more samples, slowly more accuracy (final checkpoint, answerable tasks, T = {})\n", v["temperature"])?;
-            writeln!(md, "| k | {} |\n|---|{}", xs.join(" | "), "---|".repeat(xs.len()))?;
-            writeln!(
-                md,
-                "| pass@k | {} |",
-                pv.iter().map(|x| pct(Some(*x))).collect::<Vec<_>>().join(" | ")
-            )?;
-            writeln!(
-                md,
-                "| maj@k | {} |",
-                mv.iter().map(|x| pct(Some(*x))).collect::<Vec<_>>().join(" | ")
-            )?;
-            plot_lines(
-                &a.run.join("passk.svg"),
-                "pass@k and majority vote against k",
-                "k (samples per question)",
-                &xs,
-                &[("pass@k".into(), pv), ("maj@k".into(), mv)],
-            )?;
-            writeln!(md, "\n![pass@k](passk.svg)")?;
-        }
-    }
-
-    // Data mixes.
+/// The data each stage read: its mix's sources with their shares and the tokens consumed,
+/// or RL's prompt file.
+fn data_section(md: &mut String, stages: &[Stage]) -> Result<()> {
     writeln!(md, "\n## Data of each stage\n")?;
-    for s in &stages {
-        let mix = &s.meta["mix"];
+    for s in stages {
+        let mix = &s.meta.mix;
+        let consumed = match &s.meta.metrics.train {
+            Some(TrainMetrics::Lm(m)) => Some(&m.consumed_per_source),
+            _ => None,
+        };
         match mix["sources"].as_array() {
             Some(srcs) => {
-                let consumed = &s.meta["metrics"]["train"]["consumed_per_source"];
                 let parts: Vec<String> = srcs
                     .iter()
                     .map(|x| {
                         let name = x["config"]["name"].as_str().unwrap_or("?");
+                        let tokens = consumed.and_then(|c| c.get(name)).copied().unwrap_or(0);
                         format!(
                             "{name} {:.0}% ({} tokens)",
-                            100.0 * f(&x["share"]).unwrap_or(0.0),
-                            common::progress::format_count(f(&consumed[name]).unwrap_or(0.0))
+                            100.0 * x["share"].as_f64().unwrap_or(0.0),
+                            format_count(tokens as f64)
                         )
                     })
                     .collect();
@@ -507,9 +536,6 @@ fn run(a: Args) -> Result<()> {
             )?,
         }
     }
-    let out = a.run.join("report.md");
-    std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("report: wrote {}", out.display());
     Ok(())
 }
 

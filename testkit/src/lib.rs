@@ -1,5 +1,21 @@
-//! Helpers for the test suites of the workspace (not part of the stable API).
+//! Helpers for the test suites of the workspace: a dev-dependency only, never compiled into
+//! a release binary. One way to run a binary as a user would ([`bin`]), a miniature world
+//! with stage configs ([`tiny_world`]), a tiny checkpoint, and weight comparisons.
 use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// A command running the binary `exe` (`env!("CARGO_BIN_EXE_<name>")`) as a user would:
+/// progress bars off, and no `LD_LIBRARY_PATH` (the rpath must find libtorch).
+pub fn bin(exe: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(exe);
+    c.env("L2E_PROGRESS", "quiet").env_remove("LD_LIBRARY_PATH");
+    c
+}
+
+/// The standard error of a finished command, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
 
 /// The project's virtual environment Python (`./.venv/bin/python`), else `python3`.
 pub fn venv_python() -> PathBuf {
@@ -18,12 +34,12 @@ pub fn workspace_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
-use crate::checkpoint::{self, Meta};
-use crate::data::writer::{write_chat, write_tasks, write_text};
-use crate::model::{Gpt, GptConfig};
-use crate::tokenizer::{Message, Tok};
-use crate::verify::Task;
 use anyhow::Result;
+use common::checkpoint::{self, Meta};
+use common::data::writer::{write_chat, write_tasks, write_text};
+use common::model::{Gpt, GptConfig};
+use common::tokenizer::{Message, Tok};
+use common::verify::Task;
 use std::path::Path;
 
 /// A miniature world for end-to-end tests, written under `dir`: library sources, held-out
@@ -156,7 +172,14 @@ pub fn tiny_checkpoint(world: &Path, out: &Path, stage: &str) -> Result<()> {
     let _m = Gpt::new(vs.root(), &cfg);
     let mut meta = Meta::new(stage);
     meta.complete = true;
-    checkpoint::save(out, &vs, &cfg, &tok, &mut meta, &[], None)
+    let contents = checkpoint::Contents {
+        vs: &vs,
+        config: &cfg,
+        tok: &tok,
+        metrics_log: &[],
+        state: None,
+    };
+    checkpoint::save(out, &contents, &mut meta)
 }
 
 /// The tensors of a checkpoint's `model.safetensors`, sorted by name.
