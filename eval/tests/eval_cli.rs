@@ -81,6 +81,26 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         "chat printed an answer"
     );
 
+    // A short RL run on top, with the harder slice graded: the report reads its typed metrics.
+    let rl_args = CommonArgs {
+        init: Some(d.join("run/sft")),
+        out: Some(d.join("run/rl")),
+        ..Default::default()
+    };
+    let rl_cfg_path = d.join("configs/rl-report.toml");
+    std::fs::write(
+        &rl_cfg_path,
+        std::fs::read_to_string(d.join("configs/rl.toml"))?.replace(
+            "seen_per_kind = 2",
+            &format!(
+                "seen_per_kind = 2\nhard_tasks = {:?}",
+                d.join("eval/tasks.parquet").display().to_string()
+            ),
+        ),
+    )?;
+    let rl_cfg = rl::config::RlConfig::load(&rl_cfg_path, &rl_args)?;
+    rl::run(&rl_cfg, &rl_args)?;
+
     let o = bin(env!("CARGO_BIN_EXE_report")).arg(d.join("run")).output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let md = std::fs::read_to_string(d.join("run/report.md"))?;
@@ -88,6 +108,18 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         md.contains("What SFT and RL bought") && md.contains("hallucination"),
         "{md}"
     );
-    assert!(d.join("run/accuracy.svg").exists() && d.join("run/loss.svg").exists());
+    for section in [
+        "skill or memorisation",
+        "a harder held-out slice",
+        "RL prompts: the curriculum",
+        "RL dynamics",
+    ] {
+        assert!(md.contains(section), "no {section:?} section: {md}");
+    }
+    // One curriculum row per task kind of the prompt file, with its prompts drawn.
+    assert!(md.contains("| train/arithmetic |"), "{md}");
+    for svg in ["accuracy.svg", "loss.svg", "curriculum.svg"] {
+        assert!(d.join("run").join(svg).exists(), "{svg} missing");
+    }
     Ok(())
 }

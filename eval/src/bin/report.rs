@@ -129,12 +129,21 @@ fn plot_lines(path: &Path, title: &str, xdesc: &str, xs: &[String], series: &[(S
     let labels = xs.to_vec();
     chart
         .configure_mesh()
-        .x_labels(n)
+        .x_labels(n.min(12))
         .x_label_formatter(&|x| labels.get(x.round() as usize).cloned().unwrap_or_default())
         .x_desc(xdesc)
         .y_desc("%")
         .draw()?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let colors = [
+        BLUE,
+        RED,
+        GREEN,
+        MAGENTA,
+        CYAN,
+        BLACK,
+        RGBColor(255, 140, 0),
+        RGBColor(128, 0, 128),
+    ];
     for (i, (name, ys)) in series.iter().enumerate() {
         let c = colors[i % colors.len()];
         let pts: Vec<(f64, f64)> = ys
@@ -171,6 +180,8 @@ fn run(a: Args) -> Result<()> {
     let rl = stages.iter().find(|s| s.name == "rl");
     if let Some(rl) = rl {
         skill_table(&mut md, &rl.meta.metrics)?;
+        hard_slice(&mut md, &rl.meta.metrics)?;
+        curriculum_section(&mut md, rl, &a.run)?;
         rl_dynamics(&mut md, rl)?;
     }
     test_time_compute(&mut md, &a.run)?;
@@ -423,6 +434,115 @@ fn skill_table(md: &mut String, m: &StageMetrics) -> Result<()> {
         questions(seen1, "arithmetic"),
         questions(held1, "arithmetic")
     )?;
+    Ok(())
+}
+
+/// Accuracy with its 95% interval, as "58.4% [52–64]".
+fn pct_ci(r: &KindReport) -> String {
+    format!(
+        "{} [{:.0}–{:.0}]",
+        pct(Some(r.accuracy)),
+        100.0 * r.ci95.0,
+        100.0 * r.ci95.1
+    )
+}
+
+/// The harder held-out slice (one more operation than SFT showed), before and after RL.
+fn hard_slice(md: &mut String, m: &StageMetrics) -> Result<()> {
+    let (Some(h0), Some(h1)) = (&m.tasks_hard_start, &m.tasks_hard) else {
+        return Ok(());
+    };
+    writeln!(
+        md,
+        "\n## RL beyond the demonstrations: a harder held-out slice\n\n\
+         Problems with one more operation than any SFT conversation or library solution shows.\n\n\
+         | slice | questions | before RL | after RL |\n|---|---|---|---|"
+    )?;
+    for (k, r1) in &h1.per_kind {
+        if let Some(r0) = h0.per_kind.get(k) {
+            writeln!(md, "| {k} | {} | {} | {} |", r1.n, pct_ci(r0), pct_ci(r1))?;
+        }
+    }
+    Ok(())
+}
+
+/// The curriculum: each slot's group success rate over training (first and last logged
+/// estimate, prompts drawn), and a plot of the estimates against steps.
+fn curriculum_section(md: &mut String, rl: &Stage, run: &Path) -> Result<()> {
+    let steps: Vec<RlStep> = lines_of(&rl.log);
+    let Some(last) = steps.last().filter(|l| !l.curriculum.is_empty()) else {
+        return Ok(());
+    };
+    writeln!(
+        md,
+        "\n## RL prompts: the curriculum\n\n\
+         Each slot is a generator level or a task kind of a prompt file; its success is the running share of a \
+         group's samples that are right (at the sampling temperature). Slots outside the band are drawn less.\n\n\
+         | slot | success, early (after 16 prompts) | success, end | prompts drawn | share of prompts |\n|---|---|---|---|---|"
+    )?;
+    let total: u64 = last.curriculum.iter().map(|s| s.drawn).sum();
+    for s in &last.curriculum {
+        // The estimate once the slot has ~16 groups behind it (a single group's rate is noise).
+        let first = steps.iter().find_map(|l| {
+            l.curriculum
+                .iter()
+                .find(|x| x.slot == s.slot && x.drawn >= 16)
+                .and_then(|x| x.success)
+        });
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            s.slot,
+            pct(first),
+            pct(s.success),
+            s.drawn,
+            pct(Some(s.drawn as f64 / total.max(1) as f64))
+        )?;
+    }
+    let groups: usize = steps.iter().map(|l| l.groups_sampled).sum();
+    let fresh = match &rl.meta.metrics.prompt_repeats {
+        Some(r) if r.is_empty() => "every prompt was fresh".to_string(),
+        Some(r) => format!(
+            "finite pools went through again: {}",
+            r.iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "–".into(),
+    };
+    writeln!(
+        md,
+        "\n{groups} groups sampled over {} steps ({fresh}); share of weight in the band at the end: {}.",
+        steps.len(),
+        pct(Some(last.in_band))
+    )?;
+    let xs: Vec<String> = steps.iter().map(|l| l.step.to_string()).collect();
+    let series: Vec<(String, Vec<f64>)> = last
+        .curriculum
+        .iter()
+        .map(|s| {
+            let ys = steps
+                .iter()
+                .map(|l| {
+                    l.curriculum
+                        .iter()
+                        .find(|x| x.slot == s.slot)
+                        .and_then(|x| x.success)
+                        .unwrap_or(f64::NAN)
+                })
+                .collect();
+            (s.slot.clone(), ys)
+        })
+        .collect();
+    plot_lines(
+        &run.join("curriculum.svg"),
+        "group success rate per curriculum slot",
+        "RL step",
+        &xs,
+        &series,
+    )?;
+    writeln!(md, "\n![curriculum](curriculum.svg)")?;
     Ok(())
 }
 
