@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
@@ -259,7 +258,7 @@ impl Engine {
 
     /// Jobs to admit now, blocking while idle; `None` when the channel is closed.
     fn take_jobs(&mut self, rx: &Receiver<Job>) -> Option<Vec<Job>> {
-        let mut room = self.max_batch - self.rows.len();
+        let mut room = self.max_batch.saturating_sub(self.rows.len());
         let mut jobs = Vec::new();
         if let Some(j) = self.held.take() {
             if j.sampling.n <= room || self.rows.is_empty() {
@@ -313,11 +312,10 @@ impl Engine {
             }
         }
         if keep.len() < self.rows.len() {
-            let mut i = 0;
-            self.rows.retain(|_| {
-                i += 1;
-                keep.contains(&(i as i64 - 1))
-            });
+            let mut alive = vec![false; self.rows.len()];
+            keep.iter().for_each(|&j| alive[j as usize] = true);
+            let mut it = alive.into_iter();
+            self.rows.retain(|_| it.next().unwrap_or(false));
             if self.rows.is_empty() {
                 self.cache = None;
                 return Ok(());
@@ -407,22 +405,19 @@ impl Engine {
             self.model.forward(&ids, &Positions::CAUSAL, Some(&mut cache))
         };
         let first = logits.select(1, p_len - 1).to_kind(Kind::Float);
-        match self.cache.as_mut() {
-            None => {
-                self.cache = Some(cache);
-                self.last = Some(first);
-            }
-            Some(running) => {
-                let (old, new) = (running.len(), cache.len());
-                let len = old.max(new);
-                running.append_rows(&cache);
-                self.rows.iter_mut().for_each(|r| r.start += len - old);
-                rows.iter_mut().for_each(|r| r.start += len - new);
-                self.last = Some(match self.last.take() {
-                    Some(l) => Tensor::cat(&[l, first], 0),
-                    None => first,
-                });
-            }
+        if let Some(running) = self.cache.as_mut() {
+            let (old, new) = (running.len(), cache.len());
+            let len = old.max(new);
+            running.append_rows(&cache);
+            self.rows.iter_mut().for_each(|r| r.start += len - old);
+            rows.iter_mut().for_each(|r| r.start += len - new);
+            self.last = Some(match self.last.take() {
+                Some(l) => Tensor::cat(&[l, first], 0),
+                None => first,
+            });
+        } else {
+            self.cache = Some(cache);
+            self.last = Some(first);
         }
         self.rows.extend(rows);
         Ok(())

@@ -162,6 +162,6 @@ pub fn spawn_server(exe: &std::path::Path, args: &[&str]) -> Result<ServerProces
         seen.push('\n');
     };
     // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(|l| drop(l)));
+    std::thread::spawn(move || for _ in lines {});
     Ok(ServerProcess { child, addr })
 }

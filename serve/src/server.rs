@@ -3,6 +3,7 @@
 use crate::api::{now_secs, ApiError, ChatRequest, CompletionRequest, Sampling, Usage};
 use crate::engine::{EngineHandle, Event, Finish};
 use axum::body::{Body, Bytes};
+use common::tokenizer::{Message, Tok};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -141,7 +142,8 @@ async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
         )
         .with_status(408)
         .with_code("request_timeout")),
-        Ok(Err(e)) if format!("{e:?}").contains("LengthLimit") => Err(too_large()),
+        // `to_bytes` wraps http-body-util's `LengthLimitError` when the limit is hit.
+        Ok(Err(e)) if format!("{e:?}").contains("LengthLimitError") => Err(too_large()),
         Ok(Err(e)) => Err(ApiError::invalid(None, format!("reading the request body: {e}"))),
         Ok(Ok(b)) => Ok(b),
     }
@@ -217,23 +219,16 @@ async fn respond(s: &Arc<AppState>, kind: Kind, req: Request) -> Response {
 async fn start(s: &Arc<AppState>, kind: Kind, req: Request) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let body = read_body(s, req).await?;
-    let (fields, render): (_, Box<dyn FnOnce(&common::tokenizer::Tok) -> anyhow::Result<Vec<u32>> + Send>) = match kind {
+    let (fields, prompt) = match kind {
         Kind::Chat => {
             let r: ChatRequest = parse(&body)?;
             let messages = r.messages()?;
-            (r.sampling, Box::new(move |tok| tok.render_prompt(&messages)))
+            (r.sampling, Prompt::Chat(messages))
         }
         Kind::Text => {
             let r: CompletionRequest = parse(&body)?;
             let text = r.prompt_text()?;
-            (
-                r.sampling,
-                Box::new(move |tok| {
-                    let mut ids = vec![tok.bos];
-                    ids.extend(tok.encode(&text)?);
-                    Ok(ids)
-                }),
-            )
+            (r.sampling, Prompt::Text(text))
         }
     };
     let include_usage = serde_json::from_slice::<Value>(&body)
@@ -241,7 +236,7 @@ async fn start(s: &Arc<AppState>, kind: Kind, req: Request) -> Result<Response, 
         .unwrap_or(false);
     let sampling = fields.resolve(&s.model)?;
     let tok = s.engine.tok.clone();
-    let prompt = tokio::task::spawn_blocking(move || render(&tok))
+    let prompt = tokio::task::spawn_blocking(move || prompt.ids(&tok))
         .await
         .map_err(|e| ApiError::server(format!("rendering the prompt: {e}")))?
         .map_err(|e| ApiError::invalid(Some("messages"), format!("rendering the prompt: {e:#}")))?;
@@ -268,6 +263,26 @@ async fn start(s: &Arc<AppState>, kind: Kind, req: Request) -> Result<Response, 
         Ok(reply.stream(rx, include_usage).into_response())
     } else {
         reply.collect(rx).await
+    }
+}
+
+/// What to render into prompt ids.
+enum Prompt {
+    Chat(Vec<Message>),
+    Text(String),
+}
+
+impl Prompt {
+    /// Chat: the checkpoint's template with the assistant's opening; text: `bos` + the text.
+    fn ids(&self, tok: &Tok) -> anyhow::Result<Vec<u32>> {
+        match self {
+            Prompt::Chat(m) => tok.render_prompt(m),
+            Prompt::Text(t) => {
+                let mut ids = vec![tok.bos];
+                ids.extend(tok.encode(t)?);
+                Ok(ids)
+            }
+        }
     }
 }
 
@@ -363,16 +378,16 @@ impl Reply {
                     "finish_reason": null, "logprobs": null}])).to_string());
             }
         }
+        let left = self.n;
         let st = StreamState {
             reply: self,
             rx,
             out,
-            left: 0,
+            left,
             completion: 0,
             include_usage,
             finished: false,
         };
-        let st = StreamState { left: st.reply.n, ..st };
         Sse::new(stream::unfold(st, |mut st| async move {
             loop {
                 if let Some(data) = st.out.pop_front() {
@@ -420,20 +435,23 @@ impl StreamState {
                         .request(r.kind.endpoint(), 200, r.t0.elapsed().as_secs_f64());
                 }
             }
-            Some(Event::Failed(msg)) | None if !self.finished => {
-                let msg = match ev {
-                    Some(Event::Failed(m)) => m,
-                    _ => "the model engine dropped the request".into(),
-                };
-                let e = ApiError::server(format!("generation failed: {msg}"));
-                self.out.push_back(e.body().to_string());
-                self.finished = true;
-                r.s.engine
-                    .metrics
-                    .request(r.kind.endpoint(), 500, r.t0.elapsed().as_secs_f64());
-            }
+            Some(Event::Failed(msg)) if !self.finished => self.fail(&msg),
+            None if !self.finished => self.fail("the model engine dropped the request"),
             _ => self.finished = true,
         }
+    }
+}
+
+impl StreamState {
+    /// Ends the stream with an error object (the status line has gone out already).
+    fn fail(&mut self, msg: &str) {
+        let r = &self.reply;
+        let e = ApiError::server(format!("generation failed: {msg}"));
+        self.out.push_back(e.body().to_string());
+        self.finished = true;
+        r.s.engine
+            .metrics
+            .request(r.kind.endpoint(), 500, r.t0.elapsed().as_secs_f64());
     }
 }
 

@@ -67,23 +67,24 @@ fn run(a: Args) -> Result<()> {
     };
     let handle = engine::spawn(opts, Arc::new(Metrics::default()))?;
     let model = a.model_name.unwrap_or_else(|| a.checkpoint.display().to_string());
+    let (host, port, max_batch) = (a.host, a.port, a.max_batch);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
+        let listener = tokio::net::TcpListener::bind((host.as_str(), port))
             .await
-            .with_context(|| format!("listening on {}:{}", a.host, a.port))?;
+            .with_context(|| format!("listening on {host}:{port}"))?;
         let addr = listener.local_addr()?;
         eprintln!(
             "serve: {model} (context {} tokens, batch up to {}) on http://{addr}/v1",
-            handle.context, a.max_batch
+            handle.context, max_batch
         );
         let app = server::router(handle, model, http.clone());
         server::serve(listener, app, http).await;
-        Ok(())
+        Ok::<_, anyhow::Error>(())
     })
 }
 

@@ -69,7 +69,17 @@ fn run(a: Args) -> Result<()> {
         let b = batch.to_string();
         let srv = load::spawn_server(
             &exe,
-            &[&ckpt_s, "--model-name", "bench", "--max-batch", &b, "--queue", &queue, "--device", &device],
+            &[
+                ckpt_s.as_str(),
+                "--model-name",
+                "bench",
+                "--max-batch",
+                b.as_str(),
+                "--queue",
+                queue.as_str(),
+                "--device",
+                device.as_str(),
+            ],
         )?;
         // One request first: the process is warm before the clock starts.
         load::request(srv.addr, "POST", "/v1/chat/completions", &load::chat_body("bench", "hi", 4))?;
