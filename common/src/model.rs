@@ -411,8 +411,20 @@ impl KvCache {
         let capacity = self.capacity.max(other.capacity);
         for ((k, v), (ok, ov)) in self.layers.iter_mut().zip(&other.layers) {
             let (a, b) = (self.len, other.len);
-            *k = Tensor::cat(&[shifted(k, 0, a, len - a, capacity), shifted(ok, 0, b, len - b, capacity)], 0);
-            *v = Tensor::cat(&[shifted(v, 0, a, len - a, capacity), shifted(ov, 0, b, len - b, capacity)], 0);
+            *k = Tensor::cat(
+                &[
+                    shifted(k, 0, a, len - a, capacity),
+                    shifted(ok, 0, b, len - b, capacity),
+                ],
+                0,
+            );
+            *v = Tensor::cat(
+                &[
+                    shifted(v, 0, a, len - a, capacity),
+                    shifted(ov, 0, b, len - b, capacity),
+                ],
+                0,
+            );
         }
         self.len = len;
         self.capacity = capacity;

@@ -180,7 +180,10 @@ impl SamplingFields {
         }
         let top_p = self.top_p.unwrap_or(1.0);
         if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid(Some("top_p"), format!("top_p must be in (0, 1], got {top_p}")));
+            return Err(ApiError::invalid(
+                Some("top_p"),
+                format!("top_p must be in (0, 1], got {top_p}"),
+            ));
         }
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         if let Some(m) = max_tokens {
@@ -193,7 +196,10 @@ impl SamplingFields {
         }
         let n = self.n.unwrap_or(1);
         if !(1..=MAX_N as i64).contains(&n) {
-            return Err(ApiError::invalid(Some("n"), format!("n must be in [1, {MAX_N}], got {n}")));
+            return Err(ApiError::invalid(
+                Some("n"),
+                format!("n must be in [1, {MAX_N}], got {n}"),
+            ));
         }
         let stop = match &self.stop {
             None => vec![],
@@ -319,7 +325,10 @@ mod tests {
             assert_eq!((e.status, e.param), (400, Some(param)));
         }
         let s = fields(json!({"stop": "x", "max_completion_tokens": 5, "seed": 3})).resolve("m");
-        assert_eq!(s.map(|s| (s.stop, s.max_tokens, s.seed)), Ok((vec!["x".into()], Some(5), Some(3))));
+        assert_eq!(
+            s.map(|s| (s.stop, s.max_tokens, s.seed)),
+            Ok((vec!["x".into()], Some(5), Some(3)))
+        );
     }
 
     #[test]

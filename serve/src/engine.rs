@@ -65,7 +65,11 @@ pub enum Event {
     /// New text of choice `choice` (whole characters; text that may begin a stop string is held back).
     Text { choice: usize, text: String },
     /// Choice `choice` ended after sampling `tokens` tokens.
-    Done { choice: usize, reason: Finish, tokens: usize },
+    Done {
+        choice: usize,
+        reason: Finish,
+        tokens: usize,
+    },
     /// The engine could not run the request.
     Failed(String),
 }
@@ -252,7 +256,9 @@ impl Engine {
                 self.cache = None;
                 self.last = None;
             }
-            self.metrics.running_rows.store(self.rows.len() as i64, Ordering::Relaxed);
+            self.metrics
+                .running_rows
+                .store(self.rows.len() as i64, Ordering::Relaxed);
         }
     }
 
@@ -350,7 +356,11 @@ impl Engine {
             let pad = p_len - job.prompt.len() as i64;
             for choice in 0..s.n {
                 for i in 0..p_len {
-                    ids.push(if i < pad { self.tok.pad as i64 } else { job.prompt[(i - pad) as usize] as i64 });
+                    ids.push(if i < pad {
+                        self.tok.pad as i64
+                    } else {
+                        job.prompt[(i - pad) as usize] as i64
+                    });
                     pos.push((i - pad).max(0));
                 }
                 pads.push(pad);

@@ -79,7 +79,14 @@ impl LoadReport {
 
 /// `clients` threads, each sending `per_client` greedy chat requests in turn; request `i`
 /// asks `prompts[i % prompts.len()]`.
-pub fn run(addr: SocketAddr, model: &str, prompts: &[String], clients: usize, per_client: usize, max_tokens: usize) -> LoadReport {
+pub fn run(
+    addr: SocketAddr,
+    model: &str,
+    prompts: &[String],
+    clients: usize,
+    per_client: usize,
+    max_tokens: usize,
+) -> LoadReport {
     let t0 = Instant::now();
     let results: Vec<Vec<(Result<String, String>, usize)>> = std::thread::scope(|sc| {
         let handles: Vec<_> = (0..clients)
@@ -108,10 +115,7 @@ pub fn run(addr: SocketAddr, model: &str, prompts: &[String], clients: usize, pe
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
     let secs = t0.elapsed().as_secs_f64();
     let flat: Vec<(Result<String, String>, usize)> = results.into_iter().flatten().collect();

@@ -69,7 +69,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(s, "# HELP serve_requests_total Requests answered, by endpoint and HTTP status.");
+        let _ = writeln!(
+            s,
+            "# HELP serve_requests_total Requests answered, by endpoint and HTTP status."
+        );
         let _ = writeln!(s, "# TYPE serve_requests_total counter");
         if let Ok(r) = self.requests.lock() {
             for ((e, st), n) in r.iter() {
@@ -77,7 +80,10 @@ impl Metrics {
             }
         }
         if let Ok(h) = self.latency.lock() {
-            let _ = writeln!(s, "# HELP serve_request_duration_seconds Time from request to last byte of the answer.");
+            let _ = writeln!(
+                s,
+                "# HELP serve_request_duration_seconds Time from request to last byte of the answer."
+            );
             let _ = writeln!(s, "# TYPE serve_request_duration_seconds histogram");
             for (c, b) in h.counts.iter().zip(&BUCKETS) {
                 let _ = writeln!(s, "serve_request_duration_seconds_bucket{{le=\"{b}\"}} {c}");
@@ -87,21 +93,49 @@ impl Metrics {
             let _ = writeln!(s, "serve_request_duration_seconds_count {}", h.count);
         }
         let counters = [
-            ("serve_prompt_tokens_total", "Prompt tokens of admitted requests.", g(&self.prompt_tokens)),
-            ("serve_completion_tokens_total", "Tokens sampled.", g(&self.completion_tokens)),
-            ("serve_decode_steps_total", "Decode steps of the running batch.", g(&self.steps)),
-            ("serve_decode_step_rows_total", "Rows summed over decode steps (divide by steps: mean batch).", g(&self.step_rows)),
-            ("serve_cancelled_rows_total", "Rows freed because their client disconnected.", g(&self.cancelled_rows)),
+            (
+                "serve_prompt_tokens_total",
+                "Prompt tokens of admitted requests.",
+                g(&self.prompt_tokens),
+            ),
+            (
+                "serve_completion_tokens_total",
+                "Tokens sampled.",
+                g(&self.completion_tokens),
+            ),
+            (
+                "serve_decode_steps_total",
+                "Decode steps of the running batch.",
+                g(&self.steps),
+            ),
+            (
+                "serve_decode_step_rows_total",
+                "Rows summed over decode steps (divide by steps: mean batch).",
+                g(&self.step_rows),
+            ),
+            (
+                "serve_cancelled_rows_total",
+                "Rows freed because their client disconnected.",
+                g(&self.cancelled_rows),
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
         let gauges = [
-            ("serve_queue_depth", "Requests waiting for a row of the batch.", &self.queue_depth),
+            (
+                "serve_queue_depth",
+                "Requests waiting for a row of the batch.",
+                &self.queue_depth,
+            ),
             ("serve_running_rows", "Rows in the running batch.", &self.running_rows),
         ];
         for (name, help, v) in gauges {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         s
     }
@@ -118,9 +152,18 @@ mod tests {
         m.request("chat", 429, 0.001);
         m.queue_depth.store(3, Ordering::Relaxed);
         let t = m.render();
-        assert!(t.contains("serve_requests_total{endpoint=\"chat\",status=\"200\"} 1"), "{t}");
-        assert!(t.contains("serve_request_duration_seconds_bucket{le=\"0.05\"} 2"), "{t}");
-        assert!(t.contains("serve_request_duration_seconds_bucket{le=\"0.025\"} 1"), "{t}");
+        assert!(
+            t.contains("serve_requests_total{endpoint=\"chat\",status=\"200\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("serve_request_duration_seconds_bucket{le=\"0.05\"} 2"),
+            "{t}"
+        );
+        assert!(
+            t.contains("serve_request_duration_seconds_bucket{le=\"0.025\"} 1"),
+            "{t}"
+        );
         assert!(t.contains("serve_queue_depth 3"), "{t}");
         assert_eq!(m.requests("chat", 429), 1);
     }

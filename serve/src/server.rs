@@ -3,13 +3,13 @@
 use crate::api::{now_secs, ApiError, ChatRequest, CompletionRequest, Sampling, Usage};
 use crate::engine::{EngineHandle, Event, Finish};
 use axum::body::{Body, Bytes};
-use common::tokenizer::{Message, Tok};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use common::tokenizer::{Message, Tok};
 use futures_util::stream::{self, Stream};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -151,7 +151,11 @@ async fn read_body(s: &AppState, req: Request) -> Result<Bytes, ApiError> {
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        let what = if e.is_data() { "invalid request" } else { "malformed JSON" };
+        let what = if e.is_data() {
+            "invalid request"
+        } else {
+            "malformed JSON"
+        };
         ApiError::invalid(None, format!("{what}: {e}"))
     })
 }
@@ -209,7 +213,9 @@ async fn respond(s: &Arc<AppState>, kind: Kind, req: Request) -> Response {
     match start(s, kind, req).await {
         Ok(r) => r,
         Err(e) => {
-            s.engine.metrics.request(kind.endpoint(), e.status, t0.elapsed().as_secs_f64());
+            s.engine
+                .metrics
+                .request(kind.endpoint(), e.status, t0.elapsed().as_secs_f64());
             error(e)
         }
     }
@@ -345,7 +351,10 @@ impl Reply {
             .collect();
         let body = json!({"id": self.id, "object": self.object(false), "created": self.created,
             "model": self.s.model, "choices": choices, "usage": self.usage(completion)});
-        self.s.engine.metrics.request(self.kind.endpoint(), 200, self.t0.elapsed().as_secs_f64());
+        self.s
+            .engine
+            .metrics
+            .request(self.kind.endpoint(), 200, self.t0.elapsed().as_secs_f64());
         Ok(json_response(StatusCode::OK, &body))
     }
 
@@ -358,7 +367,11 @@ impl Reply {
         let reason = reason.map(Finish::as_str);
         match self.kind {
             Kind::Chat => {
-                let delta = if reason.is_some() { json!({}) } else { json!({"content": text}) };
+                let delta = if reason.is_some() {
+                    json!({})
+                } else {
+                    json!({"content": text})
+                };
                 self.chunk(json!([{"index": choice, "delta": delta, "finish_reason": reason, "logprobs": null}]))
             }
             Kind::Text => {
@@ -370,12 +383,19 @@ impl Reply {
     /// Server-sent events: a chunk per piece of text, one per finished choice, then the
     /// usage (when asked for) and `[DONE]`. Dropping the stream (the client left) drops the
     /// receiver, which frees the rows.
-    fn stream(self, rx: UnboundedReceiver<Event>, include_usage: bool) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    fn stream(
+        self,
+        rx: UnboundedReceiver<Event>,
+        include_usage: bool,
+    ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
         let mut out = VecDeque::new();
         if self.kind == Kind::Chat {
             for i in 0..self.n {
-                out.push_back(self.chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""},
-                    "finish_reason": null, "logprobs": null}])).to_string());
+                out.push_back(
+                    self.chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""},
+                    "finish_reason": null, "logprobs": null}]))
+                        .to_string(),
+                );
             }
         }
         let left = self.n;

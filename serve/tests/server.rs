@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 const PROMPT: &str = "What is 2 + 3?";
 
-/// A random `tiny` model (2 x 32) with a 1024-token context, so that a long reply takes
-/// long enough to leave in the middle of it.
-fn tiny_model(d: &Path) -> Result<PathBuf> {
+/// A random model of `preset` with a 1024-token context, so that a long reply takes long
+/// enough to leave in the middle of it.
+fn random_model(d: &Path, preset: &str) -> Result<PathBuf> {
     tiny_world(d)?;
     let tok = Tok::load(&d.join("tokenizer.json"))?;
-    let mut cfg = GptConfig::preset("tiny", tok.vocab_size() as i64)?;
+    let mut cfg = GptConfig::preset(preset, tok.vocab_size() as i64)?;
     cfg.max_seq_len = 1024;
     tch::manual_seed(0);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
@@ -52,7 +52,14 @@ fn chat_reply(ckpt: &Path, prompt: &str, max: usize) -> Result<String> {
     );
     let o = Command::new(exe)
         .arg(ckpt)
-        .args(["--prompt", prompt, "--device", "cpu", "--max-new-tokens", &max.to_string()])
+        .args([
+            "--prompt",
+            prompt,
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            &max.to_string(),
+        ])
         .output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = String::from_utf8(o.stdout)?;
@@ -62,7 +69,10 @@ fn chat_reply(ckpt: &Path, prompt: &str, max: usize) -> Result<String> {
 fn error_json(status: u16, body: &str, expect: u16) -> Value {
     assert_eq!(status, expect, "{body}");
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: not JSON: {body}"));
-    assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string(), "{v}");
+    assert!(
+        v["error"]["message"].is_string() && v["error"]["type"].is_string(),
+        "{v}"
+    );
     v
 }
 
@@ -76,7 +86,7 @@ fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
 #[test]
 fn openai_client_gets_the_greedy_reply_of_chat_streaming_and_not() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let ckpt = tiny_model(dir.path())?;
+    let ckpt = random_model(dir.path(), "tiny")?;
     let srv = start(&ckpt, &[])?;
     let max = 24;
     let expect = chat_reply(&ckpt, PROMPT, max)?;
@@ -94,8 +104,14 @@ fn openai_client_gets_the_greedy_reply_of_chat_streaming_and_not() -> Result<()>
     assert!(v["chat_stream_chunks"].as_u64().unwrap_or(0) > 1, "{v}");
     assert_eq!(v["chat_finish"], v["chat_stream_finish"]);
     let u = &v["chat_usage"];
-    assert!(u["prompt_tokens"].as_u64() > Some(4) && u["completion_tokens"].as_u64() <= Some(max as u64), "{u}");
-    assert_eq!(u["total_tokens"].as_u64(), Some(u["prompt_tokens"].as_u64().unwrap_or(0) + u["completion_tokens"].as_u64().unwrap_or(0)));
+    assert!(
+        u["prompt_tokens"].as_u64() > Some(4) && u["completion_tokens"].as_u64() <= Some(max as u64),
+        "{u}"
+    );
+    assert_eq!(
+        u["total_tokens"].as_u64(),
+        Some(u["prompt_tokens"].as_u64().unwrap_or(0) + u["completion_tokens"].as_u64().unwrap_or(0))
+    );
     assert_eq!(&v["chat_stream_usage"], u);
     if let Some(stop) = v["stop"].as_object() {
         let s = stop["stop"].as_str().unwrap_or_default();
@@ -109,7 +125,14 @@ fn openai_client_gets_the_greedy_reply_of_chat_streaming_and_not() -> Result<()>
     assert_eq!(seeded[0].as_array().map(Vec::len), Some(3));
     assert_eq!(v["completion"], v["completion_stream"]);
     let e = &v["errors"];
-    assert_eq!((e["unknown_model"]["status"].as_u64(), e["unknown_model"]["code"].as_str()), (Some(404), Some("model_not_found")), "{e}");
+    assert_eq!(
+        (
+            e["unknown_model"]["status"].as_u64(),
+            e["unknown_model"]["code"].as_str()
+        ),
+        (Some(404), Some("model_not_found")),
+        "{e}"
+    );
     assert_eq!(e["negative_max_tokens"]["status"], 400, "{e}");
     assert_eq!(e["too_long"]["code"], "context_length_exceeded", "{e}");
     Ok(())
@@ -118,8 +141,11 @@ fn openai_client_gets_the_greedy_reply_of_chat_streaming_and_not() -> Result<()>
 #[test]
 fn concurrent_clients_get_their_own_replies_while_hostile_ones_get_errors() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let ckpt = tiny_model(dir.path())?;
-    let srv = start(&ckpt, &["--max-batch", "8", "--header-timeout", "1", "--body-timeout", "1"])?;
+    let ckpt = random_model(dir.path(), "tiny")?;
+    let srv = start(
+        &ckpt,
+        &["--max-batch", "8", "--header-timeout", "1", "--body-timeout", "1"],
+    )?;
     let addr = srv.addr;
     let prompts: Vec<String> = (0..6).map(|i| format!("What is {i} + {}?", 2 * i + 1)).collect();
     // Each prompt alone first: what batching must not change.
@@ -129,7 +155,10 @@ fn concurrent_clients_get_their_own_replies_while_hostile_ones_get_errors() -> R
             let (s, b) = request(addr, "POST", "/v1/chat/completions", &chat_body("tiny", p, 16))?;
             assert_eq!(s, 200, "{b}");
             let v: Value = serde_json::from_str(&b)?;
-            Ok(v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string())
+            Ok(v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string())
         })
         .collect::<Result<_>>()?;
 
@@ -141,7 +170,13 @@ fn concurrent_clients_get_their_own_replies_while_hostile_ones_get_errors() -> R
     let t0 = Instant::now();
     let (s, b) = request(addr, "POST", "/v1/chat/completions", "{\"messages\": [")?;
     let v = error_json(s, &b, 400);
-    assert!(v["error"]["message"].as_str().unwrap_or_default().contains("malformed JSON"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("malformed JSON"),
+        "{v}"
+    );
     let (s, b) = request(addr, "POST", "/v1/chat/completions", "{\"model\": \"tiny\"}")?;
     error_json(s, &b, 400);
     let (s, b) = request(addr, "POST", "/v1/chat/completions", &chat_body("gpt-4o", PROMPT, 4))?;
@@ -149,26 +184,52 @@ fn concurrent_clients_get_their_own_replies_while_hostile_ones_get_errors() -> R
     let long = "Velmora trades salt. ".repeat(400);
     let (s, b) = request(addr, "POST", "/v1/completions", &format!("{{\"prompt\": \"{long}\"}}"))?;
     assert_eq!(error_json(s, &b, 400)["error"]["code"], "context_length_exceeded");
-    let (s, b) = request(addr, "POST", "/v1/chat/completions", &chat_body("tiny", PROMPT, 4).replace("\"max_tokens\":4", "\"max_tokens\":-5"))?;
+    let (s, b) = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &chat_body("tiny", PROMPT, 4).replace("\"max_tokens\":4", "\"max_tokens\":-5"),
+    )?;
     assert_eq!(error_json(s, &b, 400)["error"]["param"], "max_tokens");
     let (s, b) = request(addr, "GET", "/v1/nowhere", "")?;
     error_json(s, &b, 404);
     assert_eq!(big_body(addr)?, 413);
     let (s, b) = slow_body(addr)?;
     assert_eq!(error_json(s, &b, 408)["error"]["code"], "request_timeout");
-    assert!(slowloris_is_cut(addr)?, "a client trickling its headers was not disconnected");
+    assert!(
+        slowloris_is_cut(addr)?,
+        "a client trickling its headers was not disconnected"
+    );
     let hostile_secs = t0.elapsed().as_secs_f64();
 
     let report = load.join().map_err(|_| anyhow::anyhow!("load thread panicked"))?;
-    assert_eq!(report.ok(), 48, "lost requests: {:?}", report.replies.iter().find(|r| r.is_err()));
+    assert_eq!(
+        report.ok(),
+        48,
+        "lost requests: {:?}",
+        report.replies.iter().find(|r| r.is_err())
+    );
     for (i, r) in report.replies.iter().enumerate() {
-        assert_eq!(r.as_deref().ok(), Some(alone[i % prompts.len()].as_str()), "request {i}: batching changed the reply");
+        assert_eq!(
+            r.as_deref().ok(),
+            Some(alone[i % prompts.len()].as_str()),
+            "request {i}: batching changed the reply"
+        );
     }
-    eprintln!("48 requests in {:.2}s beside {hostile_secs:.2}s of hostile clients", report.secs);
+    eprintln!(
+        "48 requests in {:.2}s beside {hostile_secs:.2}s of hostile clients",
+        report.secs
+    );
     let (s, h) = request(addr, "GET", "/health", "")?;
     assert_eq!((s, h.contains("ok")), (200, true));
-    assert!(metric(addr, "serve_decode_step_rows_total")? > metric(addr, "serve_decode_steps_total")?, "rows were never batched");
-    assert_eq!(metric(addr, "serve_requests_total{endpoint=\"chat\",status=\"200\"}")?, 54.0);
+    assert!(
+        metric(addr, "serve_decode_step_rows_total")? > metric(addr, "serve_decode_steps_total")?,
+        "rows were never batched"
+    );
+    assert_eq!(
+        metric(addr, "serve_requests_total{endpoint=\"chat\",status=\"200\"}")?,
+        54.0
+    );
     Ok(())
 }
 
@@ -199,7 +260,10 @@ fn big_body(addr: SocketAddr) -> Result<u16> {
 fn slow_body(addr: SocketAddr) -> Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"model\"")?;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"model\""
+    )?;
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     load::parse_response(&raw)
@@ -230,12 +294,23 @@ fn slowloris_is_cut(addr: SocketAddr) -> Result<bool> {
 #[test]
 fn a_client_leaving_mid_stream_frees_its_row_and_a_full_queue_answers_429() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let ckpt = tiny_model(dir.path())?;
+    // The `default` preset (4 x 256): a step is slow enough that a 400-token reply is still
+    // running when the client hangs up.
+    let ckpt = random_model(dir.path(), "default")?;
     let srv = start(&ckpt, &["--max-batch", "1", "--queue", "2"])?;
     let addr = srv.addr;
-    // A long streamed reply (up to 1000 tokens); read its first events and hang up.
+    // A prompt whose greedy reply runs to 400 tokens (a random model may stop early on others).
+    let long = (0..6)
+        .map(|i| format!("Tell me about town {i}."))
+        .find(|p| {
+            let r = request(addr, "POST", "/v1/chat/completions", &chat_body("tiny", p, 400));
+            r.is_ok_and(|(_, b)| b.contains("\"finish_reason\":\"length\""))
+        })
+        .context("no prompt with a 400-token greedy reply")?;
+    let before = metric(addr, "serve_completion_tokens_total")?;
+    // Stream it; read the first events and hang up.
     let mut s = TcpStream::connect(addr)?;
-    let body = chat_body("tiny", PROMPT, 1000).replace("\"temperature\":0", "\"temperature\":0,\"stream\":true");
+    let body = chat_body("tiny", &long, 400).replace("\"temperature\":0", "\"temperature\":0,\"stream\":true");
     write!(s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
     let mut buf = [0u8; 512];
     let got = s.read(&mut buf)?;
@@ -243,15 +318,20 @@ fn a_client_leaving_mid_stream_frees_its_row_and_a_full_queue_answers_429() -> R
     drop(s);
     let t0 = Instant::now();
     while metric(addr, "serve_cancelled_rows_total")? < 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the row was not freed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the row was not freed: {} tokens, {} running",
+            metric(addr, "serve_completion_tokens_total")?,
+            metric(addr, "serve_running_rows")?
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let tokens = metric(addr, "serve_completion_tokens_total")?;
-    assert!(tokens < 1000.0, "the reply ran to the end ({tokens} tokens)");
+    let tokens = metric(addr, "serve_completion_tokens_total")? - before;
+    assert!(tokens < 400.0, "the reply ran to the end ({tokens} tokens)");
     assert_eq!(metric(addr, "serve_running_rows")?, 0.0);
 
     // One row and two queue places: of 8 simultaneous long requests, some get 429.
-    let r = load::run(addr, "tiny", &[PROMPT.to_string()], 8, 1, 200);
+    let r = load::run(addr, "tiny", &[PROMPT.to_string()], 8, 1, 100);
     let busy: Vec<&String> = r.replies.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(!busy.is_empty() && r.ok() >= 1, "{:?}", r.replies);
     for e in busy {

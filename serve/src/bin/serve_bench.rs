@@ -48,7 +48,8 @@ fn summary(r: &LoadReport) -> Value {
 fn run(a: Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ckpt = dir.path().join("model");
-    let tok = Tok::load(&a.tokenizer).with_context(|| format!("run `just datasets` first ({})", a.tokenizer.display()))?;
+    let tok =
+        Tok::load(&a.tokenizer).with_context(|| format!("run `just datasets` first ({})", a.tokenizer.display()))?;
     let cfg = GptConfig::preset(&a.preset, tok.vocab_size() as i64)?;
     tch::manual_seed(0);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
@@ -82,8 +83,20 @@ fn run(a: Args) -> Result<()> {
             ],
         )?;
         // One request first: the process is warm before the clock starts.
-        load::request(srv.addr, "POST", "/v1/chat/completions", &load::chat_body("bench", "hi", 4))?;
-        runs.push(load::run(srv.addr, "bench", &prompts, a.clients, a.per_client, a.max_tokens));
+        load::request(
+            srv.addr,
+            "POST",
+            "/v1/chat/completions",
+            &load::chat_body("bench", "hi", 4),
+        )?;
+        runs.push(load::run(
+            srv.addr,
+            "bench",
+            &prompts,
+            a.clients,
+            a.per_client,
+            a.max_tokens,
+        ));
     }
     let (one, many) = (&runs[0], &runs[1]);
     let lost = (one.replies.len() - one.ok()) + (many.replies.len() - many.ok());
