@@ -288,7 +288,11 @@ impl Engine {
             };
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             if job.events.is_closed() {
-                continue; // the client left while queued
+                // The client left while queued: its rows are freed before they start.
+                self.metrics
+                    .cancelled_rows
+                    .fetch_add(job.sampling.n as u64, Ordering::Relaxed);
+                continue;
             }
             // A request with more choices than the batch has rows runs alone, in full.
             if job.sampling.n > room && !(self.rows.is_empty() && jobs.is_empty()) {
