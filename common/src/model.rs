@@ -1095,7 +1095,7 @@ mod tests {
                 r.1 += 1;
             }
         }
-        assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![12, 13, 7]);
+        assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![12, 14, 7]);
         // fp32, the same kernels up to masking and summation order: agreement to ~1e-6.
         assert!(worst < 1e-5, "max |full - cached| = {worst}");
         Ok(())
