@@ -16,7 +16,7 @@ default:
 setup:
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ -x "{{venv}}/bin/python" ] && "{{venv}}/bin/python" -c "import torch, tokenizers, numpy, transformers; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
+    if [ -x "{{venv}}/bin/python" ] && "{{venv}}/bin/python" -c "import torch, tokenizers, numpy, transformers, openai; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
         exit 0
     fi
     echo "setup: installing torch==2.11.0 into {{venv}} (about 1 minute, 4.6 GB)"
@@ -94,11 +94,15 @@ eval checkpoint='runs/default/rl' samples='8': build
 chat checkpoint='runs/default/rl' *flags='': build
     {{bin}}/chat {{checkpoint}} {{flags}}
 
+# Serve a checkpoint over the OpenAI HTTP API (add --port, --host, --max-batch, ...)
+serve checkpoint='runs/default/rl' *flags='': build
+    {{bin}}/serve {{checkpoint}} {{flags}}
+
 # Write runs/<run>/report.md from the run's checkpoints
 report run='default': build
     {{bin}}/report runs/{{run}}
 
-# Benchmarks: machine peak, training and sampling throughput against PyTorch (writes bench/results.json)
+# Benchmarks: machine peak, training and sampling throughput against PyTorch, serving with continuous batching against one request at a time (writes bench/results.json)
 bench *flags='': build
     [ -f data/default/manifest.json ] || {{bin}}/datasets build --out data/default
     {{bin}}/bench --python "{{venv}}/bin/python" {{flags}}

@@ -401,6 +401,59 @@ impl KvCache {
             *v = v.index_select(0, index);
         }
     }
+
+    /// Puts the rows of `other` below these (a continuous batch admitting new sequences).
+    /// The shorter cache is padded on the left with empty positions so that both end at the
+    /// same column; the caller masks those positions out, as with left-padded prompts.
+    /// Capacity becomes the larger of the two.
+    pub fn append_rows(&mut self, other: &KvCache) {
+        let len = self.len.max(other.len);
+        let capacity = self.capacity.max(other.capacity);
+        for ((k, v), (ok, ov)) in self.layers.iter_mut().zip(&other.layers) {
+            let (a, b) = (self.len, other.len);
+            *k = Tensor::cat(
+                &[
+                    shifted(k, 0, a, len - a, capacity),
+                    shifted(ok, 0, b, len - b, capacity),
+                ],
+                0,
+            );
+            *v = Tensor::cat(
+                &[
+                    shifted(v, 0, a, len - a, capacity),
+                    shifted(ov, 0, b, len - b, capacity),
+                ],
+                0,
+            );
+        }
+        self.len = len;
+        self.capacity = capacity;
+    }
+
+    /// Drops the first `n` positions of every row (positions no row attends any more, e.g.
+    /// the left padding of rows that have left), making room at the end.
+    pub fn drop_left(&mut self, n: i64) {
+        let n = n.clamp(0, self.len);
+        if n == 0 {
+            return;
+        }
+        for (k, v) in self.layers.iter_mut() {
+            *k = shifted(k, n, self.len - n, 0, self.capacity);
+            *v = shifted(v, n, self.len - n, 0, self.capacity);
+        }
+        self.len -= n;
+    }
+}
+
+/// A `[B, H, capacity, D]` copy of positions `from..from + len` of `t`, placed at `to`; zeros elsewhere.
+fn shifted(t: &Tensor, from: i64, len: i64, to: i64, capacity: i64) -> Tensor {
+    let mut shape = t.size();
+    shape[2] = capacity;
+    let out = Tensor::zeros(&shape, (t.kind(), t.device()));
+    if len > 0 {
+        out.narrow(2, to, len).copy_(&t.narrow(2, from, len));
+    }
+    out
 }
 
 /// Per-call position and masking information.
@@ -979,6 +1032,72 @@ mod tests {
         // fp32, same kernels up to summation order: agreement to ~1e-6.
         assert!(diff < 1e-5, "max |full - cached| = {diff}");
         assert_eq!(cache.len(), 12);
+        Ok(())
+    }
+
+    #[test]
+    fn rows_joining_and_leaving_a_running_cache_match_full_recompute() -> Result<()> {
+        tch::manual_seed(2);
+        let cfg = tiny();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Gpt::new(vs.root(), &cfg);
+        let _g = tch::no_grad_guard();
+        // Four sequences; each row is (tokens, next index to feed, first cache column it holds).
+        let seqs: Vec<Tensor> = (0..4)
+            .map(|_| Tensor::randint(cfg.vocab_size, [1, 16], (Kind::Int64, Device::Cpu)))
+            .collect();
+        let full: Vec<Tensor> = seqs.iter().map(|s| m.forward(s, &Positions::CAUSAL, None)).collect();
+        let mut rows: Vec<(usize, i64, i64)> = Vec::new();
+        let mut cache = m.new_cache(0, 24);
+        let mut worst = 0f64;
+        // Prompts of 4 and 4 tokens start; one of 7 joins (longer: the running rows get padded),
+        // later one of 2 (shorter: it gets padded); the first row leaves midway.
+        let join = |cache: &mut KvCache, rows: &mut Vec<(usize, i64, i64)>, s: usize, p: i64| {
+            let mut c = m.new_cache(1, 24);
+            let _ = m.forward(&seqs[s].narrow(1, 0, p), &Positions::CAUSAL, Some(&mut c));
+            let grow = (p - cache.len()).max(0);
+            rows.iter_mut().for_each(|r| r.2 += grow);
+            let len = cache.len().max(p);
+            cache.append_rows(&c);
+            rows.push((s, p, len - p));
+        };
+        join(&mut cache, &mut rows, 0, 4);
+        join(&mut cache, &mut rows, 1, 4);
+        for step in 0..8 {
+            match step {
+                1 => join(&mut cache, &mut rows, 2, 7),
+                3 => join(&mut cache, &mut rows, 3, 2),
+                5 => {
+                    cache.select_rows(&Tensor::from_slice(&[1i64, 2, 3]));
+                    rows.remove(0);
+                    let drop = rows.iter().map(|r| r.2).min().unwrap_or(0);
+                    cache.drop_left(drop);
+                    rows.iter_mut().for_each(|r| r.2 -= drop);
+                }
+                _ => {}
+            }
+            let (n, len) = (rows.len() as i64, cache.len());
+            let toks = Tensor::cat(&rows.iter().map(|r| seqs[r.0].narrow(1, r.1, 1)).collect::<Vec<_>>(), 0);
+            let ids = Tensor::from_slice(&rows.iter().map(|r| len - r.2).collect::<Vec<_>>()).view([n, 1]);
+            let starts = Tensor::from_slice(&rows.iter().map(|r| r.2).collect::<Vec<_>>()).view([n, 1]);
+            let mask = Tensor::arange(len + 1, (Kind::Int64, Device::Cpu))
+                .view([1, len + 1])
+                .ge_tensor(&starts)
+                .view([n, 1, 1, len + 1]);
+            let pos = Positions {
+                ids: Some(&ids),
+                mask: Some(&mask),
+            };
+            let out = m.forward(&toks, &pos, Some(&mut cache));
+            for (j, r) in rows.iter_mut().enumerate() {
+                let expect = full[r.0].narrow(1, r.1, 1);
+                worst = worst.max((out.narrow(0, j as i64, 1) - expect).abs().max().double_value(&[]));
+                r.1 += 1;
+            }
+        }
+        assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), vec![12, 14, 7]);
+        // fp32, the same kernels up to masking and summation order: agreement to ~1e-6.
+        assert!(worst < 1e-5, "max |full - cached| = {worst}");
         Ok(())
     }
 

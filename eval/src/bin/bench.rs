@@ -3,7 +3,8 @@
 //! Measures the machine's matmul peak, training throughput (tokens/s, MFU, peak memory) of
 //! the default model and a larger preset, KV-cache sampling against full recomputation,
 //! the data path, and the same training and sampling in the PyTorch reference
-//! (`bench/reference.py`), side by side in one run, and writes a JSON results file.
+//! (`bench/reference.py`), serving under load with continuous batching against one request at a
+//! time (`serve-bench`), side by side in one run, and writes a JSON results file.
 //! Each measurement runs in its own process so peak memory is its own.
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -287,6 +288,25 @@ fn sub(args: &[&str], device: DeviceChoice) -> Result<Value> {
     Ok(serde_json::from_slice(&o.stdout)?)
 }
 
+/// Serving under load (`serve-bench`, built beside this binary): continuous batching against
+/// one request at a time, back to back.
+fn serve_bench(device: DeviceChoice) -> Value {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e.with_file_name("serve-bench"),
+        Err(e) => return json!({"error": e.to_string()}),
+    };
+    let o = Command::new(&exe)
+        .args(["--json", "--device", &device.to_string()])
+        .output();
+    match o {
+        Ok(o) if o.status.success() => {
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| json!({"error": e.to_string()}))
+        }
+        Ok(o) => json!({"error": String::from_utf8_lossy(&o.stderr).trim().to_string()}),
+        Err(e) => json!({"error": format!("{}: {e}", exe.display())}),
+    }
+}
+
 fn run_reference(python: &str, cfg: &GptConfig, extra: Value) -> Result<Value> {
     let mut c = serde_json::to_value(cfg)?;
     if let (Some(m), Some(e)) = (c.as_object_mut(), extra.as_object()) {
@@ -402,6 +422,8 @@ fn run_all(a: &Args) -> Result<()> {
     };
     let paired = median(&rounds);
     let sample_paired: Vec<Option<f64>> = sample_rounds.iter().map(|r| median(r)).collect();
+    eprintln!("bench: serving under load (continuous batching vs one request at a time)");
+    let serving = serve_bench(a.device);
     let results = json!({
         "date": std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
         "device": device_name(device), "threads": threads,
@@ -414,6 +436,7 @@ fn run_all(a: &Args) -> Result<()> {
         },
         "sampling": sample,
         "data": data,
+        "serving": serving,
         "reference": reference,
         "ratios": {
             "train_ours_over_pytorch": ratio(ours["tok_per_s"].as_f64(), reference["train_tok_per_s"].as_f64()),
@@ -427,6 +450,7 @@ fn run_all(a: &Args) -> Result<()> {
             "cache_over_no_cache_b8": ratio(sample["cache_b8"].as_f64(), sample["no_cache_b8"].as_f64()),
             "data_path_over_training": ratio(data["tok_per_s"].as_f64(), ours["tok_per_s"].as_f64()),
             "bf16_over_fp32_training": ratio(ours_bf16["tok_per_s"].as_f64(), ours["tok_per_s"].as_f64()),
+            "serve_batched_over_one_at_a_time": serving["batched_over_one_at_a_time"],
         },
         "peak_gflops_used": peak,
         "bench_secs": t_all.elapsed().as_secs_f64(),
@@ -498,6 +522,7 @@ fn print_table(results: &Value, cpu: bool) {
     let train = &results["train"];
     let (ours, ours_bf16, big) = (&train["default_fp32"], &train["default_bf16"], &train["d12_fp32"]);
     let (reference, sample, data) = (&results["reference"], &results["sampling"], &results["data"]);
+    let serving = &results["serving"];
     let fp32 = results["matmul_gflops"]["fp32"].as_f64().unwrap_or(f64::NAN);
     let bf16 = results["matmul_gflops"]["bf16"].as_f64().unwrap_or(f64::NAN);
     let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
@@ -594,6 +619,16 @@ fn print_table(results: &Value, cpu: bool) {
         "| data path: Parquet + tokenize + pack (tok/s) | {} | | x{} of training |",
         tf(&data["tok_per_s"]),
         fmt(&r["data_path_over_training"])
+    );
+    println!(
+        "| serve, {} clients x {} requests: continuous batching / one at a time (tok/s) | {} / {} | | x{} (lost {}, wrong {}) |",
+        serving["clients"],
+        serving["per_client"],
+        tf(&serving["continuous_batching"]["tok_per_s"]),
+        tf(&serving["one_at_a_time"]["tok_per_s"]),
+        fmt(&r["serve_batched_over_one_at_a_time"]),
+        serving["lost"],
+        serving["mismatched_replies"]
     );
     println!(
         "| time outside libtorch per step (data + bookkeeping) | {:.2}% | | |",
