@@ -284,7 +284,7 @@ impl PromptStream {
     }
 
     /// The next prompt.
-    pub fn next(&mut self) -> Drawn {
+    pub fn draw(&mut self) -> Drawn {
         let slot = self.curriculum.pick(&mut self.rng);
         let task = match &mut self.slots[slot] {
             Slot::Gen { family, level } => {
@@ -453,7 +453,7 @@ mod tests {
         );
         let mut first = Vec::new();
         for i in 0..60 {
-            let d = a.next();
+            let d = a.draw();
             a.curriculum.record(d.slot, (i % 3) as f64 / 2.0);
             first.push(d.task);
         }
@@ -461,7 +461,7 @@ mod tests {
         let mut b = PromptStream::open(&mix, 42)?;
         b.restore(&serde_json::from_value(saved)?)?;
         for i in 0..200 {
-            let (x, y) = (a.next(), b.next());
+            let (x, y) = (a.draw(), b.draw());
             assert_eq!(x.task, y.task, "draw {i} after resume");
             a.curriculum.record(x.slot, (i % 5) as f64 / 4.0);
             b.curriculum.record(y.slot, (i % 5) as f64 / 4.0);
@@ -469,7 +469,7 @@ mod tests {
         // The 7-row file went through several passes, each a permutation of its rows.
         assert!(a.repeats().contains_key("tasks/even"), "{:?}", a.repeats());
         let mut c = PromptStream::open(&mix, 42)?;
-        assert_eq!(c.next().task, first[0], "the stream is a function of the seed");
+        assert_eq!(c.draw().task, first[0], "the stream is a function of the seed");
         Ok(())
     }
 
@@ -511,7 +511,7 @@ mod tests {
         );
         let mix: PromptMix = toml::from_str(&text)?;
         let mut s = PromptStream::open(&mix, 0)?;
-        let d = s.next();
+        let d = s.draw();
         assert_eq!(d.task.kind, "gsm8k");
         assert!(d.task.prompt.starts_with("Tom has"));
         // Without the mapping the error names the missing column and the fix.

@@ -79,7 +79,7 @@ pub fn load_tasks_mapped(path: &Path, cols: &TaskColumns) -> Result<Vec<Task>> {
             ),
             None => None,
         };
-        let kinds = kinds.as_ref().map(|k| arrow::array::AsArray::as_string::<i32>(k));
+        let kinds = kinds.as_ref().map(arrow::array::AsArray::as_string::<i32>);
         for (i, d) in docs.into_iter().enumerate() {
             if let Doc::Chat(m) = d {
                 out.push(Task {

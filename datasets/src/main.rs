@@ -2,8 +2,6 @@
 //! and checks eval sets for contamination by training data.
 mod decontaminate;
 
-use world;
-
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use common::data::mix::{expand, load_mix, Format, ResolvedSource, SourceConfig};

@@ -78,7 +78,7 @@ pub fn rollout(
         if need == 0 {
             break;
         }
-        let drawn: Vec<Drawn> = (0..need).map(|_| stream.next()).collect();
+        let drawn: Vec<Drawn> = (0..need).map(|_| stream.draw()).collect();
         for d in &drawn {
             practised.record(&d.task);
         }

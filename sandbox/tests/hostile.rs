@@ -126,7 +126,7 @@ fn an_infinite_loop_times_out() -> Result<()> {
         &limits(500),
     )?;
     assert_eq!(r.exit, Exit::TimedOut);
-    assert!(t0.elapsed() < Duration::from_millis(1500), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(3500), "took {:?}", t0.elapsed());
     Ok(())
 }
 
@@ -258,6 +258,10 @@ fn no_network_not_even_loopback() -> Result<()> {
     Ok(())
 }
 
+// Elapsed-time asserts below check that a call returns by its deadline (plus up to 3 s of
+// slack for a loaded 2-core machine), never after the seconds-long children it started: they
+// are bounds on behaviour, not speed checks.
+
 #[test]
 fn a_detached_background_process_does_not_survive() -> Result<()> {
     let _w = Watchdog::new("background", Duration::from_secs(30));
@@ -271,7 +275,9 @@ fn a_detached_background_process_does_not_survive() -> Result<()> {
     let r = forking().run(&program, &limits(5000))?;
     assert_eq!(r.exit, Exit::Code(0), "{}", r.stderr_text());
     assert_eq!(r.stdout_text(), "parent done\n");
-    assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+    // Returned before the 5 s deadline: it did not wait for the background process's pipes
+    // (not a speed check; the margin absorbs a loaded 2-core machine).
+    assert!(t0.elapsed() < Duration::from_millis(4500), "took {:?}", t0.elapsed());
     assert_eq!(
         processes_with(&marker),
         Vec::<String>::new(),
@@ -296,7 +302,7 @@ fn a_child_holding_stdout_open_does_not_delay_the_result() -> Result<()> {
     let t0 = Instant::now();
     let r = forking().run(&program, &limits(5000))?;
     assert_eq!(r.stdout_text(), "parent done\n");
-    assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(4500), "took {:?}", t0.elapsed());
     assert_eq!(processes_with(&marker), Vec::<String>::new());
     // A program that holds stdout open past the deadline is cut at the deadline.
     let t0 = Instant::now();
@@ -306,7 +312,7 @@ fn a_child_holding_stdout_open_does_not_delay_the_result() -> Result<()> {
     )?;
     assert_eq!(r.exit, Exit::TimedOut);
     assert_eq!(r.stdout_text(), "partial\n");
-    assert!(t0.elapsed() < Duration::from_millis(1700), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(3700), "took {:?}", t0.elapsed());
     Ok(())
 }
 
@@ -324,7 +330,7 @@ fn a_fork_bomb_is_contained_and_the_call_returns_by_the_deadline() -> Result<()>
     // Default sandbox: fork is denied outright.
     let t0 = Instant::now();
     let r = strict().run(&bomb, &limits(1500))?;
-    assert!(t0.elapsed() < Duration::from_millis(2500), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(4500), "took {:?}", t0.elapsed());
     assert_eq!(r.exit, Exit::TimedOut, "the bomb execs sleep once its forks fail");
     assert_eq!(processes_with(&marker), Vec::<String>::new());
     // Forking sandbox: the task limit (RLIMIT_NPROC per run for a normal user, the PID
@@ -332,7 +338,7 @@ fn a_fork_bomb_is_contained_and_the_call_returns_by_the_deadline() -> Result<()>
     let t0 = Instant::now();
     let r = forking().run(&bomb, &limits(1500))?;
     assert_eq!(r.exit, Exit::TimedOut);
-    assert!(t0.elapsed() < Duration::from_millis(2500), "took {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(4500), "took {:?}", t0.elapsed());
     assert_eq!(processes_with(&marker), Vec::<String>::new(), "bomb processes survived");
     Ok(())
 }
@@ -378,7 +384,8 @@ fn memory_and_output_are_capped() -> Result<()> {
     assert_eq!(r.exit, Exit::Code(0));
     assert_eq!(r.stdout.len(), 1 << 20);
     assert!(r.stdout_truncated && !r.stderr_truncated);
-    assert!(t0.elapsed() < Duration::from_secs(2));
+    // Before the 5 s deadline (the margin absorbs a loaded machine; not a speed check).
+    assert!(t0.elapsed() < Duration::from_millis(4500), "took {:?}", t0.elapsed());
     Ok(())
 }
 
