@@ -25,9 +25,17 @@ fn random_model(d: &Path, preset: &str) -> Result<PathBuf> {
     let tok = Tok::load(&d.join("tokenizer.json"))?;
     let mut cfg = GptConfig::preset(preset, tok.vocab_size() as i64)?;
     cfg.max_seq_len = 1024;
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = Gpt::new(vs.root(), &cfg);
+    // libtorch's generator is global to the process and the tests run in parallel: hold a lock
+    // from the seed to the last draw, or concurrent inits interleave and the weights (so the
+    // greedy replies the leave-mid-stream test looks for) change from run to run.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let vs = {
+        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _m = Gpt::new(vs.root(), &cfg);
+        vs
+    };
     let mut meta = Meta::new("sft");
     meta.complete = true;
     let out = d.join("ckpt");
