@@ -80,6 +80,30 @@ pub struct Contents<'a> {
     pub state: Option<&'a TrainState>,
 }
 
+/// Writes a complete checkpoint of a model freshly initialised from `seed` (tests,
+/// benchmarks). libtorch's generator is process-global, so concurrent callers are
+/// serialised: the same seed always gives the same weights.
+pub fn save_random(dir: &Path, cfg: &GptConfig, tok: &Tok, stage: &str, seed: i64) -> Result<()> {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let vs = {
+        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = Gpt::new(vs.root(), cfg);
+        vs
+    };
+    let mut meta = Meta::new(stage);
+    meta.complete = true;
+    let contents = Contents {
+        vs: &vs,
+        config: cfg,
+        tok,
+        metrics_log: &[],
+        state: None,
+    };
+    save(dir, &contents, &mut meta)
+}
+
 /// Writes a checkpoint atomically into `dir`. `meta.weights_sha256` is filled in.
 pub fn save(dir: &Path, contents: &Contents<'_>, meta: &mut Meta) -> Result<()> {
     let Contents {

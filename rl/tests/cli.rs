@@ -79,6 +79,24 @@ fn tiny_grpo_run_end_to_end() -> Result<()> {
     Ok(())
 }
 
+/// Runs `rl --config cfg --init init --out out` plus `extra`; returns its output.
+fn rl_from(
+    cfg: &std::path::Path,
+    init: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> Result<std::process::Output> {
+    let mut a: Vec<&std::ffi::OsStr> = vec![
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "--init".as_ref(),
+        init.as_os_str(),
+    ];
+    a.extend(["--out".as_ref(), out.as_os_str()]);
+    a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    rl(&a)
+}
+
 /// Runs `rl` with `args`; returns its output.
 fn rl(args: &[&std::ffi::OsStr]) -> Result<std::process::Output> {
     Ok(bin(env!("CARGO_BIN_EXE_rl")).args(args).output()?)
@@ -102,17 +120,7 @@ fn lora_run_saves_merged_weights_and_resumes_like_an_uninterrupted_run() -> Resu
             .replace("steps = 3", "steps = 6")
             .replace("[sampling]\nmax_new_tokens = 8", "[sampling]\nmax_new_tokens = 32"),
     )?;
-    let run = |out: &std::path::Path, extra: &[&str]| -> Result<std::process::Output> {
-        let mut a: Vec<&std::ffi::OsStr> = vec![
-            "--config".as_ref(),
-            cfg.as_os_str(),
-            "--init".as_ref(),
-            init.as_os_str(),
-        ];
-        a.extend(["--out".as_ref(), out.as_os_str()]);
-        a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-        rl(&a)
-    };
+    let run = |out: &std::path::Path, extra: &[&str]| rl_from(&cfg, &init, out, extra);
     let a = d.join("runs/a/rl");
     let o = run(&a, &[])?;
     let err = String::from_utf8_lossy(&o.stderr);
@@ -185,17 +193,7 @@ fn generator_prompt_mix_with_curriculum_resumes_like_an_uninterrupted_run() -> R
             .replace("steps = 3", "steps = 5")
             .replace("[sampling]\nmax_new_tokens = 8", "[sampling]\nmax_new_tokens = 16"),
     )?;
-    let run = |out: &std::path::Path, extra: &[&str]| -> Result<std::process::Output> {
-        let mut a: Vec<&std::ffi::OsStr> = vec![
-            "--config".as_ref(),
-            cfg.as_os_str(),
-            "--init".as_ref(),
-            init.as_os_str(),
-        ];
-        a.extend(["--out".as_ref(), out.as_os_str()]);
-        a.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
-        rl(&a)
-    };
+    let run = |out: &std::path::Path, extra: &[&str]| rl_from(&cfg, &init, out, extra);
     let a = d.join("runs/a/rl");
     let o = run(&a, &[])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

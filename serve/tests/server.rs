@@ -4,8 +4,8 @@
 //! get OpenAI error JSON while other clients keep being served; a client that leaves
 //! mid-stream frees its row; a full queue answers 429.
 use anyhow::{Context, Result};
-use common::checkpoint::{self, Meta};
-use common::model::{Gpt, GptConfig};
+use common::checkpoint;
+use common::model::GptConfig;
 use common::tokenizer::Tok;
 use serde_json::Value;
 use serve::load::{self, chat_body, request, spawn_server, ServerProcess};
@@ -25,28 +25,10 @@ fn random_model(d: &Path, preset: &str) -> Result<PathBuf> {
     let tok = Tok::load(&d.join("tokenizer.json"))?;
     let mut cfg = GptConfig::preset(preset, tok.vocab_size() as i64)?;
     cfg.max_seq_len = 1024;
-    // libtorch's generator is global to the process and the tests run in parallel: hold a lock
-    // from the seed to the last draw, or concurrent inits interleave and the weights (so the
-    // greedy replies the leave-mid-stream test looks for) change from run to run.
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let vs = {
-        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed(0);
-        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let _m = Gpt::new(vs.root(), &cfg);
-        vs
-    };
-    let mut meta = Meta::new("sft");
-    meta.complete = true;
+    // Seeded under a lock (libtorch's generator is process-global and the tests run in
+    // parallel): the same weights, so the same greedy replies, in every run.
     let out = d.join("ckpt");
-    let contents = checkpoint::Contents {
-        vs: &vs,
-        config: &cfg,
-        tok: &tok,
-        metrics_log: &[],
-        state: None,
-    };
-    checkpoint::save(&out, &contents, &mut meta)?;
+    checkpoint::save_random(&out, &cfg, &tok, "sft", 0)?;
     Ok(out)
 }
 

@@ -35,9 +35,9 @@ pub fn workspace_root() -> PathBuf {
 }
 
 use anyhow::Result;
-use common::checkpoint::{self, Meta};
+use common::checkpoint;
 use common::data::writer::{write_chat, write_tasks, write_text};
-use common::model::{Gpt, GptConfig};
+use common::model::GptConfig;
 use common::tokenizer::{Message, Tok};
 use common::verify::Task;
 use std::path::Path;
@@ -167,19 +167,7 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
 pub fn tiny_checkpoint(world: &Path, out: &Path, stage: &str) -> Result<()> {
     let tok = Tok::load(&world.join("tokenizer.json"))?;
     let cfg = GptConfig::preset("tiny", tok.vocab_size() as i64)?;
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = Gpt::new(vs.root(), &cfg);
-    let mut meta = Meta::new(stage);
-    meta.complete = true;
-    let contents = checkpoint::Contents {
-        vs: &vs,
-        config: &cfg,
-        tok: &tok,
-        metrics_log: &[],
-        state: None,
-    };
-    checkpoint::save(out, &contents, &mut meta)
+    checkpoint::save_random(out, &cfg, &tok, stage, 0)
 }
 
 /// The tensors of a checkpoint's `model.safetensors`, sorted by name.

@@ -3,9 +3,9 @@
 //! against the one-at-a-time reply to the same prompt (greedy), and none may be lost.
 use anyhow::{Context, Result};
 use clap::Parser;
-use common::checkpoint::{self, Meta};
+use common::checkpoint;
 use common::device::DeviceChoice;
-use common::model::{Gpt, GptConfig};
+use common::model::GptConfig;
 use common::tokenizer::Tok;
 use serde_json::{json, Value};
 use serve::load::{self, LoadReport};
@@ -51,19 +51,7 @@ fn run(a: Args) -> Result<()> {
     let tok =
         Tok::load(&a.tokenizer).with_context(|| format!("run `just datasets` first ({})", a.tokenizer.display()))?;
     let cfg = GptConfig::preset(&a.preset, tok.vocab_size() as i64)?;
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = Gpt::new(vs.root(), &cfg);
-    let mut meta = Meta::new("bench");
-    meta.complete = true;
-    let contents = checkpoint::Contents {
-        vs: &vs,
-        config: &cfg,
-        tok: &tok,
-        metrics_log: &[],
-        state: None,
-    };
-    checkpoint::save(&ckpt, &contents, &mut meta)?;
+    checkpoint::save_random(&ckpt, &cfg, &tok, "bench", 0)?;
 
     let exe = std::env::current_exe()?.with_file_name("serve");
     let prompts: Vec<String> = (0..a.clients * a.per_client)
