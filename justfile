@@ -86,6 +86,12 @@ pipeline *args='': build
     "$b/report" "$r"
     echo "report: $r/report.md"
 
+# Run one of the field's claims as an experiment on the default run's checkpoints (no name: list them)
+experiment name='' *flags='': build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "{{name}}" ]; then "{{bin}}/experiment" list; else "{{bin}}/experiment" run "{{name}}" {{flags}}; fi
+
 # Evaluate a checkpoint on the held-out tasks (pass@k and maj@k with samples > 1)
 eval checkpoint='runs/default/rl' samples='8': build
     {{bin}}/eval {{checkpoint}} --samples {{samples}}

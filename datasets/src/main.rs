@@ -39,6 +39,15 @@ enum Cmd {
         /// Vocabulary size of the tokenizer trained on the library.
         #[arg(long, default_value_t = 4096)]
         vocab_size: usize,
+        /// Share of the SFT conversations' worked arithmetic answers that are right (1 = perfect
+        /// annotators). Everything else stays identical to the perfect world of the same seed;
+        /// eval/annotator.parquet gets the annotator's own answers to the held-out problems.
+        #[arg(long, default_value_t = 1.0, value_name = "SHARE")]
+        annotator_accuracy: f64,
+        /// The annotator's mistakes: habit (adds without carrying, subtracts without borrowing:
+        /// systematic) or random (a step off by one or ten).
+        #[arg(long, default_value = "habit", value_name = "KIND")]
+        annotator_errors: String,
     },
     /// Show schema, row and token counts and a few samples of a Parquet file or a mix (.toml).
     Inspect {
@@ -82,7 +91,12 @@ fn main() -> ExitCode {
             out,
             scale,
             vocab_size,
-        } => build(seed, &out, &scale, vocab_size),
+            annotator_accuracy,
+            annotator_errors,
+        } => {
+            let annotator = world::Annotator::calibrated(annotator_accuracy, annotator_errors.parse()?)?;
+            build(seed, &out, &scale, vocab_size, annotator)
+        }
         Cmd::Inspect {
             target,
             tokenizer,
@@ -116,10 +130,10 @@ fn to_tasks(rows: &[world::TaskRow]) -> Vec<Task> {
 /// Documents per library shard.
 const SHARD_DOCS: usize = 4096;
 
-fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
+fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, annotator: world::Annotator) -> Result<()> {
     let t0 = Instant::now();
     let scale: world::Scale = scale.parse()?;
-    let g = world::generate(seed, scale);
+    let g = world::generate_with(seed, scale, annotator);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     // Remove shards of an earlier build so globs match only this one.
     for sub in ["library", "heldout", "sft", "rl", "eval"] {
@@ -159,6 +173,12 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
     let hard = out.join("eval/hard.parquet");
     write_tasks(&hard, &to_tasks(&g.eval_hard))?;
     files.push((hard, "eval", Format::PromptAnswer));
+    let annotator_json = annotator_summary(&g);
+    if !g.eval_annotator.is_empty() {
+        let p = out.join("eval/annotator.parquet");
+        write_tasks(&p, &to_tasks(&g.eval_annotator))?;
+        files.push((p, "eval", Format::PromptAnswer));
+    }
     let gen_secs = t0.elapsed().as_secs_f64();
 
     // The tokenizer of the default world: a byte-level BPE trained on a sample of the library.
@@ -203,7 +223,7 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
         }));
     }
     std::fs::write(out.join("world.json"), serde_json::to_string_pretty(&g.world)?)?;
-    let manifest = json!({
+    let mut manifest = json!({
         "generator": "lib2expert datasets build",
         "version": env!("CARGO_PKG_VERSION"),
         "seed": seed,
@@ -214,6 +234,17 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
         "tokens_by_group": totals,
         "files": entries,
     });
+    if let Some(a) = annotator_json {
+        eprintln!(
+            "datasets: annotator {} slips, p = {:.3}: right on {:.1}% of the {} held-out arithmetic problems (asked {:.0}%)",
+            a["slips"].as_str().unwrap_or_default(),
+            a["p"].as_f64().unwrap_or_default(),
+            a["heldout_accuracy"].as_f64().unwrap_or_default() * 100.0,
+            a["heldout_problems"],
+            a["accuracy"].as_f64().unwrap_or_default() * 100.0,
+        );
+        manifest["annotator"] = a;
+    }
     std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
     eprintln!(
         "datasets: wrote {} files to {} (library {} tokens) in {:.1}s (generate {:.1}s, tokenizer {:.1}s)",
@@ -225,6 +256,31 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize) -> Result<()> {
         tok_secs
     );
     Ok(())
+}
+
+/// The annotator of an imperfect world: its settings and its accuracy on the held-out
+/// arithmetic problems (`None` for the perfect annotator).
+fn annotator_summary(g: &world::Generated) -> Option<serde_json::Value> {
+    if g.annotator.is_perfect() {
+        return None;
+    }
+    let gold: std::collections::HashMap<&str, &str> =
+        g.eval.iter().map(|t| (t.prompt.as_str(), t.answer.as_str())).collect();
+    let right = g
+        .eval_annotator
+        .iter()
+        .filter(|t| gold.get(t.prompt.as_str()) == Some(&t.answer.as_str()))
+        .count();
+    let n = g.eval_annotator.len().max(1);
+    Some(json!({
+        "accuracy": g.annotator.accuracy,
+        "slips": g.annotator.slips,
+        "p": g.annotator.p,
+        "heldout_problems": g.eval_annotator.len(),
+        "heldout_right": right,
+        "heldout_accuracy": right as f64 / n as f64,
+        "answers": "eval/annotator.parquet",
+    }))
 }
 
 fn single_source(path: &Path, format: Format) -> Result<ResolvedSource> {
@@ -354,8 +410,8 @@ mod tests {
     fn build_is_byte_identical_for_a_seed_and_loads_back() -> Result<()> {
         let a = tempfile::tempdir()?;
         let b = tempfile::tempdir()?;
-        build(7, a.path(), "small", 512)?;
-        build(7, b.path(), "small", 512)?;
+        build(7, a.path(), "small", 512, world::Annotator::perfect())?;
+        build(7, b.path(), "small", 512, world::Annotator::perfect())?;
         let manifest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(a.path().join("manifest.json"))?)?;
         let files = manifest["files"].as_array().cloned().unwrap_or_default();
@@ -373,6 +429,81 @@ mod tests {
         // Every file reads back through the project's own loaders.
         let tasks = common::tasks::load_tasks(&a.path().join("eval/tasks.parquet"))?;
         assert!(tasks.len() >= 1000);
+        Ok(())
+    }
+
+    /// An imperfect annotator changes the SFT arithmetic answers and nothing else, and its own
+    /// answers to the held-out problems are written beside the gold ones.
+    #[test]
+    fn imperfect_annotators_change_only_sft_arithmetic() -> Result<()> {
+        let a = tempfile::tempdir()?;
+        let b = tempfile::tempdir()?;
+        build(7, a.path(), "small", 512, world::Annotator::perfect())?;
+        let ann = world::Annotator::calibrated(0.5, world::Slips::Habit)?;
+        build(7, b.path(), "small", 512, ann)?;
+        assert!(!a.path().join("eval/annotator.parquet").exists());
+        for rel in [
+            "library/arithmetic-00000.parquet",
+            "heldout/code.parquet",
+            "rl/train.parquet",
+            "eval/tasks.parquet",
+            "eval/hard.parquet",
+        ] {
+            assert_eq!(
+                std::fs::read(a.path().join(rel))?,
+                std::fs::read(b.path().join(rel))?,
+                "{rel}"
+            );
+        }
+        let read_chat = |dir: &Path| -> Result<Vec<Vec<Message>>> {
+            let src = single_source(&dir.join("sft/train.parquet"), Format::Chat)?;
+            Ok(read_all(&src, None)?
+                .into_iter()
+                .filter_map(|d| match d {
+                    Doc::Chat(m) => Some(m),
+                    _ => None,
+                })
+                .collect())
+        };
+        let (pa, pb) = (read_chat(a.path())?, read_chat(b.path())?);
+        assert_eq!(pa.len(), pb.len());
+        let (mut arith, mut changed) = (0, 0);
+        for (ca, cb) in pa.iter().zip(&pb) {
+            assert_eq!(ca.len(), cb.len());
+            for (ma, mb) in ca.iter().zip(cb) {
+                assert_eq!(ma.role, mb.role);
+                if ma.role != "assistant" {
+                    assert_eq!(ma.content, mb.content, "prompts are the same");
+                } else if ma.content.contains(" = ") && !ma.content.contains("Output:") {
+                    arith += 1;
+                    changed += usize::from(ma.content != mb.content);
+                } else {
+                    assert_eq!(ma.content, mb.content, "only arithmetic answers change");
+                }
+            }
+        }
+        // Asked for 50% right: about half the worked answers carry a slip.
+        assert!(
+            arith > 1000 && (0.35..0.65).contains(&(changed as f64 / arith as f64)),
+            "{changed}/{arith}"
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(b.path().join("manifest.json"))?)?;
+        let held = manifest["annotator"]["heldout_accuracy"].as_f64().unwrap_or(-1.0);
+        assert!((0.4..0.6).contains(&held), "{held}");
+        let mine = common::tasks::load_tasks(&b.path().join("eval/annotator.parquet"))?;
+        let gold = common::tasks::load_tasks(&b.path().join("eval/tasks.parquet"))?;
+        let gold_arith: Vec<_> = gold.iter().filter(|t| t.kind == "arithmetic").collect();
+        assert_eq!(mine.len(), gold_arith.len());
+        let right = mine
+            .iter()
+            .zip(&gold_arith)
+            .filter(|(m, g)| m.prompt == g.prompt && m.answer == g.answer)
+            .count();
+        assert_eq!(
+            right,
+            manifest["annotator"]["heldout_right"].as_u64().unwrap_or(0) as usize
+        );
         Ok(())
     }
 }

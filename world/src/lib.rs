@@ -26,7 +26,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+mod annotator;
 mod stream;
+pub use annotator::{Annotator, Slips};
 pub use stream::{Family, GenState, GenTask, LevelState, TaskGen};
 
 type R = ChaCha8Rng;
@@ -442,6 +444,11 @@ pub struct Generated {
     /// A harder held-out slice: `EVAL_PER_TASK` arithmetic problems with [`HARD_OPS`] operations,
     /// one more than any SFT conversation or library solution demonstrates.
     pub eval_hard: Vec<TaskRow>,
+    /// Who wrote the SFT conversations' worked arithmetic ([`Annotator::perfect`] by default).
+    pub annotator: Annotator,
+    /// The annotator's own answers to the held-out arithmetic problems of `eval` (same prompts,
+    /// task "arithmetic"): where it is right, where it slips. Empty for the perfect annotator.
+    pub eval_annotator: Vec<TaskRow>,
 }
 
 /// Library source names, in the order of [`Generated::library`].
@@ -898,6 +905,10 @@ struct Ctx {
     reserved_prompts: HashSet<String>,
     reserved_exprs: HashSet<String>,
     reserved_code: HashSet<String>,
+    /// Who writes the SFT conversations' worked arithmetic.
+    annotator: Annotator,
+    /// The held-out arithmetic problems (prompt, problem), for the annotator's answers.
+    eval_arith: Vec<(String, Arith)>,
 }
 
 impl Ctx {
@@ -950,6 +961,8 @@ impl Ctx {
             reserved_prompts: HashSet::new(),
             reserved_exprs: HashSet::new(),
             reserved_code: HashSet::new(),
+            annotator: Annotator::perfect(),
+            eval_arith: Vec::new(),
         }
     }
 
@@ -1073,6 +1086,7 @@ impl ATree {
 /// A worked arithmetic problem.
 #[derive(Clone, Debug)]
 struct Arith {
+    tree: ATree,
     expr: String,
     steps: Vec<String>,
     value: i64,
@@ -1164,6 +1178,7 @@ fn gen_arith(r: &mut R, ops: usize) -> Arith {
         if let Some(value) = tree.eval(&mut steps) {
             return Arith {
                 expr: tree.render(),
+                tree,
                 steps,
                 value,
             };
@@ -1207,16 +1222,21 @@ fn arith_prompt(r: &mut R, a: &Arith) -> String {
 
 /// The short worked answer used in SFT (and the library's "Step" format).
 fn arith_worked(a: &Arith) -> String {
+    render_worked(&a.steps, a.value)
+}
+
+/// "a op b = c" alone for one step, "Step i: ..." lines for more, then "Answer: n".
+fn render_worked(steps: &[String], value: i64) -> String {
     let mut s = String::new();
-    if a.steps.len() == 1 {
-        s.push_str(&a.steps[0]);
+    if steps.len() == 1 {
+        s.push_str(&steps[0]);
         s.push('\n');
     } else {
-        for (i, st) in a.steps.iter().enumerate() {
+        for (i, st) in steps.iter().enumerate() {
             s.push_str(&format!("Step {}: {}\n", i + 1, st));
         }
     }
-    s.push_str(&format!("Answer: {}", a.value));
+    s.push_str(&format!("Answer: {value}"));
     s
 }
 
@@ -2913,7 +2933,8 @@ fn gen_eval(r: &mut R, ctx: &mut Ctx) -> Vec<TaskRow> {
         if ctx.reserved_exprs.insert(expr_key(&a.expr)) {
             let p = arith_prompt(r, &a);
             seen.insert(p.clone());
-            rows.push(row(p, a.value.to_string(), "arithmetic"));
+            rows.push(row(p.clone(), a.value.to_string(), "arithmetic"));
+            ctx.eval_arith.push((p, a));
         }
     }
     // facts: one question per held-out pair
@@ -2970,7 +2991,7 @@ fn sft_exchange(r: &mut R, ctx: &Ctx, kind: usize) -> (String, String) {
         0 => {
             let ops = arith_ops(r);
             let a = gen_arith_train(r, ctx, ops);
-            (arith_prompt(r, &a), arith_worked(&a))
+            (arith_prompt(r, &a), ctx.annotator.worked(&a))
         }
         1 => {
             let (i, a) = train_pair(r, ctx, 0.2);
@@ -3110,6 +3131,13 @@ fn gen_rl(r: &mut R, ctx: &Ctx) -> Vec<TaskRow> {
 /// Deterministic: the same `(seed, scale)` always gives identical output. Panics only
 /// on an internal invariant violation (eval prompts leaking into a train set).
 pub fn generate(seed: u64, scale: Scale) -> Generated {
+    generate_with(seed, scale, Annotator::perfect())
+}
+
+/// [`generate`] with SFT arithmetic written by `annotator`. Everything else (library, RL set,
+/// eval sets, SFT prompts and every non-arithmetic answer) is identical to [`generate`]'s, so
+/// checkpoints pretrained on the default world serve any annotator.
+pub fn generate_with(seed: u64, scale: Scale, annotator: Annotator) -> Generated {
     let plan = Plan::new(scale);
     let mut master = R::seed_from_u64(seed);
     let mut r_world = sub_rng(&mut master);
@@ -3136,9 +3164,28 @@ pub fn generate(seed: u64, scale: Scale) -> Generated {
         library_heldout.push((name.to_string(), held));
     }
 
+    // The library's authors are always right; only the SFT annotators are `annotator`.
+    ctx.annotator = annotator;
     let sft_train = gen_sft(&mut r_sft, &ctx, SFT_TRAIN, &no_prompts);
     let train_firsts: HashSet<String> = sft_train.iter().map(|c| first_user(c).to_string()).collect();
     let sft_eval = gen_sft(&mut r_sft, &ctx, SFT_EVAL, &train_firsts);
+    ctx.annotator = Annotator::perfect();
+    let eval_annotator: Vec<TaskRow> = if annotator.is_perfect() {
+        Vec::new()
+    } else {
+        let answers: std::collections::HashMap<&str, String> = ctx
+            .eval_arith
+            .iter()
+            .map(|(p, a)| (p.as_str(), annotator.solve(a).1.to_string()))
+            .collect();
+        eval.iter()
+            .filter_map(|t| {
+                answers
+                    .get(t.prompt.as_str())
+                    .map(|v| row(t.prompt.clone(), v.clone(), "arithmetic"))
+            })
+            .collect()
+    };
     let rl_train = gen_rl(&mut r_rl, &ctx);
     // Drawn last, so the sets above are the same with or without it.
     let eval_hard = gen_eval_hard(&mut sub_rng(&mut master), &mut ctx);
@@ -3175,6 +3222,8 @@ pub fn generate(seed: u64, scale: Scale) -> Generated {
         rl_train,
         eval,
         eval_hard,
+        annotator,
+        eval_annotator,
     }
 }
 

@@ -1,0 +1,387 @@
+//! annotator-ceiling: does SFT cap a model at its annotators' level, and does RL with a
+//! verifier go beyond it?
+//!
+//! For each imperfect annotator (`datasets build --annotator-accuracy A --annotator-errors E`:
+//! the same world, only the SFT conversations' worked arithmetic slips), SFT runs from the base
+//! run's midtrain checkpoint on that annotator's conversations, then RL from that SFT model
+//! with the base run's RL config. Every model answers the same held-out arithmetic problems the
+//! annotator was also asked, so the table reads annotator vs SFT vs RL on one set. Where the
+//! annotator slips, the table also counts how often a model gives the annotator's *exact* wrong
+//! answer: inheritance, not just error. The base run (perfect annotators) is the first row and,
+//! for that count, the control: a model never shown the slips.
+use crate::{is_complete, pct, pct_ci, read_meta, world_seed, write_atomic, Ctx};
+use anyhow::{Context, Result};
+use common::checkpoint;
+use common::device::DeviceChoice;
+use common::sampling::SamplingConfig;
+use common::tasks::{evaluate_tasks, load_tasks, wilson, EvalOptions};
+use common::verify::{Grader, ProgramExec, RewardWeights, Task};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// A model's answers to the held-out arithmetic problems, against the gold answers and against
+/// one annotator's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArithGrade {
+    /// The checkpoint graded.
+    pub checkpoint: String,
+    /// Its weights (a cached grade is reused only for the same weights).
+    pub weights_sha256: String,
+    /// Problems.
+    pub n: usize,
+    /// Answered right.
+    pub right: usize,
+    /// Problems the annotator answers wrong.
+    pub annotator_wrong: usize,
+    /// Of those, how many the model answers with the annotator's exact wrong answer.
+    pub repeats_slip: usize,
+    /// Of those, how many the model answers right.
+    pub right_where_annotator_wrong: usize,
+}
+
+impl ArithGrade {
+    fn accuracy(&self) -> f64 {
+        self.right as f64 / self.n.max(1) as f64
+    }
+
+    fn repeat_rate(&self) -> f64 {
+        self.repeats_slip as f64 / self.annotator_wrong.max(1) as f64
+    }
+}
+
+/// Grades `ckpt` greedily on `gold` (arithmetic tasks), also against `annotator` (prompt ->
+/// the annotator's answer). Cached in `cache` for the same weights.
+fn grade(
+    ckpt: &Path,
+    gold: &[Task],
+    annotator: &HashMap<String, String>,
+    cache: &Path,
+    device: &DeviceChoice,
+) -> Result<ArithGrade> {
+    let sha = read_meta(ckpt)?.weights_sha256;
+    if let Ok(text) = std::fs::read_to_string(cache) {
+        if let Ok(g) = serde_json::from_str::<ArithGrade>(&text) {
+            if g.weights_sha256 == sha && g.n == gold.len() {
+                return Ok(g);
+            }
+        }
+    }
+    eprintln!(
+        "experiment: grading {} on {} held-out arithmetic problems",
+        ckpt.display(),
+        gold.len()
+    );
+    let device = device.resolve()?;
+    let (_vs, model, loaded) = checkpoint::load_model(ckpt, device)?;
+    let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
+    let opts = EvalOptions {
+        sampling: SamplingConfig::greedy(64),
+        samples: 1,
+        batch_size: 125,
+        device,
+    };
+    let report = evaluate_tasks(&model, &loaded.tok, gold, &grader, &opts)?;
+    let mut g = ArithGrade {
+        checkpoint: ckpt.display().to_string(),
+        weights_sha256: sha,
+        n: gold.len(),
+        right: 0,
+        annotator_wrong: 0,
+        repeats_slip: 0,
+        right_where_annotator_wrong: 0,
+    };
+    for (task, rec) in gold.iter().zip(&report.log) {
+        anyhow::ensure!(task.prompt == rec.prompt, "graded answers out of order");
+        g.right += usize::from(rec.correct);
+        let Some(theirs) = annotator.get(&task.prompt) else {
+            continue;
+        };
+        if *theirs == task.answer {
+            continue;
+        }
+        g.annotator_wrong += 1;
+        g.right_where_annotator_wrong += usize::from(rec.correct);
+        let as_theirs = Task {
+            answer: theirs.clone(),
+            ..task.clone()
+        };
+        g.repeats_slip += usize::from(grader.grade(&as_theirs, &rec.completion).correct);
+    }
+    write_atomic(cache, &serde_json::to_string_pretty(&g)?)?;
+    Ok(g)
+}
+
+/// One annotator's row: its data, SFT and RL checkpoints and grades.
+struct Row {
+    label: String,
+    annotator_right: usize,
+    sft: ArithGrade,
+    rl: ArithGrade,
+    /// The perfect-annotator SFT model graded against this annotator (never shown its slips).
+    control: Option<ArithGrade>,
+    sft_dir: PathBuf,
+    rl_dir: PathBuf,
+}
+
+/// Builds the annotator's world, then SFT and RL on it (complete stages are skipped).
+fn train_variant(ctx: &Ctx, slips: world::Slips, accuracy: f64) -> Result<PathBuf> {
+    let dir = ctx.out.join(format!("{}-{accuracy:.2}", slips.name()));
+    let data = dir.join("data");
+    let built = std::fs::read_to_string(data.join("manifest.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|m| {
+            m["annotator"]["slips"] == slips.name() && m["annotator"]["accuracy"].as_f64() == Some(accuracy)
+        });
+    if !built {
+        let (seed, scale) = world_seed(&ctx.world)?;
+        let args: Vec<OsString> = vec![
+            "build".into(),
+            "--seed".into(),
+            seed.to_string().into(),
+            "--scale".into(),
+            scale.into(),
+            "--annotator-accuracy".into(),
+            accuracy.to_string().into(),
+            "--annotator-errors".into(),
+            slips.name().into(),
+            "--out".into(),
+            data.clone().into(),
+        ];
+        ctx.stage("datasets", &args)?;
+    }
+    // The SFT config's mix, reading this annotator's conversations instead of the world's.
+    let sft_cfg = ctx.config("sft");
+    let cfg: toml::Value =
+        toml::from_str(&std::fs::read_to_string(&sft_cfg).with_context(|| format!("reading {}", sft_cfg.display()))?)
+            .with_context(|| format!("parsing {}", sft_cfg.display()))?;
+    let mix = cfg
+        .get("data")
+        .and_then(|d| d.get("mix"))
+        .and_then(|m| m.as_str())
+        .with_context(|| format!("{} has no data.mix", sft_cfg.display()))?;
+    let text =
+        std::fs::read_to_string(mix).with_context(|| format!("reading {mix} (data.mix of {})", sft_cfg.display()))?;
+    // Paths in the mix as written: `path = "data/default/sft/train.parquet"`.
+    let from = format!("\"{}/sft/", ctx.world.display());
+    anyhow::ensure!(
+        text.contains(&from),
+        "the SFT mix {mix} reads no file under {}/sft/: the annotator experiment swaps the world's \
+         conversations for an imperfect annotator's, so the mix must read them (or pass --world)",
+        ctx.world.display()
+    );
+    let mix_out = dir.join("sft-mix.toml");
+    write_atomic(&mix_out, &text.replace(&from, &format!("\"{}/sft/", data.display())))?;
+    let sft = dir.join("sft");
+    ctx.stage(
+        "sft",
+        &[
+            "--config".into(),
+            sft_cfg.into(),
+            "--mix".into(),
+            mix_out.into(),
+            "--init".into(),
+            ctx.base.join("midtrain").into(),
+            "--out".into(),
+            sft.clone().into(),
+            "--resume".into(),
+        ],
+    )?;
+    ctx.stage(
+        "rl",
+        &[
+            "--config".into(),
+            ctx.config("rl").into(),
+            "--init".into(),
+            sft.into(),
+            "--out".into(),
+            dir.join("rl").into(),
+            "--resume".into(),
+        ],
+    )?;
+    Ok(dir)
+}
+
+/// The held-out arithmetic problems of a world.
+fn heldout_arithmetic(world: &Path) -> Result<Vec<Task>> {
+    let tasks = load_tasks(&world.join("eval/tasks.parquet"))?;
+    Ok(tasks.into_iter().filter(|t| t.kind == "arithmetic").collect())
+}
+
+/// Runs the experiment; returns the report's path.
+pub fn run(ctx: &Ctx) -> Result<PathBuf> {
+    anyhow::ensure!(!ctx.annotators.is_empty(), "no annotators to compare (--annotators)");
+    ctx.ensure_base("rl")?;
+    let device: DeviceChoice = ctx.device.as_deref().unwrap_or("auto").parse()?;
+    let gold = heldout_arithmetic(&ctx.world)?;
+    anyhow::ensure!(
+        !gold.is_empty(),
+        "{} has no arithmetic problems",
+        ctx.world.join("eval/tasks.parquet").display()
+    );
+    let perfect: HashMap<String, String> = gold.iter().map(|t| (t.prompt.clone(), t.answer.clone())).collect();
+    let base_dir = ctx.out.join("perfect");
+    let (base_sft, base_rl) = (ctx.base.join("sft"), ctx.base.join("rl"));
+    let mut rows = vec![Row {
+        label: "perfect (the base run)".into(),
+        annotator_right: gold.len(),
+        sft: grade(&base_sft, &gold, &perfect, &base_dir.join("grade-sft.json"), &device)?,
+        rl: grade(&base_rl, &gold, &perfect, &base_dir.join("grade-rl.json"), &device)?,
+        control: None,
+        sft_dir: base_sft.clone(),
+        rl_dir: base_rl,
+    }];
+    for &(slips, accuracy) in &ctx.annotators {
+        let dir = train_variant(ctx, slips, accuracy)?;
+        let data = dir.join("data");
+        let theirs: HashMap<String, String> = load_tasks(&data.join("eval/annotator.parquet"))?
+            .into_iter()
+            .map(|t| (t.prompt, t.answer))
+            .collect();
+        let variant_gold = heldout_arithmetic(&data)?;
+        anyhow::ensure!(
+            variant_gold
+                .iter()
+                .map(|t| &t.prompt)
+                .eq(gold.iter().map(|t| &t.prompt)),
+            "{} and {} hold different held-out problems: was the annotator's world built from another seed?",
+            data.display(),
+            ctx.world.display()
+        );
+        let annotator_right = gold.iter().filter(|t| theirs.get(&t.prompt) == Some(&t.answer)).count();
+        let (sft_dir, rl_dir) = (dir.join("sft"), dir.join("rl"));
+        anyhow::ensure!(is_complete(&rl_dir), "{} did not complete", rl_dir.display());
+        rows.push(Row {
+            label: format!("{} slips, asked {:.0}% right", slips.name(), 100.0 * accuracy),
+            annotator_right,
+            sft: grade(&sft_dir, &gold, &theirs, &dir.join("grade-sft.json"), &device)?,
+            rl: grade(&rl_dir, &gold, &theirs, &dir.join("grade-rl.json"), &device)?,
+            control: Some(grade(
+                &base_sft,
+                &gold,
+                &theirs,
+                &dir.join("grade-control.json"),
+                &device,
+            )?),
+            sft_dir,
+            rl_dir,
+        });
+    }
+    write_report(ctx, &rows, gold.len())
+}
+
+fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
+    let mut md = String::from("# Experiment: annotator-ceiling\n\n");
+    md.push_str(
+        "Claim: SFT caps a model at its annotators' level; RL with a verifier goes beyond it.\n\n\
+         Each row trains SFT from the same midtrain checkpoint on the same conversations, except that \
+         the annotators who wrote the worked arithmetic slip (`datasets build --annotator-accuracy`): \
+         *habit* slips are systematic (adding without carrying, subtracting the smaller digit from the \
+         larger), *random* slips put one step off by one or ten. RL then runs with the same config from \
+         each SFT model. Everything is graded greedily on the same held-out arithmetic problems, which \
+         the annotators were asked too.\n\n",
+    );
+    md.push_str(&format!(
+        "| annotators | annotators right | SFT | RL | RL − SFT | where annotators slip: SFT gives their wrong answer | RL gives it | SFT right there | RL right there |\n\
+         |---|---|---|---|---|---|---|---|---|\n"
+    ));
+    for r in rows {
+        let a = r.annotator_right as f64 / n as f64;
+        let (slip_cols, ann) = match &r.control {
+            None => ("– | – | – | –".to_string(), "100%".to_string()),
+            Some(_) => (
+                format!(
+                    "{} of {} ({}) | {} ({}) | {} | {}",
+                    r.sft.repeats_slip,
+                    r.sft.annotator_wrong,
+                    pct(r.sft.repeat_rate()),
+                    r.rl.repeats_slip,
+                    pct(r.rl.repeat_rate()),
+                    pct(r.sft.right_where_annotator_wrong as f64 / r.sft.annotator_wrong.max(1) as f64),
+                    pct(r.rl.right_where_annotator_wrong as f64 / r.rl.annotator_wrong.max(1) as f64),
+                ),
+                pct_ci(a, wilson(r.annotator_right, n)),
+            ),
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:+.1} | {} |\n",
+            r.label,
+            ann,
+            pct_ci(r.sft.accuracy(), wilson(r.sft.right, n)),
+            pct_ci(r.rl.accuracy(), wilson(r.rl.right, n)),
+            100.0 * (r.rl.accuracy() - r.sft.accuracy()),
+            slip_cols
+        ));
+    }
+    md.push_str(&format!(
+        "\n{n} held-out arithmetic problems (1-3 operations); 95% Wilson intervals.\n"
+    ));
+    for r in rows.iter().filter(|r| r.control.is_some()) {
+        if let Some(c) = &r.control {
+            md.push_str(&format!(
+                "Control for *{}*: the perfect-annotator SFT model, never shown these slips, gives the \
+                 annotators' wrong answer on {} of the {} problems where they slip ({}).\n",
+                r.label,
+                c.repeats_slip,
+                c.annotator_wrong,
+                pct(c.repeat_rate())
+            ));
+        }
+    }
+    md.push_str("\n![annotators, SFT and RL on the held-out arithmetic](annotator-ceiling.svg)\n\n");
+    md.push_str("## Everything else RL measured (from each RL checkpoint's meta.json)\n\n");
+    md.push_str("| annotators | answerable: SFT → RL | hallucination: SFT → RL | 4-operation slice: SFT → RL |\n|---|---|---|---|\n");
+    for r in rows {
+        let m = read_meta(&r.rl_dir)?.metrics;
+        let ans = |t: &Option<common::tasks::TaskReport>| {
+            t.as_ref().map(|t| pct(t.answerable.accuracy)).unwrap_or("–".into())
+        };
+        let hal = |t: &Option<common::tasks::TaskReport>| {
+            t.as_ref()
+                .and_then(|t| t.per_kind.get("unanswerable"))
+                .and_then(|k| k.hallucination_rate)
+                .map(pct)
+                .unwrap_or("–".into())
+        };
+        md.push_str(&format!(
+            "| {} | {} → {} | {} → {} | {} → {} |\n",
+            r.label,
+            ans(&m.tasks_start),
+            ans(&m.tasks),
+            hal(&m.tasks_start),
+            hal(&m.tasks),
+            ans(&m.tasks_hard_start),
+            ans(&m.tasks_hard)
+        ));
+    }
+    md.push_str("\nCheckpoints:\n");
+    for r in rows {
+        md.push_str(&format!(
+            "- {}: `{}`, `{}`\n",
+            r.label,
+            r.sft_dir.display(),
+            r.rl_dir.display()
+        ));
+    }
+    let groups: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    let bar = |right: usize| (right as f64 / n as f64, wilson(right, n));
+    let series = vec![
+        (
+            "annotators".to_string(),
+            rows.iter().map(|r| bar(r.annotator_right)).collect(),
+        ),
+        ("SFT".to_string(), rows.iter().map(|r| bar(r.sft.right)).collect()),
+        ("RL".to_string(), rows.iter().map(|r| bar(r.rl.right)).collect()),
+    ];
+    crate::plot::grouped_bars(
+        &ctx.out.join("annotator-ceiling.svg"),
+        "Held-out arithmetic: annotators, SFT on their answers, RL after it",
+        &groups,
+        &series,
+    )?;
+    let path = ctx.out.join("report.md");
+    write_atomic(&path, &md)?;
+    Ok(path)
+}

@@ -1,0 +1,185 @@
+//! Experiments: the field's claims about post-training, each run with one command from the
+//! default run's checkpoints (`experiment run NAME`, `just experiment NAME`).
+//!
+//! An experiment drives the stage binaries (the same ones `just pipeline` runs, found beside
+//! this one) into its own directory `runs/experiments/NAME/`, skipping every stage whose
+//! checkpoint is already complete, so an interrupted experiment resumes where it stopped. It then
+//! grades what it needs and writes `report.md` with a table, 95% intervals and a plot.
+pub mod annotator;
+pub mod confidence;
+mod plot;
+pub mod straight;
+
+use anyhow::{bail, Context, Result};
+use common::meta::Meta;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// One experiment of the registry.
+pub struct Experiment {
+    /// Name on the command line.
+    pub name: &'static str,
+    /// The claim it measures, in one line.
+    pub claim: &'static str,
+    /// Runs it; returns the report's path.
+    pub run: fn(&Ctx) -> Result<PathBuf>,
+}
+
+/// Every experiment, in the order `experiment list` shows them.
+pub const EXPERIMENTS: &[Experiment] = &[
+    Experiment {
+        name: "annotator-ceiling",
+        claim: "SFT caps a model at its annotators' level; RL with a verifier goes beyond it",
+        run: annotator::run,
+    },
+    Experiment {
+        name: "straight-to-rl",
+        claim: "RL straight from the base model (no SFT) is inefficient",
+        run: straight::run,
+    },
+    Experiment {
+        name: "confidence-targets",
+        claim: "Scored with a penalty for confident errors, which stage earns most (right +1, I don't know 0, wrong -t/(1-t))",
+        run: confidence::run,
+    },
+];
+
+/// Finds an experiment by name.
+pub fn find(name: &str) -> Result<&'static Experiment> {
+    EXPERIMENTS.iter().find(|e| e.name == name).with_context(|| {
+        let names: Vec<&str> = EXPERIMENTS.iter().map(|e| e.name).collect();
+        format!("no experiment named {name:?} (known: {})", names.join(", "))
+    })
+}
+
+/// Where an experiment reads and writes.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// Directory holding the stage binaries (pretrain, sft, rl, datasets, ...).
+    pub bin_dir: PathBuf,
+    /// The run whose checkpoints the experiment starts from (built when missing).
+    pub base: PathBuf,
+    /// Directory of the stage configs (pretrain.toml, midtrain.toml, sft.toml, rl.toml).
+    pub configs: PathBuf,
+    /// The world the base run trained on (its manifest gives the seed and scale).
+    pub world: PathBuf,
+    /// This experiment's output directory.
+    pub out: PathBuf,
+    /// Device passed to every stage (None: the configs' choice).
+    pub device: Option<String>,
+    /// annotator-ceiling: the annotators to compare with the base run's perfect ones.
+    pub annotators: Vec<(world::Slips, f64)>,
+}
+
+impl Ctx {
+    /// The stage binary `exe`, beside this one.
+    pub fn exe(&self, exe: &str) -> PathBuf {
+        self.bin_dir.join(exe)
+    }
+
+    /// Runs a stage binary to completion, its progress on this terminal; an error names the
+    /// command line.
+    pub fn stage(&self, exe: &str, args: &[OsString]) -> Result<()> {
+        let path = self.exe(exe);
+        anyhow::ensure!(
+            path.exists(),
+            "{} is missing: build the workspace first (just build)",
+            path.display()
+        );
+        let mut args = args.to_vec();
+        if let Some(d) = &self.device {
+            if exe != "datasets" {
+                args.extend(["--device".into(), d.into()]);
+            }
+        }
+        let line = std::iter::once(path.display().to_string())
+            .chain(args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        eprintln!("experiment: $ {line}");
+        let status = Command::new(&path)
+            .args(&args)
+            .status()
+            .with_context(|| format!("starting {line}"))?;
+        if !status.success() {
+            bail!("{line} failed ({status})");
+        }
+        Ok(())
+    }
+
+    /// A config file of `--configs`.
+    pub fn config(&self, stage: &str) -> PathBuf {
+        self.configs.join(format!("{stage}.toml"))
+    }
+
+    /// Makes sure the base run has complete checkpoints up to `upto` (pretrain, midtrain, sft
+    /// or rl), running the missing stages exactly as `just pipeline` does.
+    pub fn ensure_base(&self, upto: &str) -> Result<()> {
+        const LADDER: [&str; 4] = ["pretrain", "midtrain", "sft", "rl"];
+        let last = LADDER
+            .iter()
+            .position(|s| *s == upto)
+            .with_context(|| format!("unknown stage {upto}"))?;
+        if !self.world.join("manifest.json").exists() {
+            self.stage("datasets", &["build".into(), "--out".into(), self.world.clone().into()])?;
+        }
+        for (i, stage) in LADDER.iter().enumerate().take(last + 1) {
+            let out = self.base.join(stage);
+            if is_complete(&out) {
+                continue;
+            }
+            let mut args: Vec<OsString> = vec!["--config".into(), self.config(stage).into()];
+            if i > 0 {
+                args.extend(["--init".into(), self.base.join(LADDER[i - 1]).into()]);
+            }
+            args.extend(["--out".into(), out.into(), "--resume".into()]);
+            self.stage(stage, &args)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `dir` holds a checkpoint that ran to its end.
+pub fn is_complete(dir: &Path) -> bool {
+    read_meta(dir).is_ok_and(|m| m.complete)
+}
+
+/// A checkpoint's `meta.json`.
+pub fn read_meta(dir: &Path) -> Result<Meta> {
+    let p = dir.join("meta.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
+/// The seed and scale a world was built with (from its `manifest.json`).
+pub fn world_seed(world: &Path) -> Result<(u64, String)> {
+    let p = world.join("manifest.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+    let m: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+    let seed = m["seed"]
+        .as_u64()
+        .with_context(|| format!("{} has no seed: not written by `datasets build`", p.display()))?;
+    Ok((seed, m["scale"].as_str().unwrap_or("small").to_string()))
+}
+
+/// `x` as a percentage with one decimal.
+pub fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// `x% (lo–hi)` for a share and its 95% interval.
+pub fn pct_ci(x: f64, ci: (f64, f64)) -> String {
+    format!("{:.1}% ({:.1}–{:.1})", 100.0 * x, 100.0 * ci.0, 100.0 * ci.1)
+}
+
+/// Writes `text` to `path` through a temporary file and a rename (never half a report).
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `experiment`: the field's claims about post-training, one command each.
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use experiments::{find, Ctx, EXPERIMENTS};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Run the field's claims about post-training as experiments on the default run's checkpoints.
+///
+/// Each experiment starts from the base run's checkpoints (building any that are missing, as
+/// `just pipeline` does), trains only what it needs into runs/experiments/NAME/, skips stages
+/// that are already complete (so it resumes after an interruption), and writes
+/// runs/experiments/NAME/report.md with a table, 95% intervals and a plot.
+///
+/// Example: experiment run annotator-ceiling
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// List the experiments and the claim each measures.
+    List,
+    /// Run one experiment (complete stages are skipped) and write its report.
+    Run {
+        /// Experiment name (see `experiment list`).
+        name: String,
+        /// The run whose checkpoints the experiment starts from.
+        #[arg(long, default_value = "runs/default")]
+        base: PathBuf,
+        /// Directory of the stage configs the base run used.
+        #[arg(long, default_value = "configs")]
+        configs: PathBuf,
+        /// The world the base run trained on.
+        #[arg(long, default_value = "data/default")]
+        world: PathBuf,
+        /// Output directory (default: runs/experiments/NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Device for every stage: auto, cpu or cuda (default: the configs' choice).
+        #[arg(long)]
+        device: Option<String>,
+        /// annotator-ceiling: the imperfect annotators, as ERRORS:ACCURACY (errors: habit or
+        /// random; accuracy: share of worked answers right), comma-separated.
+        #[arg(long, default_value = "habit:0.5,random:0.5", value_delimiter = ',')]
+        annotators: Vec<String>,
+    },
+}
+
+fn parse_annotator(s: &str) -> Result<(world::Slips, f64)> {
+    let (e, a) = s
+        .split_once(':')
+        .with_context(|| format!("--annotators {s:?}: expected ERRORS:ACCURACY, e.g. habit:0.5"))?;
+    let acc: f64 = a
+        .parse()
+        .with_context(|| format!("--annotators {s:?}: {a:?} is not a number"))?;
+    world::Annotator::calibrated(acc, e.parse()?)?;
+    Ok((e.parse()?, acc))
+}
+
+fn run(args: Args) -> Result<()> {
+    match args.cmd {
+        Cmd::List => {
+            for e in EXPERIMENTS {
+                println!("{:<20} {}", e.name, e.claim);
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            name,
+            base,
+            configs,
+            world,
+            out,
+            device,
+            annotators,
+        } => {
+            let exp = find(&name)?;
+            let exe = std::env::current_exe().context("locating this binary")?;
+            let ctx = Ctx {
+                bin_dir: exe.parent().map(PathBuf::from).unwrap_or_default(),
+                base,
+                configs,
+                world,
+                out: out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(&name)),
+                device,
+                annotators: annotators.iter().map(|s| parse_annotator(s)).collect::<Result<_>>()?,
+            };
+            std::fs::create_dir_all(&ctx.out).with_context(|| format!("creating {}", ctx.out.display()))?;
+            let report = (exp.run)(&ctx)?;
+            println!("{}", std::fs::read_to_string(&report)?);
+            eprintln!("experiment: report {}", report.display());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    common::cli::exit_on_error(|| run(args))
+}

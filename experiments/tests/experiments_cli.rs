@@ -1,0 +1,164 @@
+//! Each experiment, end to end on a small generated world and a tiny model: the real stage
+//! binaries run, and the report's figures are checked against the checkpoints they came from.
+use anyhow::Result;
+use common::checkpoint;
+use common::model::GptConfig;
+use common::tokenizer::Tok;
+use std::path::Path;
+use testkit::{bin, stderr};
+
+/// A binary of the workspace, beside `experiment` (`cargo test --workspace` builds them all;
+/// the experiment finds its stages there too).
+fn exe(name: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_experiment")).with_file_name(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --release --workspace` first", p.display());
+    p
+}
+
+/// A real world (`datasets build`), a tiny random "pretrain" and "midtrain" base, and configs
+/// with a handful of steps. The base run's SFT and RL are left for the experiment to build.
+fn setup(root: &Path) -> Result<()> {
+    let world = root.join("data");
+    let o = bin(exe("datasets"))
+        .args(["build", "--out"])
+        .arg(&world)
+        .args(["--vocab-size", "512"])
+        .output()?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tok = Tok::load(&world.join("tokenizer.json"))?;
+    let cfg = GptConfig::preset("tiny", tok.vocab_size() as i64)?;
+    for stage in ["pretrain", "midtrain"] {
+        checkpoint::save_random(&root.join("runs/base").join(stage), &cfg, &tok, stage, 3)?;
+    }
+    let w = "data"; // relative to the experiment's working directory, as in the real configs
+    let c = root.join("configs");
+    std::fs::create_dir_all(c.join("mixes"))?;
+    std::fs::write(
+        c.join("mixes/sft.toml"),
+        format!("[[source]]\nname = \"conversations\"\npath = \"data/sft/train.parquet\"\nformat = \"chat\"\nweight = 1.0\n"),
+    )?;
+    std::fs::write(
+        c.join("sft.toml"),
+        format!(
+            "[data]\nmix = \"{}\"\nseq_len = 64\n\n[train]\nsteps = 3\nbatch_size = 4\nmicro_batch_size = 4\nlr = 3e-3\nwarmup_steps = 1\ndevice = \"cpu\"\n\n[tasks]\npath = \"{w}/eval/tasks.parquet\"\nper_kind = 3\nmax_new_tokens = 8\nbatch_size = 16\neval_start = true\n",
+            "configs/mixes/sft.toml"
+        ),
+    )?;
+    std::fs::write(
+        c.join("rl.toml"),
+        format!("[data]\nprompts = \"data/rl/train.parquet\"\n\n[rl]\nprompts_per_step = 2\ngroup_size = 4\n\n[train]\nsteps = 2\nmicro_batch_size = 8\nlr = 1e-3\nschedule = \"constant\"\nsave_every = 1\ndevice = \"cpu\"\n\n[sampling]\nmax_new_tokens = 8\n\n[eval]\ntasks = \"{w}/eval/tasks.parquet\"\nper_kind = 4\nmax_new_tokens = 8\nseen_per_kind = 2\n"),
+    )?;
+    Ok(())
+}
+
+fn experiment(root: &Path, name: &str, extra: &[&str]) -> Result<String> {
+    let o = bin(exe("experiment"))
+        .current_dir(root)
+        .args([
+            "run",
+            name,
+            "--base",
+            "runs/base",
+            "--configs",
+            "configs",
+            "--world",
+            "data",
+            "--device",
+            "cpu",
+        ])
+        .args(extra)
+        .output()?;
+    assert!(o.status.success(), "{name}: {}", stderr(&o));
+    let report = std::fs::read_to_string(root.join("runs/experiments").join(name).join("report.md"))?;
+    Ok(report)
+}
+
+fn cells<'a>(report: &'a str, row_start: &str) -> Vec<&'a str> {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| {row_start}")))
+        .unwrap_or_else(|| panic!("no row {row_start:?} in\n{report}"));
+    line.trim_matches('|').split('|').map(str::trim).collect()
+}
+
+#[test]
+fn experiments_run_from_real_checkpoints() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    setup(root)?;
+
+    let o = bin(exe("experiment")).arg("list").output()?;
+    let list = String::from_utf8_lossy(&o.stdout).to_string();
+    for name in ["annotator-ceiling", "straight-to-rl", "confidence-targets"] {
+        assert!(list.contains(name), "{list}");
+    }
+    let o = bin(exe("experiment")).args(["run", "no-such"]).output()?;
+    assert!(
+        !o.status.success() && stderr(&o).contains("annotator-ceiling"),
+        "{}",
+        stderr(&o)
+    );
+
+    // annotator-ceiling: builds the base run's SFT and RL, then the annotator's world, SFT, RL.
+    let report = experiment(root, "annotator-ceiling", &["--annotators", "habit:0.5"])?;
+    let exp = root.join("runs/experiments/annotator-ceiling");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("habit-0.50/data/manifest.json"))?)?;
+    let right = manifest["annotator"]["heldout_right"].as_u64().unwrap_or(0);
+    let n = manifest["annotator"]["heldout_problems"].as_u64().unwrap_or(0);
+    assert_eq!(n, 250);
+    let row = cells(&report, "habit slips");
+    assert!(
+        row[1].starts_with(&format!("{:.1}%", 100.0 * right as f64 / n as f64)),
+        "{row:?} vs {right}/{n}"
+    );
+    assert!(row[5].contains(&format!(" of {} (", n - right)), "{row:?}");
+    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(exp.join("habit-0.50/grade-sft.json"))?)?;
+    assert_eq!(g["n"], 250);
+    assert_eq!(g["annotator_wrong"].as_u64(), Some(n - right));
+    assert!(
+        row[2].starts_with(&format!("{:.1}%", 100.0 * g["right"].as_f64().unwrap_or(-1.0) / 250.0)),
+        "{row:?} {g}"
+    );
+    // The annotator's SFT trained on its own conversations, from the base midtrain checkpoint.
+    let sft: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(exp.join("habit-0.50/sft/meta.json"))?)?;
+    assert!(
+        sft["parent"]["path"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("runs/base/midtrain"),
+        "{}",
+        sft["parent"]
+    );
+    assert!(
+        serde_json::to_string(&sft["mix"])?.contains("habit-0.50/data/sft/train.parquet"),
+        "{}",
+        sft["mix"]
+    );
+    assert!(root.join("runs/base/rl/meta.json").exists() && exp.join("habit-0.50/rl/meta.json").exists());
+    assert!(cells(&report, "perfect")[1] == "100%");
+    assert!(std::fs::read_to_string(exp.join("annotator-ceiling.svg"))?.contains("<svg"));
+    // A second run resumes: every stage is complete, nothing retrains, the same table comes out.
+    let again = experiment(root, "annotator-ceiling", &["--annotators", "habit:0.5"])?;
+    assert_eq!(report, again);
+
+    // confidence-targets: from the base run's metas.
+    let report = experiment(root, "confidence-targets", &[])?;
+    let rl: common::meta::Meta = serde_json::from_str(&std::fs::read_to_string(root.join("runs/base/rl/meta.json"))?)?;
+    let o = experiments::confidence::Outcomes::of(rl.metrics.tasks.as_ref().expect("rl graded"));
+    let row = cells(&report, "RL");
+    assert!(row[5].starts_with(&format!("{:+.3}", o.score(0.0).0)), "{row:?}");
+    assert!(row[8].starts_with(&format!("{:+.3}", o.score(0.9).0)), "{row:?}");
+
+    // straight-to-rl: RL from the midtrain checkpoint beside the base run's.
+    let report = experiment(root, "straight-to-rl", &[])?;
+    assert!(cells(&report, "midtrain → RL").len() == 6, "{report}");
+    let straight: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        root.join("runs/experiments/straight-to-rl/rl-from-midtrain/meta.json"),
+    )?)?;
+    assert!(straight["parent"]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .ends_with("runs/base/midtrain"));
+    Ok(())
+}
