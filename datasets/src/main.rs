@@ -48,6 +48,11 @@ enum Cmd {
         /// systematic) or random (a step off by one or ten).
         #[arg(long, default_value = "habit", value_name = "KIND")]
         annotator_errors: String,
+        /// Share of the SFT fact answers about entities the library never mentions (made-up
+        /// "ghost" entities the annotators answer about as confidently as any other), to
+        /// measure whether SFT teaches fabrication. 0 = none (the default world).
+        #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+        fabricated_facts: f64,
     },
     /// Show schema, row and token counts and a few samples of a Parquet file or a mix (.toml).
     Inspect {
@@ -93,9 +98,17 @@ fn main() -> ExitCode {
             vocab_size,
             annotator_accuracy,
             annotator_errors,
+            fabricated_facts,
         } => {
-            let annotator = world::Annotator::calibrated(annotator_accuracy, annotator_errors.parse()?)?;
-            build(seed, &out, &scale, vocab_size, annotator)
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&fabricated_facts),
+                "--fabricated-facts {fabricated_facts} is not a share between 0 and 1"
+            );
+            let opts = world::Options {
+                annotator: world::Annotator::calibrated(annotator_accuracy, annotator_errors.parse()?)?,
+                fabricated_facts,
+            };
+            build(seed, &out, &scale, vocab_size, &opts)
         }
         Cmd::Inspect {
             target,
@@ -130,10 +143,10 @@ fn to_tasks(rows: &[world::TaskRow]) -> Vec<Task> {
 /// Documents per library shard.
 const SHARD_DOCS: usize = 4096;
 
-fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, annotator: world::Annotator) -> Result<()> {
+fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Options) -> Result<()> {
     let t0 = Instant::now();
     let scale: world::Scale = scale.parse()?;
-    let g = world::generate_with(seed, scale, annotator);
+    let g = world::generate_with(seed, scale, &opts);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     // Remove shards of an earlier build so globs match only this one.
     for sub in ["library", "heldout", "sft", "rl", "eval"] {
@@ -244,6 +257,22 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, annotator: world
             a["accuracy"].as_f64().unwrap_or_default() * 100.0,
         );
         manifest["annotator"] = a;
+    }
+    if opts.fabricated_facts > 0.0 {
+        let ghost_answers = sft_train
+            .iter()
+            .flatten()
+            .filter(|m| m.role == "user" && g.world.ghosts.iter().any(|e| m.content.contains(&e.name)))
+            .count();
+        eprintln!(
+            "datasets: {ghost_answers} SFT questions about {} entities the library never mentions, answered confidently",
+            g.world.ghosts.len()
+        );
+        manifest["fabricated_facts"] = json!({
+            "share": opts.fabricated_facts,
+            "ghost_entities": g.world.ghosts.len(),
+            "sft_train_questions": ghost_answers,
+        });
     }
     std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;
     eprintln!(
@@ -410,8 +439,8 @@ mod tests {
     fn build_is_byte_identical_for_a_seed_and_loads_back() -> Result<()> {
         let a = tempfile::tempdir()?;
         let b = tempfile::tempdir()?;
-        build(7, a.path(), "small", 512, world::Annotator::perfect())?;
-        build(7, b.path(), "small", 512, world::Annotator::perfect())?;
+        build(7, a.path(), "small", 512, &world::Options::default())?;
+        build(7, b.path(), "small", 512, &world::Options::default())?;
         let manifest: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(a.path().join("manifest.json"))?)?;
         let files = manifest["files"].as_array().cloned().unwrap_or_default();
@@ -438,9 +467,18 @@ mod tests {
     fn imperfect_annotators_change_only_sft_arithmetic() -> Result<()> {
         let a = tempfile::tempdir()?;
         let b = tempfile::tempdir()?;
-        build(7, a.path(), "small", 512, world::Annotator::perfect())?;
-        let ann = world::Annotator::calibrated(0.5, world::Slips::Habit)?;
-        build(7, b.path(), "small", 512, ann)?;
+        build(7, a.path(), "small", 512, &world::Options::default())?;
+        let annotator = world::Annotator::calibrated(0.5, world::Slips::Habit)?;
+        build(
+            7,
+            b.path(),
+            "small",
+            512,
+            &world::Options {
+                annotator,
+                ..Default::default()
+            },
+        )?;
         assert!(!a.path().join("eval/annotator.parquet").exists());
         for rel in [
             "library/arithmetic-00000.parquet",

@@ -9,8 +9,8 @@
 //! annotator slips, the table also counts how often a model gives the annotator's *exact* wrong
 //! answer: inheritance, not just error. The base run (perfect annotators) is the first row and,
 //! for that count, the control: a model never shown the slips.
-use crate::{is_complete, pct, pct_ci, read_meta, world_seed, write_atomic, Ctx};
-use anyhow::{Context, Result};
+use crate::{is_complete, pct, pct_ci, read_meta, write_atomic, Ctx};
+use anyhow::Result;
 use common::checkpoint;
 use common::device::DeviceChoice;
 use common::sampling::SamplingConfig;
@@ -18,7 +18,6 @@ use common::tasks::{evaluate_tasks, load_tasks, wilson, EvalOptions};
 use common::verify::{Grader, ProgramExec, RewardWeights, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// A model's answers to the held-out arithmetic problems, against the gold answers and against
@@ -128,79 +127,15 @@ struct Row {
 /// Builds the annotator's world, then SFT and RL on it (complete stages are skipped).
 fn train_variant(ctx: &Ctx, slips: world::Slips, accuracy: f64) -> Result<PathBuf> {
     let dir = ctx.out.join(format!("{}-{accuracy:.2}", slips.name()));
-    let data = dir.join("data");
-    let built = std::fs::read_to_string(data.join("manifest.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|m| {
-            m["annotator"]["slips"] == slips.name() && m["annotator"]["accuracy"].as_f64() == Some(accuracy)
-        });
-    if !built {
-        let (seed, scale) = world_seed(&ctx.world)?;
-        let args: Vec<OsString> = vec![
-            "build".into(),
-            "--seed".into(),
-            seed.to_string().into(),
-            "--scale".into(),
-            scale.into(),
-            "--annotator-accuracy".into(),
-            accuracy.to_string().into(),
-            "--annotator-errors".into(),
-            slips.name().into(),
-            "--out".into(),
-            data.clone().into(),
-        ];
-        ctx.stage("datasets", &args)?;
-    }
-    // The SFT config's mix, reading this annotator's conversations instead of the world's.
-    let sft_cfg = ctx.config("sft");
-    let cfg: toml::Value =
-        toml::from_str(&std::fs::read_to_string(&sft_cfg).with_context(|| format!("reading {}", sft_cfg.display()))?)
-            .with_context(|| format!("parsing {}", sft_cfg.display()))?;
-    let mix = cfg
-        .get("data")
-        .and_then(|d| d.get("mix"))
-        .and_then(|m| m.as_str())
-        .with_context(|| format!("{} has no data.mix", sft_cfg.display()))?;
-    let text =
-        std::fs::read_to_string(mix).with_context(|| format!("reading {mix} (data.mix of {})", sft_cfg.display()))?;
-    // Paths in the mix as written: `path = "data/default/sft/train.parquet"`.
-    let from = format!("\"{}/sft/", ctx.world.display());
-    anyhow::ensure!(
-        text.contains(&from),
-        "the SFT mix {mix} reads no file under {}/sft/: the annotator experiment swaps the world's \
-         conversations for an imperfect annotator's, so the mix must read them (or pass --world)",
-        ctx.world.display()
-    );
-    let mix_out = dir.join("sft-mix.toml");
-    write_atomic(&mix_out, &text.replace(&from, &format!("\"{}/sft/", data.display())))?;
-    let sft = dir.join("sft");
-    ctx.stage(
-        "sft",
-        &[
-            "--config".into(),
-            sft_cfg.into(),
-            "--mix".into(),
-            mix_out.into(),
-            "--init".into(),
-            ctx.base.join("midtrain").into(),
-            "--out".into(),
-            sft.clone().into(),
-            "--resume".into(),
-        ],
-    )?;
-    ctx.stage(
-        "rl",
-        &[
-            "--config".into(),
-            ctx.config("rl").into(),
-            "--init".into(),
-            sft.into(),
-            "--out".into(),
-            dir.join("rl").into(),
-            "--resume".into(),
-        ],
-    )?;
+    let args = [
+        "--annotator-accuracy".to_string(),
+        accuracy.to_string(),
+        "--annotator-errors".into(),
+        slips.name().into(),
+    ];
+    ctx.sft_rl_on_world(&dir, &args, |m| {
+        m["annotator"]["slips"] == slips.name() && m["annotator"]["accuracy"].as_f64() == Some(accuracy)
+    })?;
     Ok(dir)
 }
 

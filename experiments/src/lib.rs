@@ -7,6 +7,7 @@
 //! grades what it needs and writes `report.md` with a table, 95% intervals and a plot.
 pub mod annotator;
 pub mod confidence;
+pub mod fabrication;
 mod plot;
 pub mod straight;
 
@@ -32,6 +33,11 @@ pub const EXPERIMENTS: &[Experiment] = &[
         name: "annotator-ceiling",
         claim: "SFT caps a model at its annotators' level; RL with a verifier goes beyond it",
         run: annotator::run,
+    },
+    Experiment {
+        name: "fabrication",
+        claim: "SFT on answers about things the model never read teaches it to fabricate (Schulman)",
+        run: fabrication::run,
     },
     Experiment {
         name: "straight-to-rl",
@@ -70,6 +76,8 @@ pub struct Ctx {
     pub device: Option<String>,
     /// annotator-ceiling: the annotators to compare with the base run's perfect ones.
     pub annotators: Vec<(world::Slips, f64)>,
+    /// fabrication: the shares of fabricated SFT fact answers to compare with the base run's 0.
+    pub shares: Vec<f64>,
 }
 
 impl Ctx {
@@ -137,6 +145,89 @@ impl Ctx {
             self.stage(stage, &args)?;
         }
         Ok(())
+    }
+}
+
+impl Ctx {
+    /// SFT from the base run's midtrain checkpoint on the conversations of a variant of the
+    /// base world (`datasets build <world_args>` into `dir/data`, same seed and scale), then RL
+    /// from that SFT model with the base run's RL config: `dir/sft`, `dir/rl`. `built` says
+    /// whether an existing `dir/data/manifest.json` already has these settings. Complete stages
+    /// are skipped.
+    pub fn sft_rl_on_world(
+        &self,
+        dir: &Path,
+        world_args: &[String],
+        built: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<()> {
+        let data = dir.join("data");
+        let ready = std::fs::read_to_string(data.join("manifest.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|m| built(&m));
+        if !ready {
+            let (seed, scale) = world_seed(&self.world)?;
+            let mut args: Vec<OsString> = vec![
+                "build".into(),
+                "--seed".into(),
+                seed.to_string().into(),
+                "--scale".into(),
+                scale.into(),
+            ];
+            args.extend(world_args.iter().map(OsString::from));
+            args.extend(["--out".into(), data.clone().into()]);
+            self.stage("datasets", &args)?;
+        }
+        // The SFT config's mix, reading this world's conversations instead of the base world's.
+        let sft_cfg = self.config("sft");
+        let cfg: toml::Value = toml::from_str(
+            &std::fs::read_to_string(&sft_cfg).with_context(|| format!("reading {}", sft_cfg.display()))?,
+        )
+        .with_context(|| format!("parsing {}", sft_cfg.display()))?;
+        let mix = cfg
+            .get("data")
+            .and_then(|d| d.get("mix"))
+            .and_then(|m| m.as_str())
+            .with_context(|| format!("{} has no data.mix", sft_cfg.display()))?;
+        let text = std::fs::read_to_string(mix)
+            .with_context(|| format!("reading {mix} (data.mix of {})", sft_cfg.display()))?;
+        // Paths in the mix as written: `path = "data/default/sft/train.parquet"`.
+        let from = format!("\"{}/sft/", self.world.display());
+        anyhow::ensure!(
+            text.contains(&from),
+            "the SFT mix {mix} reads no file under {}/sft/: this experiment swaps the world's \
+             conversations for other annotators', so the mix must read them (or pass --world)",
+            self.world.display()
+        );
+        let mix_out = dir.join("sft-mix.toml");
+        write_atomic(&mix_out, &text.replace(&from, &format!("\"{}/sft/", data.display())))?;
+        let sft = dir.join("sft");
+        self.stage(
+            "sft",
+            &[
+                "--config".into(),
+                sft_cfg.into(),
+                "--mix".into(),
+                mix_out.into(),
+                "--init".into(),
+                self.base.join("midtrain").into(),
+                "--out".into(),
+                sft.clone().into(),
+                "--resume".into(),
+            ],
+        )?;
+        self.stage(
+            "rl",
+            &[
+                "--config".into(),
+                self.config("rl").into(),
+                "--init".into(),
+                sft.into(),
+                "--out".into(),
+                dir.join("rl").into(),
+                "--resume".into(),
+            ],
+        )
     }
 }
 

@@ -47,6 +47,10 @@ enum Cmd {
         /// random; accuracy: share of worked answers right), comma-separated.
         #[arg(long, default_value = "habit:0.5,random:0.5", value_delimiter = ',')]
         annotators: Vec<String>,
+        /// fabrication: shares of the SFT fact answers about entities the library never
+        /// mentions, comma-separated (the base run is share 0).
+        #[arg(long, default_value = "0.1,0.3", value_delimiter = ',')]
+        shares: Vec<f64>,
     },
 }
 
@@ -77,7 +81,14 @@ fn run(args: Args) -> Result<()> {
             out,
             device,
             annotators,
+            shares,
         } => {
+            for s in &shares {
+                anyhow::ensure!(
+                    (0.0..=1.0).contains(s) && *s > 0.0,
+                    "--shares {s}: a share above 0 and at most 1"
+                );
+            }
             let exp = find(&name)?;
             let exe = std::env::current_exe().context("locating this binary")?;
             let ctx = Ctx {
@@ -88,6 +99,7 @@ fn run(args: Args) -> Result<()> {
                 out: out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(&name)),
                 device,
                 annotators: annotators.iter().map(|s| parse_annotator(s)).collect::<Result<_>>()?,
+                shares,
             };
             std::fs::create_dir_all(&ctx.out).with_context(|| format!("creating {}", ctx.out.display()))?;
             let report = (exp.run)(&ctx)?;

@@ -11,7 +11,11 @@ use testkit::{bin, stderr};
 /// the experiment finds its stages there too).
 fn exe(name: &str) -> std::path::PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_experiment")).with_file_name(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --release --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -89,7 +93,12 @@ fn experiments_run_from_real_checkpoints() -> Result<()> {
 
     let o = bin(exe("experiment")).arg("list").output()?;
     let list = String::from_utf8_lossy(&o.stdout).to_string();
-    for name in ["annotator-ceiling", "straight-to-rl", "confidence-targets"] {
+    for name in [
+        "annotator-ceiling",
+        "fabrication",
+        "straight-to-rl",
+        "confidence-targets",
+    ] {
         assert!(list.contains(name), "{list}");
     }
     let o = bin(exe("experiment")).args(["run", "no-such"]).output()?;
@@ -141,6 +150,24 @@ fn experiments_run_from_real_checkpoints() -> Result<()> {
     // A second run resumes: every stage is complete, nothing retrains, the same table comes out.
     let again = experiment(root, "annotator-ceiling", &["--annotators", "habit:0.5"])?;
     assert_eq!(report, again);
+
+    // fabrication: SFT and RL on a world whose fact answers are 30% about unread entities.
+    let report = experiment(root, "fabrication", &["--shares", "0.3"])?;
+    let exp = root.join("runs/experiments/fabrication");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exp.join("share-0.30/data/manifest.json"))?)?;
+    assert!(
+        m["fabricated_facts"]["sft_train_questions"].as_u64().unwrap_or(0) > 100,
+        "{m}"
+    );
+    let rl: common::meta::Meta = serde_json::from_str(&std::fs::read_to_string(exp.join("share-0.30/rl/meta.json"))?)?;
+    let u = &rl.metrics.tasks.as_ref().expect("rl graded").per_kind["unanswerable"];
+    let row = cells(&report, "30.0%");
+    assert!(
+        row[2].starts_with(&format!("{:.1}%", 100.0 * u.hallucination_rate.unwrap_or(-1.0))),
+        "{row:?}"
+    );
+    assert!(cells(&report, "0.0%").len() == 5);
 
     // confidence-targets: from the base run's metas.
     let report = experiment(root, "confidence-targets", &[])?;

@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 mod annotator;
+mod fabricated;
 mod stream;
 pub use annotator::{Annotator, Slips};
 pub use stream::{Family, GenState, GenTask, LevelState, TaskGen};
@@ -402,6 +403,9 @@ pub struct World {
     pub unknowns: Vec<Entity>,
     /// Given names used for people and in chatter.
     pub given_names: Vec<String>,
+    /// Entities only fabricated SFT answers speak of (`--fabricated-facts`; none by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ghosts: Vec<Entity>,
 }
 
 /// One chat message (SmolTalk layout).
@@ -880,6 +884,7 @@ fn build_world(r: &mut R, plan: &Plan) -> World {
         phantoms,
         unknowns,
         given_names,
+        ghosts: Vec::new(),
     }
 }
 
@@ -909,6 +914,10 @@ struct Ctx {
     annotator: Annotator,
     /// The held-out arithmetic problems (prompt, problem), for the annotator's answers.
     eval_arith: Vec<(String, Arith)>,
+    /// Share of SFT fact answers about [`World::ghosts`] (0 by default).
+    fabricated: f64,
+    /// Draws of the fabricated answers, apart from every other stream.
+    ghost_rng: std::cell::RefCell<R>,
 }
 
 impl Ctx {
@@ -963,6 +972,8 @@ impl Ctx {
             reserved_code: HashSet::new(),
             annotator: Annotator::perfect(),
             eval_arith: Vec::new(),
+            fabricated: 0.0,
+            ghost_rng: std::cell::RefCell::new(R::seed_from_u64(0)),
         }
     }
 
@@ -2998,7 +3009,18 @@ fn sft_exchange(r: &mut R, ctx: &Ctx, kind: usize) -> (String, String) {
             let e = &ctx.w.entities[i];
             let val = e.fact(a).unwrap_or_default();
             let sent = fill(pick(r, a.answers()), &fact_kv(e, val));
-            (fact_question(r, e, a), format!("{}\nAnswer: {val}", cap(&sent)))
+            let q = fact_question(r, e, a);
+            // A fabricated answer instead, drawn from its own stream so that every other
+            // conversation stays the same.
+            let mut g = ctx.ghost_rng.borrow_mut();
+            if ctx.fabricated > 0.0 && !ctx.w.ghosts.is_empty() && g.random_bool(ctx.fabricated) {
+                let e = pick_ref(&mut g, &ctx.w.ghosts);
+                let a = pick(&mut g, e.kind.attrs());
+                let val = e.fact(a).unwrap_or_default();
+                let sent = fill(pick(&mut g, a.answers()), &fact_kv(e, val));
+                return (fact_question(&mut g, e, a), format!("{}\nAnswer: {val}", cap(&sent)));
+            }
+            (q, format!("{}\nAnswer: {val}", cap(&sent)))
         }
         _ => {
             let p = gen_program(r, ctx, false, false);
@@ -3131,13 +3153,35 @@ fn gen_rl(r: &mut R, ctx: &Ctx) -> Vec<TaskRow> {
 /// Deterministic: the same `(seed, scale)` always gives identical output. Panics only
 /// on an internal invariant violation (eval prompts leaking into a train set).
 pub fn generate(seed: u64, scale: Scale) -> Generated {
-    generate_with(seed, scale, Annotator::perfect())
+    generate_with(seed, scale, &Options::default())
 }
 
-/// [`generate`] with SFT arithmetic written by `annotator`. Everything else (library, RL set,
-/// eval sets, SFT prompts and every non-arithmetic answer) is identical to [`generate`]'s, so
-/// checkpoints pretrained on the default world serve any annotator.
-pub fn generate_with(seed: u64, scale: Scale, annotator: Annotator) -> Generated {
+/// How the annotators of a world's SFT conversations deviate from the default's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Options {
+    /// Who writes the worked arithmetic.
+    pub annotator: Annotator,
+    /// Share of fact answers about entities the library never mentions ([`World::ghosts`]).
+    pub fabricated_facts: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            annotator: Annotator::perfect(),
+            fabricated_facts: 0.0,
+        }
+    }
+}
+
+/// Ghost entities made when [`Options::fabricated_facts`] is above 0.
+pub const GHOSTS: usize = 60;
+
+/// [`generate`] with the SFT conversations' annotators changed by `opts`. The library, the RL
+/// set, the eval sets and every SFT conversation the options do not touch are identical to
+/// [`generate`]'s, so checkpoints pretrained on the default world serve any annotators.
+pub fn generate_with(seed: u64, scale: Scale, opts: &Options) -> Generated {
+    let annotator = opts.annotator;
     let plan = Plan::new(scale);
     let mut master = R::seed_from_u64(seed);
     let mut r_world = sub_rng(&mut master);
@@ -3147,9 +3191,16 @@ pub fn generate_with(seed: u64, scale: Scale, annotator: Annotator) -> Generated
     let mut r_held: Vec<R> = (0..SOURCES.len()).map(|_| sub_rng(&mut master)).collect();
     let mut r_sft = sub_rng(&mut master);
     let mut r_rl = sub_rng(&mut master);
+    let mut r_hard = sub_rng(&mut master);
+    let mut r_ghost = sub_rng(&mut master);
 
-    let world = Arc::new(build_world(&mut r_world, &plan));
+    let mut world = build_world(&mut r_world, &plan);
+    if opts.fabricated_facts > 0.0 {
+        world.ghosts = fabricated::ghosts(&mut r_ghost, &world, GHOSTS);
+    }
+    let world = Arc::new(world);
     let mut ctx = Ctx::new(&mut r_split, world.clone());
+    ctx.ghost_rng = std::cell::RefCell::new(r_ghost);
     let eval = gen_eval(&mut r_eval, &mut ctx);
 
     let no_docs: HashSet<u64> = HashSet::new();
@@ -3166,10 +3217,12 @@ pub fn generate_with(seed: u64, scale: Scale, annotator: Annotator) -> Generated
 
     // The library's authors are always right; only the SFT annotators are `annotator`.
     ctx.annotator = annotator;
+    ctx.fabricated = opts.fabricated_facts;
     let sft_train = gen_sft(&mut r_sft, &ctx, SFT_TRAIN, &no_prompts);
     let train_firsts: HashSet<String> = sft_train.iter().map(|c| first_user(c).to_string()).collect();
     let sft_eval = gen_sft(&mut r_sft, &ctx, SFT_EVAL, &train_firsts);
     ctx.annotator = Annotator::perfect();
+    ctx.fabricated = 0.0;
     let eval_annotator: Vec<TaskRow> = if annotator.is_perfect() {
         Vec::new()
     } else {
@@ -3188,7 +3241,7 @@ pub fn generate_with(seed: u64, scale: Scale, annotator: Annotator) -> Generated
     };
     let rl_train = gen_rl(&mut r_rl, &ctx);
     // Drawn last, so the sets above are the same with or without it.
-    let eval_hard = gen_eval_hard(&mut sub_rng(&mut master), &mut ctx);
+    let eval_hard = gen_eval_hard(&mut r_hard, &mut ctx);
 
     assert!(eval.iter().chain(&rl_train).all(|t| TASKS.contains(&t.task.as_str())));
     // Invariant: no eval prompt is a train prompt.
