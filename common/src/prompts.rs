@@ -57,6 +57,9 @@ pub struct PromptSource {
     pub generator: Option<String>,
     /// Generator levels to draw (default: all).
     pub levels: Option<Vec<u32>>,
+    /// Entity kinds the facts and unanswerable generators ask about: town, person, mineral,
+    /// river (default: all).
+    pub kinds: Option<Vec<String>>,
     /// Parquet file(s), globs allowed.
     pub path: Option<String>,
     /// Column names of the file: prompt, answer, task (each defaults to its own name).
@@ -99,6 +102,7 @@ impl PromptMix {
                     .map_or("prompts".into(), |s| s.to_string_lossy().into_owned()),
                 generator: None,
                 levels: None,
+                kinds: None,
                 path: Some(path.display().to_string()),
                 columns: BTreeMap::new(),
                 kind: None,
@@ -138,7 +142,12 @@ fn world_seed(dir: &Path) -> Result<(u64, Scale)> {
 /// Where a slot's prompts come from.
 enum Slot {
     /// A generator level.
-    Gen { family: Family, level: u32 },
+    Gen {
+        family: Family,
+        level: u32,
+        /// Entity kinds asked about (empty: all).
+        kinds: Vec<world::Kind>,
+    },
     /// The rows of one task kind of a file source (file order), drawn in a fresh shuffled
     /// `order` per pass.
     File {
@@ -204,6 +213,21 @@ impl PromptStream {
                         let (seed, scale) = world_seed(&dir)?;
                         gen = Some(TaskGen::new(seed, scale));
                     }
+                    let kinds: Vec<world::Kind> = src
+                        .kinds
+                        .iter()
+                        .flatten()
+                        .map(|k| k.parse())
+                        .collect::<Result<_>>()
+                        .with_context(|| format!("prompt source {}: kinds", src.name))?;
+                    if !kinds.is_empty() {
+                        if !matches!(family, Family::Facts | Family::Unanswerable) {
+                            bail!("prompt source {}: kinds applies to the facts and unanswerable generators only", src.name);
+                        }
+                        if !gen.as_ref().is_some_and(|g: &TaskGen| g.has_questions(family, &kinds)) {
+                            bail!("prompt source {}: the world has no {} questions about {:?}", src.name, family.kind(), src.kinds);
+                        }
+                    }
                     let all: Vec<u32> = family.levels().collect();
                     let levels = src.levels.clone().unwrap_or_else(|| all.clone());
                     if levels.is_empty() {
@@ -213,7 +237,11 @@ impl PromptStream {
                         if !all.contains(&l) {
                             bail!("prompt source {}: level {l} does not exist (the {} generator has levels {:?})", src.name, family.kind(), all);
                         }
-                        slots.push(Slot::Gen { family, level: l });
+                        slots.push(Slot::Gen {
+                            family,
+                            level: l,
+                            kinds: kinds.clone(),
+                        });
                         named.push((format!("{}/{l}", src.name), share / levels.len() as f64));
                     }
                 }
@@ -287,12 +315,12 @@ impl PromptStream {
     pub fn draw(&mut self) -> Drawn {
         let slot = self.curriculum.pick(&mut self.rng);
         let task = match &mut self.slots[slot] {
-            Slot::Gen { family, level } => {
-                let t = self.gen.as_mut().expect("generator slots open the generator").sample(
-                    &mut self.rng,
-                    *family,
-                    *level,
-                );
+            Slot::Gen { family, level, kinds } => {
+                let t = self
+                    .gen
+                    .as_mut()
+                    .expect("generator slots open the generator")
+                    .sample_of(&mut self.rng, *family, *level, kinds);
                 Task {
                     prompt: t.prompt,
                     answer: t.answer,
@@ -326,7 +354,7 @@ impl PromptStream {
         for (i, s) in self.slots.iter().enumerate() {
             let passes = match s {
                 Slot::File { pass, .. } => *pass,
-                Slot::Gen { family, level } => self
+                Slot::Gen { family, level, .. } => self
                     .gen
                     .as_ref()
                     .and_then(|g| g.passes().get(&(*family, *level)).copied())
@@ -532,5 +560,54 @@ mod tests {
         let mix: PromptMix = toml::from_str("[[source]]\nname = \"a\"\ngenerator = \"algebra\"\n").unwrap();
         let e = format!("{:#}", PromptStream::open(&mix, 0).err().unwrap());
         assert!(e.contains("unknown generator"), "{e}");
+    }
+
+    #[test]
+    fn kinds_restrict_the_entities_asked_about() -> Result<()> {
+        let w = world_dir(3);
+        let g = world::generate(3, Scale::Small);
+        let kind_of = |prompt: &str| {
+            g.world
+                .phantoms
+                .iter()
+                .filter(|e| prompt.contains(&e.name))
+                .map(|e| e.kind)
+                .next()
+        };
+        let text = format!(
+            "world = {:?}\n[[source]]\nname = \"idk\"\ngenerator = \"unanswerable\"\nkinds = [\"towns\", \"person\"]\n",
+            w.path().display().to_string()
+        );
+        let mix: PromptMix = toml::from_str(&text)?;
+        let mut s = PromptStream::open(&mix, 5)?;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..300 {
+            let t = s.draw().task;
+            assert_eq!(t.answer, world::IDK);
+            let k = kind_of(&t.prompt).expect("a phantom's question");
+            assert!(
+                matches!(k, world::Kind::Town | world::Kind::Person),
+                "{k:?}: {}",
+                t.prompt
+            );
+            seen.insert(k);
+        }
+        assert_eq!(seen.len(), 2, "both kinds drawn");
+        // Only where it means something, and only kinds that exist.
+        for (gen, kinds, err) in [
+            ("arithmetic", "[\"town\"]", "facts and unanswerable"),
+            ("facts", "[\"dragon\"]", "unknown entity kind"),
+        ] {
+            let text = format!(
+                "world = {:?}\n[[source]]\nname = \"x\"\ngenerator = \"{gen}\"\nkinds = {kinds}\n",
+                w.path().display().to_string()
+            );
+            let e = format!(
+                "{:#}",
+                PromptStream::open(&toml::from_str(&text)?, 5).err().expect("an error")
+            );
+            assert!(e.contains(err), "{e}");
+        }
+        Ok(())
     }
 }

@@ -313,6 +313,7 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
     crate::plot::grouped_bars(
         &ctx.out.join("annotator-ceiling.svg"),
         "Held-out arithmetic: annotators, SFT on their answers, RL after it",
+        "% right",
         &groups,
         &series,
     )?;

@@ -8,6 +8,7 @@
 pub mod annotator;
 pub mod confidence;
 pub mod fabrication;
+pub mod honesty;
 mod plot;
 pub mod straight;
 
@@ -38,6 +39,11 @@ pub const EXPERIMENTS: &[Experiment] = &[
         name: "fabrication",
         claim: "SFT on answers about things the model never read teaches it to fabricate (Schulman)",
         run: fabrication::run,
+    },
+    Experiment {
+        name: "honesty-transfer",
+        claim: "Honesty is horizontal: rewarding \"I don't know\" on some subjects carries over to others",
+        run: honesty::run,
     },
     Experiment {
         name: "straight-to-rl",
@@ -78,6 +84,8 @@ pub struct Ctx {
     pub annotators: Vec<(world::Slips, f64)>,
     /// fabrication: the shares of fabricated SFT fact answers to compare with the base run's 0.
     pub shares: Vec<f64>,
+    /// honesty-transfer: the entity kinds RL asks unanswerable questions about.
+    pub trained_kinds: Vec<world::Kind>,
 }
 
 impl Ctx {

@@ -51,6 +51,10 @@ enum Cmd {
         /// mentions, comma-separated (the base run is share 0).
         #[arg(long, default_value = "0.1,0.3", value_delimiter = ',')]
         shares: Vec<f64>,
+        /// honesty-transfer: entity kinds RL asks unanswerable questions about (town, person,
+        /// mineral, river), comma-separated; the others measure transfer.
+        #[arg(long, default_value = "town,person", value_delimiter = ',')]
+        trained_kinds: Vec<String>,
     },
 }
 
@@ -82,6 +86,7 @@ fn run(args: Args) -> Result<()> {
             device,
             annotators,
             shares,
+            trained_kinds,
         } => {
             for s in &shares {
                 anyhow::ensure!(
@@ -100,6 +105,7 @@ fn run(args: Args) -> Result<()> {
                 device,
                 annotators: annotators.iter().map(|s| parse_annotator(s)).collect::<Result<_>>()?,
                 shares,
+                trained_kinds: trained_kinds.iter().map(|k| k.parse()).collect::<Result<_>>()?,
             };
             std::fs::create_dir_all(&ctx.out).with_context(|| format!("creating {}", ctx.out.display()))?;
             let report = (exp.run)(&ctx)?;

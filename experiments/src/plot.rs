@@ -17,6 +17,7 @@ const COLORS: [RGBColor; 6] = [
 pub fn grouped_bars(
     path: &Path,
     title: &str,
+    ydesc: &str,
     groups: &[String],
     series: &[(String, Vec<(f64, (f64, f64))>)],
 ) -> Result<()> {
@@ -43,7 +44,7 @@ pub fn grouped_bars(
                 String::new()
             }
         })
-        .y_desc("% right")
+        .y_desc(ydesc)
         .draw()?;
     let k = series.len().max(1) as f64;
     let width = 0.8 / k;

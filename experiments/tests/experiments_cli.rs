@@ -42,6 +42,10 @@ fn setup(root: &Path) -> Result<()> {
         format!("[[source]]\nname = \"conversations\"\npath = \"data/sft/train.parquet\"\nformat = \"chat\"\nweight = 1.0\n"),
     )?;
     std::fs::write(
+        c.join("mixes/rl.toml"),
+        "world = \"data\"\n[[source]]\nname = \"arithmetic\"\ngenerator = \"arithmetic\"\nlevels = [1]\n[[source]]\nname = \"unanswerable\"\ngenerator = \"unanswerable\"\n",
+    )?;
+    std::fs::write(
         c.join("sft.toml"),
         format!(
             "[data]\nmix = \"{}\"\nseq_len = 64\n\n[train]\nsteps = 3\nbatch_size = 4\nmicro_batch_size = 4\nlr = 3e-3\nwarmup_steps = 1\ndevice = \"cpu\"\n\n[tasks]\npath = \"{w}/eval/tasks.parquet\"\nper_kind = 3\nmax_new_tokens = 8\nbatch_size = 16\neval_start = true\n",
@@ -50,7 +54,7 @@ fn setup(root: &Path) -> Result<()> {
     )?;
     std::fs::write(
         c.join("rl.toml"),
-        format!("[data]\nprompts = \"data/rl/train.parquet\"\n\n[rl]\nprompts_per_step = 2\ngroup_size = 4\n\n[train]\nsteps = 2\nmicro_batch_size = 8\nlr = 1e-3\nschedule = \"constant\"\nsave_every = 1\ndevice = \"cpu\"\n\n[sampling]\nmax_new_tokens = 8\n\n[eval]\ntasks = \"{w}/eval/tasks.parquet\"\nper_kind = 4\nmax_new_tokens = 8\nseen_per_kind = 2\n"),
+        format!("[data]\nprompts = \"configs/mixes/rl.toml\"\n\n[rl]\nprompts_per_step = 2\ngroup_size = 4\n\n[train]\nsteps = 2\nmicro_batch_size = 8\nlr = 1e-3\nschedule = \"constant\"\nsave_every = 1\ndevice = \"cpu\"\n\n[sampling]\nmax_new_tokens = 8\n\n[eval]\ntasks = \"{w}/eval/tasks.parquet\"\nper_kind = 4\nmax_new_tokens = 8\nseen_per_kind = 2\n"),
     )?;
     Ok(())
 }
@@ -168,6 +172,33 @@ fn experiments_run_from_real_checkpoints() -> Result<()> {
         "{row:?}"
     );
     assert!(cells(&report, "0.0%").len() == 5);
+
+    // honesty-transfer: RL asks unanswerable questions about towns and people only.
+    let report = experiment(root, "honesty-transfer", &[])?;
+    let exp = root.join("runs/experiments/honesty-transfer");
+    let mix = std::fs::read_to_string(exp.join("rl-mix.toml"))?;
+    assert!(mix.contains("kinds = [\"town\", \"person\"]"), "{mix}");
+    let rl: common::meta::Meta = serde_json::from_str(&std::fs::read_to_string(exp.join("rl/meta.json"))?)?;
+    assert!(serde_json::to_string(&rl.config)?.contains("rl-mix.toml"));
+    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(exp.join("grade-rl-some.json"))?)?;
+    let count = |k: &str, i: usize| g["kinds"][k][i].as_u64().unwrap_or(0);
+    assert_eq!(
+        ["town", "person", "mineral", "river"]
+            .iter()
+            .map(|k| count(k, 1))
+            .sum::<u64>(),
+        250
+    );
+    let row = cells(&report, "RL on towns, people only");
+    let trained = (
+        count("town", 0) + count("person", 0),
+        count("town", 1) + count("person", 1),
+    );
+    assert!(
+        row[1].starts_with(&format!("{} of {}:", trained.0, trained.1)),
+        "{row:?} {g}"
+    );
+    assert_eq!(cells(&report, "SFT (before RL)").len(), 7);
 
     // confidence-targets: from the base run's metas.
     let report = experiment(root, "confidence-targets", &[])?;

@@ -105,13 +105,31 @@ impl Kind {
         }
     }
 
-    fn noun(self) -> &'static str {
+    /// "town", "person", "mineral" or "river".
+    pub fn noun(self) -> &'static str {
         match self {
             Kind::Town => "town",
             Kind::Person => "person",
             Kind::Mineral => "mineral",
             Kind::River => "river",
         }
+    }
+
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [Kind::Town, Kind::Person, Kind::Mineral, Kind::River];
+}
+
+impl std::str::FromStr for Kind {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        let s = s.strip_suffix('s').filter(|t| *t != "person").unwrap_or(&s);
+        let s = if s == "people" { "person" } else { s };
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.noun() == s)
+            .ok_or_else(|| anyhow::anyhow!("unknown entity kind {s:?} (expected town, person, mineral or river)"))
     }
 }
 

@@ -109,13 +109,19 @@ impl TaskGen {
 
     /// A fresh problem of `family` at `level` (clamped to the family's levels).
     pub fn sample(&mut self, r: &mut R, family: Family, level: u32) -> GenTask {
+        self.sample_of(r, family, level, &[])
+    }
+
+    /// [`TaskGen::sample`] asking facts and unanswerable questions only about entities of
+    /// `kinds` (empty: every kind; the other families ignore it).
+    pub fn sample_of(&mut self, r: &mut R, family: Family, level: u32, kinds: &[Kind]) -> GenTask {
         let levels = family.levels();
         let level = level.clamp(*levels.start(), *levels.end());
         let slot = (family, level);
         // Enough draws to find the last fresh problem of a finite pool (miss chance < e^-20).
-        let tries = MAX_TRIES.max(20 * self.pool_size(family, level));
+        let tries = MAX_TRIES.max(20 * self.pool_size(family, level, kinds));
         for _ in 0..tries {
-            let (key, prompt, answer) = self.draw(r, family, level);
+            let (key, prompt, answer) = self.draw(r, family, level, kinds);
             if self.seen.entry(slot).or_default().insert(fnv(&key)) {
                 return GenTask {
                     prompt,
@@ -129,7 +135,12 @@ impl TaskGen {
         // finite pools): start a new pass.
         *self.passes.entry(slot).or_default() += 1;
         self.seen.remove(&slot);
-        self.sample(r, family, level)
+        self.sample_of(r, family, level, kinds)
+    }
+
+    /// Whether the facts or unanswerable pool of `family` has questions about `kinds`.
+    pub fn has_questions(&self, family: Family, kinds: &[Kind]) -> bool {
+        (1..=2).any(|level| self.pool_size(family, level, kinds) > 0)
     }
 
     /// Completed passes over each level that ran out of fresh problems.
@@ -169,14 +180,37 @@ impl TaskGen {
         }
     }
 
+    /// The fact pairs of a facts level, about entities of `kinds` (empty: all).
+    fn fact_pool(&self, level: u32, kinds: &[Kind]) -> Vec<Pair> {
+        let ctx = &self.ctx;
+        let pool = if level >= 2 && !ctx.train_pairs_rare.is_empty() {
+            &ctx.train_pairs_rare
+        } else {
+            &ctx.train_pairs_common
+        };
+        pool.iter()
+            .copied()
+            .filter(|&(i, _)| kinds.is_empty() || kinds.contains(&ctx.w.entities[i].kind))
+            .collect()
+    }
+
+    /// The RL phantoms of `kinds` (empty: all).
+    fn phantom_pool(&self, kinds: &[Kind]) -> Vec<usize> {
+        let ctx = &self.ctx;
+        ctx.train_phantoms
+            .iter()
+            .copied()
+            .filter(|&j| kinds.is_empty() || kinds.contains(&ctx.w.phantoms[j].kind))
+            .collect()
+    }
+
     /// Problems in a finite pool (0 for the practically unbounded families).
-    fn pool_size(&self, family: Family, level: u32) -> usize {
+    fn pool_size(&self, family: Family, level: u32, kinds: &[Kind]) -> usize {
         let ctx = &self.ctx;
         match family {
-            Family::Facts if level >= 2 && !ctx.train_pairs_rare.is_empty() => ctx.train_pairs_rare.len(),
-            Family::Facts => ctx.train_pairs_common.len(),
-            Family::Unanswerable => ctx
-                .train_phantoms
+            Family::Facts => self.fact_pool(level, kinds).len(),
+            Family::Unanswerable => self
+                .phantom_pool(kinds)
                 .iter()
                 .flat_map(|&j| ctx.w.phantoms[j].kind.attrs())
                 .map(|a| a.questions().len())
@@ -186,13 +220,19 @@ impl TaskGen {
     }
 
     /// One candidate: (uniqueness key, prompt, answer).
-    fn draw(&self, r: &mut R, family: Family, level: u32) -> (String, String, String) {
+    fn draw(&self, r: &mut R, family: Family, level: u32, kinds: &[Kind]) -> (String, String, String) {
         let ctx = &self.ctx;
         match family {
             Family::Arithmetic => {
                 let a = gen_arith_train(r, ctx, level as usize);
                 let prompt = arith_prompt(r, &a);
                 (a.expr, prompt, a.value.to_string())
+            }
+            Family::Facts if !kinds.is_empty() => {
+                let (i, a) = pick(r, &self.fact_pool(level, kinds));
+                let e = &ctx.w.entities[i];
+                let prompt = fact_question(r, e, a);
+                (format!("{i}/{a:?}"), prompt, e.fact(a).unwrap_or_default().to_string())
             }
             Family::Facts => {
                 let pool = if level >= 2 && !ctx.train_pairs_rare.is_empty() {
@@ -211,7 +251,11 @@ impl TaskGen {
                 (p.code.clone(), prompt, p.output())
             }
             Family::Unanswerable => {
-                let e = &ctx.w.phantoms[pick(r, &ctx.train_phantoms)];
+                let e = if kinds.is_empty() {
+                    &ctx.w.phantoms[pick(r, &ctx.train_phantoms)]
+                } else {
+                    &ctx.w.phantoms[pick(r, &self.phantom_pool(kinds))]
+                };
                 let a = pick(r, e.kind.attrs());
                 let prompt = fact_question(r, e, a);
                 (prompt.clone(), prompt, IDK.to_string())
