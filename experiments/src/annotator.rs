@@ -38,6 +38,9 @@ pub struct ArithGrade {
     pub repeats_slip: usize,
     /// Of those, how many the model answers right.
     pub right_where_annotator_wrong: usize,
+    /// Per problem, in order: answered right.
+    #[serde(default)]
+    pub correct: Vec<bool>,
 }
 
 impl ArithGrade {
@@ -62,7 +65,7 @@ fn grade(
     let sha = read_meta(ckpt)?.weights_sha256;
     if let Ok(text) = std::fs::read_to_string(cache) {
         if let Ok(g) = serde_json::from_str::<ArithGrade>(&text) {
-            if g.weights_sha256 == sha && g.n == gold.len() {
+            if g.weights_sha256 == sha && g.n == gold.len() && g.correct.len() == g.n {
                 return Ok(g);
             }
         }
@@ -90,10 +93,12 @@ fn grade(
         annotator_wrong: 0,
         repeats_slip: 0,
         right_where_annotator_wrong: 0,
+        correct: Vec::with_capacity(gold.len()),
     };
     for (task, rec) in gold.iter().zip(&report.log) {
         anyhow::ensure!(task.prompt == rec.prompt, "graded answers out of order");
         g.right += usize::from(rec.correct);
+        g.correct.push(rec.correct);
         let Some(theirs) = annotator.get(&task.prompt) else {
             continue;
         };
@@ -110,6 +115,21 @@ fn grade(
     }
     write_atomic(cache, &serde_json::to_string_pretty(&g)?)?;
     Ok(g)
+}
+
+/// The mean of `b - a` over paired per-problem outcomes, with a 95% interval (normal
+/// approximation of the paired difference: both models answered the same problems).
+pub fn paired_gain(a: &[bool], b: &[bool]) -> (f64, (f64, f64)) {
+    let n = a.len().min(b.len()).max(1) as f64;
+    let d: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(u8::from(*y)) - f64::from(u8::from(*x)))
+        .collect();
+    let mean = d.iter().sum::<f64>() / n;
+    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let half = 1.96 * (var / n).sqrt();
+    (mean, (mean - half, mean + half))
 }
 
 /// One annotator's row: its data, SFT and RL checkpoints and grades.
@@ -240,13 +260,16 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
                 pct_ci(a, wilson(r.annotator_right, n)),
             ),
         };
+        let (gain, (lo, hi)) = paired_gain(&r.sft.correct, &r.rl.correct);
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:+.1} | {} |\n",
+            "| {} | {} | {} | {} | {:+.1} ({:+.1}…{:+.1}) | {} |\n",
             r.label,
             ann,
             pct_ci(r.sft.accuracy(), wilson(r.sft.right, n)),
             pct_ci(r.rl.accuracy(), wilson(r.rl.right, n)),
-            100.0 * (r.rl.accuracy() - r.sft.accuracy()),
+            100.0 * gain,
+            100.0 * lo,
+            100.0 * hi,
             slip_cols
         ));
     }
@@ -320,4 +343,20 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
     let path = ctx.out.join("report.md");
     write_atomic(&path, &md)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paired_gain;
+
+    #[test]
+    fn paired_gain_counts_flips() {
+        // 10 problems: 3 flip to right, 1 flips to wrong, 6 unchanged: +20 points.
+        let a = [false, false, false, true, true, true, false, false, true, false];
+        let b = [true, true, true, false, true, true, false, false, true, false];
+        let (g, (lo, hi)) = paired_gain(&a, &b);
+        assert!((g - 0.2).abs() < 1e-12);
+        assert!(lo < 0.2 && hi > 0.2 && lo > -0.3 && hi < 0.7, "{lo} {hi}");
+        assert_eq!(paired_gain(&a, &a).1, (0.0, 0.0));
+    }
 }
