@@ -67,6 +67,15 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         out: cfg.out_dir(),
         init: cfg.init.clone(),
         resume: args.resume,
+        force: args.force,
+        workload: common::memory::Workload {
+            micro_batch: cfg.train.micro_batch_size,
+            seq_len: None,
+            gen_rows: (cfg.rl.prompts_per_step * cfg.rl.group_size) as i64,
+            // The KL reference, and the starting model graded again at the end.
+            frozen_copies: i64::from(cfg.rl.kl_coef > 0.0) + 1,
+            ..Default::default()
+        },
         train: &cfg.train,
         config: serde_json::to_value(cfg)?,
         init_example: "runs/default/sft",
