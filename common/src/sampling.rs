@@ -102,6 +102,12 @@ impl SamplingConfig {
     }
 }
 
+/// Whether a prompt of `prompt_len` tokens leaves room for at least one generated token in a
+/// context of `max_seq_len`.
+pub fn fits_context(prompt_len: usize, max_seq_len: i64) -> bool {
+    (prompt_len as i64) < max_seq_len
+}
+
 /// Output of [`generate`].
 #[derive(Clone, Debug)]
 pub struct Generation {
@@ -152,7 +158,10 @@ fn prefill_masks(pads: &[i64], p_len: i64, total: i64, device: Device) -> (Tenso
 }
 
 /// Generates a continuation of every prompt, batched, with the KV cache; stops a row at
-/// any of `stops` (e.g. `<|end|>`). `pad` fills the left of shorter prompts.
+/// any of `stops` (e.g. `<|end|>`). `pad` fills the left of shorter prompts. Each row has its
+/// own answer budget, `max_new_tokens` or what its prompt leaves of the model's context,
+/// whichever is smaller (a long prompt in the batch does not shorten the others'); a prompt
+/// that leaves no room at all is an error (callers skip those, see [`fits_context`]).
 pub fn generate(
     model: &Gpt,
     prompts: &[Vec<u32>],
@@ -179,9 +188,16 @@ pub fn generate(
     }
     let p_len = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
     let max_len = model.config().max_seq_len;
-    let new = cfg.max_new_tokens.min(max_len - p_len);
-    if new <= 0 {
+    if !fits_context(p_len as usize, max_len) {
         bail!("a prompt of {p_len} tokens leaves no room in the model's context of {max_len}");
+    }
+    let budget: Vec<i64> = prompts
+        .iter()
+        .map(|p| cfg.max_new_tokens.min(max_len - p.len() as i64))
+        .collect();
+    let new = budget.iter().copied().max().unwrap_or(0);
+    if new <= 0 {
+        bail!("max_new_tokens must be positive, got {}", cfg.max_new_tokens);
     }
     let (ids, pos, pads) = left_pad(prompts, p_len, pad);
     let bi = b as i64;
@@ -207,6 +223,7 @@ pub fn generate(
         Tensor::from_slice(&prompts.iter().map(|p| p.len() as i64).collect::<Vec<_>>()).to_device(device);
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
+    let mut finished = vec![false; b];
     let mut ended_with = vec![None; b];
     let mut generated = 0usize;
     // Row `j` of the batch being run is prompt `active[j]`. Finished rows are dropped from
@@ -225,9 +242,12 @@ pub fn generate(
             generated += 1;
             if stops.contains(&(t as u32)) {
                 done[r] = true;
+                finished[r] = true;
                 ended_with[r] = Some(t as u32);
             } else {
                 out[r].push(t as u32);
+                // Cut at its own budget (not finished).
+                done[r] = step + 1 >= budget[r];
             }
         }
         if done.iter().all(|&d| d) || step == new - 1 {
@@ -264,7 +284,7 @@ pub fn generate(
     let secs = t0.elapsed().as_secs_f64();
     Ok(Generation {
         tokens: out,
-        finished: done,
+        finished,
         ended_with,
         tokens_per_sec: generated as f64 / secs.max(1e-9),
         secs,

@@ -30,10 +30,10 @@ use common::prompts::{PromptMix, PromptStream, StreamState};
 use common::sampling::SamplingConfig;
 use common::stage::{Opened, Stage, StageOptions, TrainerState};
 use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions, TaskReport};
-use common::verify::{Grader, ProgramExec, Task};
+use common::verify::{Grader, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Trainer state saved in `state/trainer.json`.
@@ -110,11 +110,7 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     };
     let grader = Grader::new(
         cfg.rewards,
-        ProgramExec {
-            python: cfg.verifier.python.clone(),
-            timeout: Duration::from_millis(cfg.verifier.program_timeout_ms),
-            memory_mb: cfg.verifier.program_memory_mb,
-        },
+        cfg.verifier.program_exec(),
     );
     let grading = Grading::new(cfg, stage.device)?;
     print_header(&stage, cfg)?;
@@ -154,6 +150,12 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
                 format_count(line.sample_tok_per_s)
             ),
         );
+        if roll.skipped_overlong > 0 {
+            progress.println(format!(
+                "rl: step {}: skipped {} prompt(s) longer than the model's context",
+                st.step, roll.skipped_overlong
+            ));
+        }
         stage.log.push(&line)?;
         let last = st.step == cfg.train.steps;
         if let Some(e) = &cfg.eval {
@@ -466,6 +468,7 @@ fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs:
         groups_sampled: roll.groups_sampled,
         curriculum: Vec::new(),
         in_band: 0.0,
+        skipped_overlong: roll.skipped_overlong,
     }
 }
 
@@ -482,5 +485,6 @@ fn train_summary(lines: &[Value], st: &RlState) -> RlTrainMetrics {
         sample_time_fraction: sample / (sample + train).max(1e-9),
         first_reward: steps.first().map(|l| l.reward_mean),
         last_reward: steps.last().map(|l| l.reward_mean),
+        skipped_overlong: steps.iter().map(|l| l.skipped_overlong).sum(),
     }
 }
