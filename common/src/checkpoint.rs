@@ -143,14 +143,16 @@ fn marker_verifies(dir: &Path) -> bool {
         && file_sizes(dir).is_ok_and(|now| now == marker.files)
 }
 
-/// Whether `dir` is a complete checkpoint: its marker verifies, or (checkpoints written
-/// before markers existed, only ever put in place by a rename) it has no marker but a
-/// `meta.json`. A `.partial` counts only with a verified marker.
-fn is_complete(dir: &Path, legacy_ok: bool) -> bool {
-    if dir.join(COMPLETE_MARKER).exists() {
-        return marker_verifies(dir);
+/// Whether `dir` is a complete checkpoint. A `.partial` (`partial`) counts only when its
+/// completion marker verifies; `<dir>` and `.prev` are only ever put in place by renaming a
+/// verified `.partial` (or, before markers existed, a fully written one), so a `meta.json`
+/// suffices there (a hand-edited `config.json` does not make a checkpoint incomplete).
+fn is_complete(dir: &Path, partial: bool) -> bool {
+    if partial {
+        marker_verifies(dir)
+    } else {
+        dir.join("meta.json").is_file()
     }
-    legacy_ok && dir.join("meta.json").is_file()
 }
 
 /// Test hook: with `LIB2EXPERT_TEST_KILL_AT=<point>` (or `<point>@<n>`, the n-th time this
@@ -226,7 +228,7 @@ impl Swap {
 pub fn recover(dir: &Path) -> Result<()> {
     let (partial, prev) = (sibling(dir, ".partial"), sibling(dir, ".prev"));
     let mut swap = Swap::default();
-    if is_complete(&partial, false) {
+    if is_complete(&partial, true) {
         eprintln!(
             "note: {} is a complete save that a kill left unswapped; putting it in place",
             partial.display()
@@ -236,7 +238,7 @@ pub fn recover(dir: &Path) -> Result<()> {
     if partial.exists() {
         fs::remove_dir_all(&partial).with_context(|| format!("removing the unfinished {}", partial.display()))?;
     }
-    if !dir.exists() && is_complete(&prev, true) {
+    if !dir.exists() && is_complete(&prev, false) {
         swap.rename(&prev, dir)?;
     }
     Ok(())
@@ -367,7 +369,7 @@ pub fn save(dir: &Path, contents: &Contents<'_>, meta: &mut Meta) -> Result<()> 
 /// `dir.prev` (a kill between the renames of a save). Reads only; [`recover`] tidies up.
 pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
     let partial = sibling(dir, ".partial");
-    if is_complete(&partial, false) {
+    if is_complete(&partial, true) {
         eprintln!(
             "note: using {}, a complete save whose swap into {} a kill interrupted",
             partial.display(),
@@ -375,11 +377,11 @@ pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
         );
         return Ok(partial);
     }
-    if is_complete(dir, true) {
+    if is_complete(dir, false) {
         return Ok(dir.to_path_buf());
     }
     let prev = sibling(dir, ".prev");
-    if is_complete(&prev, true) {
+    if is_complete(&prev, false) {
         eprintln!(
             "note: {} is missing or incomplete; using the previous complete save {}",
             dir.display(),

@@ -365,6 +365,31 @@ mod tests {
     }
 
     #[test]
+    fn each_row_has_its_own_budget_and_a_long_prompt_does_not_shrink_the_others() -> Result<()> {
+        tch::manual_seed(11);
+        let cfg = GptConfig::preset("tiny", 50)?; // context of 128 tokens
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Gpt::new(vs.root(), &cfg);
+        let long: Vec<u32> = (0..120u32).map(|i| i % 45 + 1).collect();
+        let short = vec![5u32, 6, 7];
+        let g = SamplingConfig::greedy(20);
+        let batch = generate(&m, &[long.clone(), short.clone()], &g, &[], 0, Device::Cpu)?;
+        // No stop tokens: each row is cut at its own budget, 128 - 120 = 8 and 20.
+        assert_eq!(batch.tokens[0].len(), 8);
+        assert_eq!(batch.tokens[1].len(), 20, "the long prompt used to cut this row to 8");
+        assert!(!batch.finished[0] && !batch.finished[1]);
+        let alone = generate(&m, std::slice::from_ref(&short), &g, &[], 0, Device::Cpu)?;
+        assert_eq!(batch.tokens[1], alone.tokens[0], "batching changed the short row");
+        let alone = generate(&m, std::slice::from_ref(&long), &g, &[], 0, Device::Cpu)?;
+        assert_eq!(batch.tokens[0], alone.tokens[0], "batching changed the long row");
+        // A prompt that fills the context leaves no room: an error callers avoid with fits_context.
+        let full: Vec<u32> = (0..128u32).map(|i| i % 45 + 1).collect();
+        assert!(!fits_context(full.len(), cfg.max_seq_len) && fits_context(127, cfg.max_seq_len));
+        assert!(generate(&m, &[full, short], &g, &[], 0, Device::Cpu).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn top_k_and_top_p_restrict_support() {
         let logits = Tensor::from_slice(&[3.0f32, 2.0, 1.0, 0.0]).view([1, 4]);
         let k = SamplingConfig {
