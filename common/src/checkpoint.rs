@@ -125,7 +125,10 @@ fn write_marker(dir: &Path, step: u64) -> Result<()> {
         step,
         files: file_sizes(dir)?,
     };
-    write_synced(&dir.join(COMPLETE_MARKER), serde_json::to_string_pretty(&marker)?.as_bytes())?;
+    write_synced(
+        &dir.join(COMPLETE_MARKER),
+        serde_json::to_string_pretty(&marker)?.as_bytes(),
+    )?;
     sync_dir(dir);
     Ok(())
 }

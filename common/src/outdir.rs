@@ -111,12 +111,7 @@ pub fn lock(out: &Path) -> Result<OutLock> {
         }
     }
     let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "unknown host".into());
-    let text = format!(
-        "pid {} on {}, started {}\n",
-        std::process::id(),
-        host.trim(),
-        utc_now()
-    );
+    let text = format!("pid {} on {}, started {}\n", std::process::id(), host.trim(), utc_now());
     file.set_len(0)?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
@@ -250,7 +245,10 @@ mod tests {
         // `out` and `train.device` are not changes; `train.new_knob` is new in this version.
         assert_eq!(shown, ["eval.every: 0 → (unset)", "train.lr: 0.001 → 0.002"]);
         assert!(!c.iter().any(Change::restarts));
-        let c = config_changes(&saved, &json!({"train": {"lr": 0.001, "steps": 100}, "model": {"preset": "d12"}, "eval": {"every": 0}}));
+        let c = config_changes(
+            &saved,
+            &json!({"train": {"lr": 0.001, "steps": 100}, "model": {"preset": "d12"}, "eval": {"every": 0}}),
+        );
         assert_eq!(c.len(), 1);
         assert!(c[0].restarts(), "another architecture restarts");
         assert!(config_changes(&saved, &saved).is_empty());
@@ -260,6 +258,9 @@ mod tests {
     fn utc_time_is_formatted() {
         let t = utc_now();
         assert_eq!(t.len(), 20, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
     }
 }

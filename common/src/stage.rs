@@ -1,7 +1,10 @@
 //! The stage harness every training stage runs on (pretrain, midtrain, SFT, RL).
 //!
 //! [`Stage::open`] makes the decisions every stage makes, once: the output directory is
-//! fresh, to resume, or complete (nothing to do); the weights come from this run's own
+//! checked (no file, no files a save did not write) and locked (one run at a time, see
+//! [`crate::outdir`]), then found fresh, to resume, or complete (nothing to do; a checkpoint
+//! made with other settings needs `--force`); the model must fit in memory
+//! ([`crate::memory`]); the weights come from this run's own
 //! checkpoint (resume), from `--init`, or from scratch; LoRA adapters are attached (and
 //! restored when resuming); the optimiser is built over what trains (and its state
 //! restored); the metrics log is opened (keeping a resumed run's lines); Ctrl-C and SIGTERM

@@ -167,7 +167,10 @@ fn a_verified_partial_is_the_newest_save_and_an_unverified_one_never_is() -> Res
     let ck = d.join("run/pretrain");
     let (partial, prev) = (d.join("run/pretrain.partial"), d.join("run/pretrain.prev"));
     tiny_checkpoint(d, &ck, "pretrain")?;
-    assert!(ck.join(checkpoint::COMPLETE_MARKER).exists(), "saves end with the marker");
+    assert!(
+        ck.join(checkpoint::COMPLETE_MARKER).exists(),
+        "saves end with the marker"
+    );
     // A kill after the marker of a newer save, before its swap: the .partial is the newest.
     save_at(&ck, &d.join("newer"), 7)?;
     std::fs::rename(d.join("newer"), &partial)?;

@@ -573,7 +573,9 @@ fn empty_sources_and_blank_columns_are_named_instead_of_looping() -> Result<()> 
     let e = err_of(sampler(source("empty", "empty.parquet")));
     assert!(e.contains("empty.parquet") && e.contains("no rows"), "{e}");
     // Beside a good source: the same error (its share of the mix cannot be met).
-    let e = err_of(sampler(source("good", "good.parquet") + &source("empty", "empty.parquet")));
+    let e = err_of(sampler(
+        source("good", "good.parquet") + &source("empty", "empty.parquet"),
+    ));
     assert!(e.contains("source `empty`") && e.contains("empty.parquet"), "{e}");
     // An empty file among a source's files is skipped with a warning; the rows of the others count.
     std::fs::create_dir_all(d.join("parts"))?;

@@ -45,7 +45,10 @@ fn an_overlong_prompt_is_skipped_and_counted_not_fatal() -> Result<()> {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
     for mode in ["greedy", "sampled"] {
         assert_eq!(v[mode]["skipped_overlong"], 1, "{mode}");
-        assert_eq!(v[mode]["per_kind"]["arithmetic"]["n"], 5, "{mode}: the others are all graded");
+        assert_eq!(
+            v[mode]["per_kind"]["arithmetic"]["n"], 5,
+            "{mode}: the others are all graded"
+        );
         assert!(v[mode]["per_kind"].get("facts").is_none(), "{mode}");
     }
     Ok(())
@@ -95,7 +98,10 @@ fn export_refuses_its_source_foreign_files_and_a_config_that_does_not_match() ->
     let o = export(&d.join("hf2"))?;
     let e = stderr(&o);
     assert!(!o.status.success(), "{e}");
-    assert!(e.contains("does not match the model architecture") && e.contains("has shape"), "{e}");
+    assert!(
+        e.contains("does not match the model architecture") && e.contains("has shape"),
+        "{e}"
+    );
     assert!(!d.join("hf2/config.json").exists());
     Ok(())
 }

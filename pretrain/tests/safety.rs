@@ -60,7 +60,11 @@ fn user_files_in_out_are_never_deleted() -> Result<()> {
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(ck.join("notes.txt"), "mine")?;
     let o = pretrain(d, &ck, &["--steps", "2", "--force"], &[])?;
-    assert!(!o.status.success() && stderr(&o).contains("notes.txt"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("notes.txt"),
+        "{}",
+        stderr(&o)
+    );
     assert!(ck.join("notes.txt").exists());
     // --out that is a regular file: refused before any training (no log is even started).
     let file = d.join("runs/x/file");
@@ -97,8 +101,11 @@ fn a_second_run_on_the_same_out_fails_at_once_and_a_killed_run_leaves_no_stale_l
         .spawn()?;
     let lock = d.join("runs/x/pretrain.lock");
     let t0 = Instant::now();
-    while std::fs::read_to_string(&lock).map_or(true, |s| !s.ends_with('\n')) {
-        assert!(t0.elapsed() < Duration::from_secs(120), "the first run never took the lock");
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.ends_with('\n')) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the first run never took the lock"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let t1 = Instant::now();
@@ -129,13 +136,19 @@ fn changed_settings_are_named_and_force_continues_or_restarts() -> Result<()> {
     let weights = std::fs::read(out.join("model.safetensors"))?;
     // The same command again (what `just pipeline` does): nothing to do.
     let o = pretrain(d, &out, &["--resume"], &[])?;
-    assert!(o.status.success() && stderr(&o).contains("nothing to do"), "{}", stderr(&o));
+    assert!(
+        o.status.success() && stderr(&o).contains("nothing to do"),
+        "{}",
+        stderr(&o)
+    );
     // Other settings: refused, every difference named, the checkpoint untouched.
     let o = pretrain(d, &out, &["--resume", "--steps", "9", "--lr", "1e-3"], &[])?;
     let e = stderr(&o);
     assert!(!o.status.success(), "{e}");
     assert!(
-        e.contains("made with other settings") && e.contains("train.steps: 6 → 9") && e.contains("train.lr: 0.003 → 0.001"),
+        e.contains("made with other settings")
+            && e.contains("train.steps: 6 → 9")
+            && e.contains("train.lr: 0.003 → 0.001"),
         "{e}"
     );
     assert!(e.contains("--force") && e.contains("new --out"), "{e}");
@@ -144,19 +157,27 @@ fn changed_settings_are_named_and_force_continues_or_restarts() -> Result<()> {
     let o = pretrain(d, &out, &["--resume", "--force", "--steps", "9"], &[])?;
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
-    assert!(e.contains("continuing the complete checkpoint") && e.contains("from step 6"), "{e}");
+    assert!(
+        e.contains("continuing the complete checkpoint") && e.contains("from step 6"),
+        "{e}"
+    );
     let m = meta(&out)?;
     assert_eq!((m["step"].as_u64(), m["complete"].as_bool()), (Some(9), Some(true)));
     assert_eq!(m["config"]["train"]["steps"], 9);
     assert_eq!(logged_steps(&out.join("metrics.jsonl"))?, (1..=9).collect::<Vec<_>>());
     // Unchanged since: complete stages are still skipped.
     let o = pretrain(d, &out, &["--resume", "--steps", "9"], &[])?;
-    assert!(o.status.success() && stderr(&o).contains("nothing to do"), "{}", stderr(&o));
+    assert!(
+        o.status.success() && stderr(&o).contains("nothing to do"),
+        "{}",
+        stderr(&o)
+    );
     // Another architecture cannot continue the saved state: --force starts over.
     let cfg = d.join("configs/pretrain-1layer.toml");
     std::fs::write(
         &cfg,
-        std::fs::read_to_string(d.join("configs/pretrain.toml"))?.replace("preset = \"tiny\"", "preset = \"tiny\"\nn_layer = 1"),
+        std::fs::read_to_string(d.join("configs/pretrain.toml"))?
+            .replace("preset = \"tiny\"", "preset = \"tiny\"\nn_layer = 1"),
     )?;
     let mut c = bin();
     let o = c
@@ -168,14 +189,21 @@ fn changed_settings_are_named_and_force_continues_or_restarts() -> Result<()> {
         .output()?;
     let e = stderr(&o);
     assert!(o.status.success(), "{e}");
-    assert!(e.contains("model.n_layer: null → 1") && e.contains("starting over from step 0"), "{e}");
+    assert!(
+        e.contains("model.n_layer: null → 1") && e.contains("starting over from step 0"),
+        "{e}"
+    );
     let m = meta(&out)?;
     assert_eq!(m["step"], 9);
     let config: Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json"))?)?;
     assert_eq!(config["n_layer"], 1);
     // --force without --resume replaces the checkpoint.
     let o = pretrain(d, &out, &["--force", "--steps", "3"], &[])?;
-    assert!(o.status.success() && stderr(&o).contains("starting over"), "{}", stderr(&o));
+    assert!(
+        o.status.success() && stderr(&o).contains("starting over"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(meta(&out)?["step"], 3);
     Ok(())
 }
@@ -207,12 +235,20 @@ fn kills_at_any_point_of_saves_lose_no_saved_step() -> Result<()> {
     for (i, (point, step, resumed)) in kills.iter().enumerate() {
         let o = pretrain(d, &out, &args, &[("LIB2EXPERT_TEST_KILL_AT", point)])?;
         let e = stderr(&o);
-        assert!(!o.status.success() && e.contains("killing this process at"), "run {i}: {e}");
+        assert!(
+            !o.status.success() && e.contains("killing this process at"),
+            "run {i}: {e}"
+        );
         if let Some(r) = resumed {
             assert!(e.contains(&format!("from step {r}\n")), "run {i}: {e}");
         }
         let loaded = common::checkpoint::load(&out)?;
-        assert_eq!(loaded.meta.step, *step, "run {i} (killed at {point}) left {}", loaded.dir.display());
+        assert_eq!(
+            loaded.meta.step,
+            *step,
+            "run {i} (killed at {point}) left {}",
+            loaded.dir.display()
+        );
     }
     // The next resume continues from step 8, not from 0, and ends with every step logged once.
     let o = pretrain(d, &out, &args, &[])?;
@@ -221,7 +257,10 @@ fn kills_at_any_point_of_saves_lose_no_saved_step() -> Result<()> {
     assert!(e.contains("resuming") && e.contains("from step 8"), "{e}");
     assert_eq!(logged_steps(&out.join("metrics.jsonl"))?, (1..=12).collect::<Vec<_>>());
     for s in [".partial", ".prev"] {
-        assert!(!PathBuf::from(format!("{}{s}", out.display())).exists(), "{s} left behind");
+        assert!(
+            !PathBuf::from(format!("{}{s}", out.display())).exists(),
+            "{s} left behind"
+        );
     }
     Ok(())
 }
@@ -255,7 +294,10 @@ fn sigterm_and_sigint_save_before_exiting() -> Result<()> {
         assert!(!o.status.success(), "{name}: {e}");
         assert!(e.contains("interrupted; saving step"), "{name}: {e}");
         let m = meta(&out)?;
-        assert!(m["step"].as_u64().unwrap_or(0) >= 3 && m["complete"] == false, "{name}: {m}");
+        assert!(
+            m["step"].as_u64().unwrap_or(0) >= 3 && m["complete"] == false,
+            "{name}: {m}"
+        );
         // The save holds everything up to its step.
         let steps = logged_steps(&out.join("metrics.jsonl"))?;
         assert_eq!(steps.last().copied(), m["step"].as_u64(), "{name}");
@@ -273,7 +315,10 @@ fn impossible_memory_needs_fail_with_a_message_not_the_oom_killer() -> Result<()
         // 400M sequences per step: the batches of one step alone are terabytes.
         ("batch", base.replace("batch_size = 4\n", "batch_size = 400000000\n")),
         // A model of ~10^13 parameters.
-        ("model", base.replace("preset = \"tiny\"", "preset = \"tiny\"\nn_embd = 262144\nn_layer = 64")),
+        (
+            "model",
+            base.replace("preset = \"tiny\"", "preset = \"tiny\"\nn_embd = 262144\nn_layer = 64"),
+        ),
     ] {
         assert_ne!(edit, base, "{name}: the edit applies");
         let cfg = d.join(format!("configs/{name}.toml"));

@@ -108,10 +108,7 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             },
         },
     };
-    let grader = Grader::new(
-        cfg.rewards,
-        cfg.verifier.program_exec(),
-    );
+    let grader = Grader::new(cfg.rewards, cfg.verifier.program_exec());
     let grading = Grading::new(cfg, stage.device)?;
     print_header(&stage, cfg)?;
     if !is_resumed {
@@ -151,8 +148,8 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             ),
         );
         if roll.skipped_overlong > 0 {
-            progress.println(format!(
-                "rl: step {}: skipped {} prompt(s) longer than the model's context",
+            progress.warn(format!(
+                "warning: rl step {}: skipped {} prompt(s) longer than the model's context",
                 st.step, roll.skipped_overlong
             ));
         }

@@ -150,6 +150,7 @@ fn lora_run_saves_merged_weights_and_resumes_like_an_uninterrupted_run() -> Resu
     let meta_path = b.join("meta.json");
     let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
     meta["complete"] = false.into(); // as a kill after the step-4 save leaves it
+    meta["config"]["train"]["steps"] = 6.into(); // of a 6-step run
     std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
     let o = run(&b, &["--resume"])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -229,6 +230,7 @@ fn generator_prompt_mix_with_curriculum_resumes_like_an_uninterrupted_run() -> R
     let meta_path = b.join("meta.json");
     let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
     meta["complete"] = false.into();
+    meta["config"]["train"]["steps"] = 5.into(); // of a 5-step run
     std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
     let o = run(&b, &["--resume"])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -286,7 +288,11 @@ fn overlong_prompts_are_skipped_and_counted_not_fatal() -> Result<()> {
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(out.join("meta.json"))?)?;
     let skipped = meta["metrics"]["train"]["skipped_overlong"].as_u64().unwrap_or(0);
     // 3 steps x 2 prompts drawn from a curriculum over both kinds: some long ones come up.
-    assert!(skipped >= 1, "no overlong prompt was drawn: {}", meta["metrics"]["train"]);
+    assert!(
+        skipped >= 1,
+        "no overlong prompt was drawn: {}",
+        meta["metrics"]["train"]
+    );
     assert!(e.contains("longer than the model's context"), "{e}");
     let logged: u64 = std::fs::read_to_string(out.join("metrics.jsonl"))?
         .lines()
