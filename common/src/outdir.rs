@@ -10,9 +10,11 @@
 //!   checkpoint and the one requested now.
 use crate::checkpoint::{sibling, CHECKPOINT_ENTRIES};
 use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -76,7 +78,7 @@ fn foreign_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// An exclusive lock on a stage's `--out`, held until dropped (or the process ends).
 pub struct OutLock {
-    _file: File,
+    _file: Flock<File>,
     /// The lock file (`<out>.lock`).
     pub path: PathBuf,
 }
@@ -87,16 +89,16 @@ pub fn lock(out: &Path) -> Result<OutLock> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening the lock file {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
+    let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        Err((_, Errno::EWOULDBLOCK)) => {
             let holder = fs::read_to_string(&path).unwrap_or_default();
             let holder = holder.trim();
             bail!(
@@ -106,10 +108,10 @@ pub fn lock(out: &Path) -> Result<OutLock> {
                 path.display()
             );
         }
-        Err(TryLockError::Error(e)) => {
+        Err((_, e)) => {
             return Err(e).with_context(|| format!("locking {}", path.display()));
         }
-    }
+    };
     let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "unknown host".into());
     let text = format!("pid {} on {}, started {}\n", std::process::id(), host.trim(), utc_now());
     file.set_len(0)?;

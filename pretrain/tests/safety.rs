@@ -274,7 +274,7 @@ fn sigterm_and_sigint_save_before_exiting() -> Result<()> {
     tiny_world(d)?;
     for (name, sig) in [("term", Signal::SIGTERM), ("int", Signal::SIGINT)] {
         let out = d.join(format!("runs/{name}/pretrain"));
-        let mut child = bin()
+        let child = bin()
             .arg("--config")
             .arg(d.join("configs/pretrain.toml"))
             .arg("--out")
