@@ -7,12 +7,18 @@
 //! <dir>/meta.json           stage, step, tokens, parent + hash, resolved config, mix, metrics, version
 //! <dir>/metrics.jsonl       the training log up to this checkpoint
 //! <dir>/state/              optimiser moments + trainer state, for --resume
+//! <dir>/COMPLETE            completion marker: the size of every file above, written last
 //! ```
 //!
-//! Writes are atomic: everything is written and fsynced into `<dir>.partial`, the previous
-//! checkpoint is moved to `<dir>.prev`, the new one renamed into place, then `.prev` removed.
-//! At every instant `<dir>` or `<dir>.prev` is a complete checkpoint, and loading falls back
-//! to `.prev` when a kill left no `<dir>`.
+//! Writes survive any sequence of kills. A save writes and fsyncs everything into
+//! `<dir>.partial`, then the completion marker `COMPLETE` (fsynced too); only then does the
+//! swap begin: remove `<dir>.prev`, move `<dir>` to `<dir>.prev`, rename `<dir>.partial` to
+//! `<dir>`, remove `<dir>.prev`. Recency is fixed by construction: a `.partial` whose marker
+//! verifies is newer than `<dir>`, which is newer than `.prev`, so the newest complete
+//! checkpoint is the first complete one of `.partial`, `<dir>`, `.prev` ([`resolve_dir`]).
+//! At every instant of a save one of them is complete and nothing newer is ever deleted:
+//! [`recover`] (run by every save and by a stage before it starts) finishes an interrupted
+//! swap instead of discarding its `.partial`.
 use crate::model::{Gpt, GptConfig};
 use crate::tokenizer::Tok;
 use anyhow::{bail, Context, Result};
@@ -60,10 +66,185 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+/// `dir` with `suffix` appended to its last component (`runs/x/sft` → `runs/x/sft.prev`).
+pub fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(suffix);
     dir.with_file_name(name)
+}
+
+/// The completion marker, written last into a checkpoint being saved.
+pub const COMPLETE_MARKER: &str = "COMPLETE";
+
+/// Every name a save writes at the top of a checkpoint directory (`state` is a folder).
+pub const CHECKPOINT_ENTRIES: &[&str] = &[
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "meta.json",
+    "metrics.jsonl",
+    "state",
+    COMPLETE_MARKER,
+];
+
+/// Contents of the completion marker: the step saved and the size of every file written
+/// before it (relative paths), so a truncated or half-written directory never passes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marker {
+    step: u64,
+    files: BTreeMap<String, u64>,
+}
+
+/// Sizes of the files under `dir`, by path relative to it (the marker excluded).
+fn file_sizes(dir: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let e = e?;
+            let path = e.path();
+            let md = e.metadata()?;
+            if md.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                let rel = rel.to_string_lossy().into_owned();
+                if rel != COMPLETE_MARKER {
+                    out.insert(rel, md.len());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the completion marker of `dir` (everything else already written and synced).
+fn write_marker(dir: &Path, step: u64) -> Result<()> {
+    let marker = Marker {
+        step,
+        files: file_sizes(dir)?,
+    };
+    write_synced(
+        &dir.join(COMPLETE_MARKER),
+        serde_json::to_string_pretty(&marker)?.as_bytes(),
+    )?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Whether `dir` holds a completion marker that its files match.
+fn marker_verifies(dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(dir.join(COMPLETE_MARKER)) else {
+        return false;
+    };
+    let Ok(marker) = serde_json::from_str::<Marker>(&text) else {
+        return false;
+    };
+    marker.files.contains_key("meta.json")
+        && marker.files.contains_key("model.safetensors")
+        && file_sizes(dir).is_ok_and(|now| now == marker.files)
+}
+
+/// Whether `dir` is a complete checkpoint. A `.partial` (`partial`) counts only when its
+/// completion marker verifies; `<dir>` and `.prev` are only ever put in place by renaming a
+/// verified `.partial` (or, before markers existed, a fully written one), so a `meta.json`
+/// suffices there (a hand-edited `config.json` does not make a checkpoint incomplete).
+fn is_complete(dir: &Path, partial: bool) -> bool {
+    if partial {
+        marker_verifies(dir)
+    } else {
+        dir.join("meta.json").is_file()
+    }
+}
+
+/// Test hook: with `LIB2EXPERT_TEST_KILL_AT=<point>` (or `<point>@<n>`, the n-th time this
+/// process reaches it), the process SIGKILLs itself at that point of a save, as a power cut
+/// or the OOM killer would. Points: `before-swap` (the `.partial` is complete),
+/// `after-remove-prev`, `after-first-rename`, `after-second-rename`.
+fn kill_point(point: &str) {
+    static SEEN: std::sync::Mutex<BTreeMap<String, u32>> = std::sync::Mutex::new(BTreeMap::new());
+    let Ok(spec) = std::env::var("LIB2EXPERT_TEST_KILL_AT") else {
+        return;
+    };
+    let (want, nth) = match spec.split_once('@') {
+        Some((p, n)) => (p.to_string(), n.parse().unwrap_or(1)),
+        None => (spec, 1),
+    };
+    if want != point {
+        return;
+    }
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let n = seen.entry(want).or_default();
+    *n += 1;
+    if *n == nth {
+        eprintln!("LIB2EXPERT_TEST_KILL_AT: killing this process at {point}");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The renames of one swap, counted for [`kill_point`].
+#[derive(Default)]
+struct Swap {
+    renames: u32,
+}
+
+impl Swap {
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+        if let Some(parent) = to.parent() {
+            sync_dir(parent);
+        }
+        self.renames += 1;
+        match self.renames {
+            1 => kill_point("after-first-rename"),
+            2 => kill_point("after-second-rename"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Puts the complete `.partial` of `dir` in place. Safe at every instant: until the
+    /// rename `.partial` → `dir`, the `.partial` is the newest complete checkpoint and is
+    /// found first; after it, `dir` is.
+    fn partial_into_place(&mut self, dir: &Path) -> Result<()> {
+        let (partial, prev) = (sibling(dir, ".partial"), sibling(dir, ".prev"));
+        if prev.exists() {
+            fs::remove_dir_all(&prev).with_context(|| format!("removing {}", prev.display()))?;
+            kill_point("after-remove-prev");
+        }
+        if dir.exists() {
+            self.rename(dir, &prev)?;
+        }
+        self.rename(&partial, dir)?;
+        if prev.exists() {
+            fs::remove_dir_all(&prev).with_context(|| format!("removing {}", prev.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Finishes whatever a kill interrupted in `dir`'s saves, so that `dir` itself holds the
+/// newest complete checkpoint: a verified `.partial` is swapped in, an unverified one (a save
+/// killed while writing: never complete) removed, and a lone `.prev` renamed back. Safe to
+/// run again after a kill at any point of it.
+pub fn recover(dir: &Path) -> Result<()> {
+    let (partial, prev) = (sibling(dir, ".partial"), sibling(dir, ".prev"));
+    let mut swap = Swap::default();
+    if is_complete(&partial, true) {
+        eprintln!(
+            "note: {} is a complete save that a kill left unswapped; putting it in place",
+            partial.display()
+        );
+        return swap.partial_into_place(dir);
+    }
+    if partial.exists() {
+        fs::remove_dir_all(&partial).with_context(|| format!("removing the unfinished {}", partial.display()))?;
+    }
+    if !dir.exists() && is_complete(&prev, false) {
+        swap.rename(&prev, dir)?;
+    }
+    Ok(())
 }
 
 /// What a checkpoint holds besides its `meta.json`.
@@ -114,12 +295,13 @@ pub fn save(dir: &Path, contents: &Contents<'_>, meta: &mut Meta) -> Result<()> 
         state,
     } = *contents;
     let partial = sibling(dir, ".partial");
-    let prev = sibling(dir, ".prev");
     if let Some(parent) = dir.parent() {
         if !parent.as_os_str().is_empty() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
     }
+    // Finish an interrupted swap first: a complete `.partial` may be the newest checkpoint.
+    recover(dir)?;
     if partial.exists() {
         fs::remove_dir_all(&partial).with_context(|| format!("removing stale {}", partial.display()))?;
     }
@@ -176,33 +358,35 @@ pub fn save(dir: &Path, contents: &Contents<'_>, meta: &mut Meta) -> Result<()> 
         sync_dir(&sdir);
     }
     sync_dir(&partial);
-
-    if prev.exists() {
-        fs::remove_dir_all(&prev).with_context(|| format!("removing {}", prev.display()))?;
-    }
-    if dir.exists() {
-        fs::rename(dir, &prev).with_context(|| format!("moving {} aside", dir.display()))?;
-    }
-    fs::rename(&partial, dir).with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
+    // The marker goes last: from here on the `.partial` is a complete checkpoint.
+    write_marker(&partial, meta.step)?;
     if let Some(parent) = dir.parent() {
         sync_dir(parent);
     }
-    if prev.exists() {
-        fs::remove_dir_all(&prev).with_context(|| format!("removing {}", prev.display()))?;
-    }
-    Ok(())
+    kill_point("before-swap");
+    Swap::default().partial_into_place(dir)
 }
 
-/// The directory holding the last complete checkpoint written to `dir`: `dir` itself, or
-/// `dir.prev` when a kill happened between the two renames of a save.
+/// The directory holding the newest complete checkpoint written to `dir`: a `dir.partial`
+/// whose completion marker verifies (a kill hit the swap of its save), else `dir` itself, else
+/// `dir.prev` (a kill between the renames of a save). Reads only; [`recover`] tidies up.
 pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
-    if dir.join("meta.json").exists() {
+    let partial = sibling(dir, ".partial");
+    if is_complete(&partial, true) {
+        eprintln!(
+            "note: using {}, a complete save whose swap into {} a kill interrupted",
+            partial.display(),
+            dir.display()
+        );
+        return Ok(partial);
+    }
+    if is_complete(dir, false) {
         return Ok(dir.to_path_buf());
     }
     let prev = sibling(dir, ".prev");
-    if prev.join("meta.json").exists() {
+    if is_complete(&prev, false) {
         eprintln!(
-            "note: {} is missing; using the previous complete save {}",
+            "note: {} is missing or incomplete; using the previous complete save {}",
             dir.display(),
             prev.display()
         );
@@ -254,6 +438,16 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     }
     let weights = Tensor::read_safetensors(&wpath)
         .with_context(|| format!("reading {} (corrupt or truncated?)", wpath.display()))?;
+    // A config.json that does not describe these weights (edited, or copied from another
+    // model) must fail here, before a model of its dimensions is allocated.
+    let held: f64 = weights.iter().map(|(_, t)| t.numel() as f64).sum();
+    let described = config.num_params_f64();
+    if (held - described).abs() > 0.5 {
+        bail!(
+            "{}: config.json describes a model of {described:.0} parameters but model.safetensors holds {held:.0}: the config does not belong to these weights (restore the config.json saved with them)",
+            dir.display()
+        );
+    }
     Ok(Loaded {
         dir,
         config,
@@ -308,10 +502,18 @@ pub fn load_into(vs: &mut nn::VarStore, weights: &[(String, Tensor)], source: &P
 /// Builds the model of a checkpoint on `device` with its weights.
 pub fn load_model(dir: &Path, device: Device) -> Result<(nn::VarStore, Gpt, Loaded)> {
     let loaded = load(dir)?;
+    let (vs, model) = build_model(&loaded, device)?;
+    Ok((vs, model, loaded))
+}
+
+/// Builds the model of a loaded checkpoint on `device` (after checking that it fits in
+/// memory) and copies its weights in, checking every name, shape and dtype.
+pub fn build_model(loaded: &Loaded, device: Device) -> Result<(nn::VarStore, Gpt)> {
+    crate::memory::check_inference(&loaded.config, device, &loaded.dir)?;
     let mut vs = nn::VarStore::new(device);
     let model = Gpt::new(vs.root(), &loaded.config);
     load_into(&mut vs, &loaded.weights, &loaded.dir.join("model.safetensors"))?;
-    Ok((vs, model, loaded))
+    Ok((vs, model))
 }
 
 /// Reads `state/` of a checkpoint: optimiser tensors and trainer JSON.
@@ -352,21 +554,39 @@ pub enum OutState {
     },
 }
 
-/// Decides what to do with `out` for `stage`: refuses an existing checkpoint without
-/// `--resume` or of another stage, reports a complete one, loads the state of a partial one.
-pub fn prepare_out(out: &Path, stage: &str, resume: bool) -> Result<OutState> {
+/// What a stage asks of its `--out`.
+pub struct OutRequest<'a> {
+    /// Stage name.
+    pub stage: &'a str,
+    /// `--resume`: continue the checkpoint there.
+    pub resume: bool,
+    /// `--force`: accept a checkpoint made with other settings (see [`prepare_out`]).
+    pub force: bool,
+    /// The resolved configuration requested now.
+    pub config: &'a serde_json::Value,
+    /// Steps requested now.
+    pub steps: u64,
+}
+
+/// Decides what to do with `out` (the caller holds its [`crate::outdir::lock`]): refuses a
+/// file, foreign files, a checkpoint of another stage, or an existing checkpoint without
+/// `--resume` / `--force`; finishes an interrupted save ([`recover`]); compares the saved
+/// configuration with the requested one. Then:
+/// - same settings: a complete checkpoint is reported (nothing to do), a partial one resumed;
+/// - other settings: an error naming every difference (`key: old → new`), unless `--force`:
+///   the run then continues from the saved step under the new settings (more steps, another
+///   lr, ...), or restarts from step 0 when the architecture, tokenizer, data, `--init` or
+///   LoRA shape changed or fewer steps than already taken are asked for;
+/// - `--force` without `--resume`: restart from step 0 (the checkpoint is replaced by the
+///   new run's first save).
+pub fn prepare_out(out: &Path, req: &OutRequest<'_>) -> Result<OutState> {
+    crate::outdir::check(out)?;
+    recover(out)?;
+    let stage = req.stage;
     let Ok(dir) = resolve_dir(out) else {
         return Ok(OutState::Fresh);
     };
     let meta = read_meta(&dir)?;
-    if !resume {
-        bail!(
-            "{} already holds a {} checkpoint (step {}); pass --resume to continue it, or choose another --out",
-            out.display(),
-            meta.stage,
-            meta.step
-        );
-    }
     if meta.stage != stage {
         bail!(
             "{} holds a {} checkpoint, not {stage}: choose another --out",
@@ -374,7 +594,50 @@ pub fn prepare_out(out: &Path, stage: &str, resume: bool) -> Result<OutState> {
             meta.stage
         );
     }
-    if meta.complete {
+    if !req.resume {
+        if req.force {
+            eprintln!(
+                "{stage}: --force: starting over; the {} checkpoint in {} (step {}) is replaced at the first save",
+                if meta.complete { "complete" } else { "partial" },
+                out.display(),
+                meta.step
+            );
+            return Ok(OutState::Fresh);
+        }
+        bail!(
+            "{} already holds a {} checkpoint (step {}); pass --resume to continue it, --force to replace it, or choose another --out",
+            out.display(),
+            meta.stage,
+            meta.step
+        );
+    }
+    let changes = crate::outdir::config_changes(&meta.config, req.config);
+    if !changes.is_empty() {
+        let list: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
+        let what = if meta.complete { "complete" } else { "partial" };
+        if !req.force {
+            bail!(
+                "{} holds a {what} {stage} checkpoint (step {}) made with other settings:\n{}\nchoose a new --out for a run with these settings, or pass --force to continue this one under them (it restarts from step 0 when the model, tokenizer, data, init or LoRA shape changed)",
+                out.display(),
+                meta.step,
+                list.join("\n")
+            );
+        }
+        if changes.iter().any(crate::outdir::Change::restarts) || req.steps < meta.step {
+            eprintln!(
+                "{stage}: --force: the settings changed in a way the saved state cannot continue; starting over from step 0 (the checkpoint in {} is replaced at the first save):\n{}",
+                out.display(),
+                list.join("\n")
+            );
+            return Ok(OutState::Fresh);
+        }
+        eprintln!(
+            "{stage}: --force: continuing the {what} checkpoint in {} from step {} under the new settings:\n{}",
+            out.display(),
+            meta.step,
+            list.join("\n")
+        );
+    } else if meta.complete {
         eprintln!(
             "{stage}: {} is complete (step {}/{}); nothing to do",
             out.display(),

@@ -66,6 +66,11 @@ pub struct CommonArgs {
     /// Continue from the state saved in --out if there is one (a complete run is left as is).
     #[arg(long)]
     pub resume: bool,
+    /// Accept a checkpoint in --out made with other settings. With --resume: continue it
+    /// under the new settings (more steps, another lr, ...), or start over when the model,
+    /// tokenizer, data, --init or LoRA shape changed. Without --resume: replace it.
+    #[arg(long)]
+    pub force: bool,
     /// Print the resolved configuration and exit without training.
     #[arg(long)]
     pub dry_run: bool,

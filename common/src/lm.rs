@@ -189,6 +189,15 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
         out: cfg.out_dir(),
         init: cfg.init.clone(),
         resume: args.resume,
+        force: args.force,
+        workload: crate::memory::Workload {
+            micro_batch: cfg.train.micro_batch_size,
+            seq_len: Some(cfg.data.seq_len),
+            held_rows: cfg.train.batch_size(),
+            held_masks: spec.pack == PackMode::Documents,
+            gen_rows: cfg.tasks.as_ref().map_or(0, |t| t.batch_size as i64),
+            ..Default::default()
+        },
         train: &cfg.train,
         config: serde_json::to_value(cfg)?,
         init_example: spec.init_example,

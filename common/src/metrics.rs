@@ -136,6 +136,9 @@ pub struct RlTrainMetrics {
     pub first_reward: Option<f64>,
     /// Mean reward of the last step.
     pub last_reward: Option<f64>,
+    /// Prompts skipped over the run because they do not fit the model's context.
+    #[serde(default)]
+    pub skipped_overlong: usize,
 }
 
 /// `meta.metrics.train`: what training cost.
@@ -280,6 +283,9 @@ pub struct RlStep {
     /// Share of the curriculum's weight on slots inside the success band.
     #[serde(default)]
     pub in_band: f64,
+    /// Prompts drawn this step and skipped because they do not fit the model's context.
+    #[serde(default)]
+    pub skipped_overlong: usize,
 }
 
 /// One curriculum slot (a generator level or a task kind of a prompt file) in the logs.

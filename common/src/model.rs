@@ -191,6 +191,26 @@ impl GptConfig {
         emb + head + self.n_layer * self.block_params() + self.n_embd
     }
 
+    /// [`Self::num_params`] computed in floating point, so that absurd dimensions (a corrupt
+    /// or hostile `config.json`) give a huge number instead of an overflow.
+    pub fn num_params_f64(&self) -> f64 {
+        let f = |x: i64| x as f64;
+        let (d, hd, i) = (f(self.n_embd), f(self.head_dim()), f(self.intermediate_size));
+        let (h, kv) = (f(self.n_head), f(self.n_kv_head));
+        let mut block = d * h * hd * 2.0 + d * kv * hd * 2.0 + 3.0 * d * i + 2.0 * d;
+        if self.qkv_bias {
+            block += (h + 2.0 * kv) * hd;
+        }
+        if self.o_bias {
+            block += d;
+        }
+        if self.mlp_bias {
+            block += 2.0 * i + d;
+        }
+        let emb = f(self.vocab_size) * d;
+        emb * if self.tie_embeddings { 1.0 } else { 2.0 } + f(self.n_layer) * block + d
+    }
+
     fn block_params(&self) -> i64 {
         self.block_matmul_params() + self.block_bias_params() + 2 * self.n_embd
     }

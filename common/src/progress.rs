@@ -114,6 +114,14 @@ impl Progress {
         }
     }
 
+    /// Prints a warning above the bar; unlike [`Self::println`], also in quiet mode.
+    pub fn warn(&self, line: impl AsRef<str>) {
+        match &self.bar {
+            Some(bar) => bar.println(line.as_ref()),
+            None => eprintln!("{}", line.as_ref()),
+        }
+    }
+
     /// Estimated seconds left, from the average rate so far.
     pub fn eta_secs(&self) -> Option<f64> {
         if self.pos == 0 {

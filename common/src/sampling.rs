@@ -102,6 +102,12 @@ impl SamplingConfig {
     }
 }
 
+/// Whether a prompt of `prompt_len` tokens leaves room for at least one generated token in a
+/// context of `max_seq_len`.
+pub fn fits_context(prompt_len: usize, max_seq_len: i64) -> bool {
+    (prompt_len as i64) < max_seq_len
+}
+
 /// Output of [`generate`].
 #[derive(Clone, Debug)]
 pub struct Generation {
@@ -152,7 +158,10 @@ fn prefill_masks(pads: &[i64], p_len: i64, total: i64, device: Device) -> (Tenso
 }
 
 /// Generates a continuation of every prompt, batched, with the KV cache; stops a row at
-/// any of `stops` (e.g. `<|end|>`). `pad` fills the left of shorter prompts.
+/// any of `stops` (e.g. `<|end|>`). `pad` fills the left of shorter prompts. Each row has its
+/// own answer budget, `max_new_tokens` or what its prompt leaves of the model's context,
+/// whichever is smaller (a long prompt in the batch does not shorten the others'); a prompt
+/// that leaves no room at all is an error (callers skip those, see [`fits_context`]).
 pub fn generate(
     model: &Gpt,
     prompts: &[Vec<u32>],
@@ -179,9 +188,16 @@ pub fn generate(
     }
     let p_len = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
     let max_len = model.config().max_seq_len;
-    let new = cfg.max_new_tokens.min(max_len - p_len);
-    if new <= 0 {
+    if !fits_context(p_len as usize, max_len) {
         bail!("a prompt of {p_len} tokens leaves no room in the model's context of {max_len}");
+    }
+    let budget: Vec<i64> = prompts
+        .iter()
+        .map(|p| cfg.max_new_tokens.min(max_len - p.len() as i64))
+        .collect();
+    let new = budget.iter().copied().max().unwrap_or(0);
+    if new <= 0 {
+        bail!("max_new_tokens must be positive, got {}", cfg.max_new_tokens);
     }
     let (ids, pos, pads) = left_pad(prompts, p_len, pad);
     let bi = b as i64;
@@ -207,6 +223,7 @@ pub fn generate(
         Tensor::from_slice(&prompts.iter().map(|p| p.len() as i64).collect::<Vec<_>>()).to_device(device);
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
+    let mut finished = vec![false; b];
     let mut ended_with = vec![None; b];
     let mut generated = 0usize;
     // Row `j` of the batch being run is prompt `active[j]`. Finished rows are dropped from
@@ -225,9 +242,12 @@ pub fn generate(
             generated += 1;
             if stops.contains(&(t as u32)) {
                 done[r] = true;
+                finished[r] = true;
                 ended_with[r] = Some(t as u32);
             } else {
                 out[r].push(t as u32);
+                // Cut at its own budget (not finished).
+                done[r] = step + 1 >= budget[r];
             }
         }
         if done.iter().all(|&d| d) || step == new - 1 {
@@ -264,7 +284,7 @@ pub fn generate(
     let secs = t0.elapsed().as_secs_f64();
     Ok(Generation {
         tokens: out,
-        finished: done,
+        finished,
         ended_with,
         tokens_per_sec: generated as f64 / secs.max(1e-9),
         secs,
@@ -341,6 +361,31 @@ mod tests {
         }
         assert!(batch.finished[..3].iter().all(|&f| f));
         assert!(batch.tokens[..3].iter().all(Vec::is_empty));
+        Ok(())
+    }
+
+    #[test]
+    fn each_row_has_its_own_budget_and_a_long_prompt_does_not_shrink_the_others() -> Result<()> {
+        tch::manual_seed(11);
+        let cfg = GptConfig::preset("tiny", 50)?; // context of 128 tokens
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = Gpt::new(vs.root(), &cfg);
+        let long: Vec<u32> = (0..120u32).map(|i| i % 45 + 1).collect();
+        let short = vec![5u32, 6, 7];
+        let g = SamplingConfig::greedy(20);
+        let batch = generate(&m, &[long.clone(), short.clone()], &g, &[], 0, Device::Cpu)?;
+        // No stop tokens: each row is cut at its own budget, 128 - 120 = 8 and 20.
+        assert_eq!(batch.tokens[0].len(), 8);
+        assert_eq!(batch.tokens[1].len(), 20, "the long prompt used to cut this row to 8");
+        assert!(!batch.finished[0] && !batch.finished[1]);
+        let alone = generate(&m, std::slice::from_ref(&short), &g, &[], 0, Device::Cpu)?;
+        assert_eq!(batch.tokens[1], alone.tokens[0], "batching changed the short row");
+        let alone = generate(&m, std::slice::from_ref(&long), &g, &[], 0, Device::Cpu)?;
+        assert_eq!(batch.tokens[0], alone.tokens[0], "batching changed the long row");
+        // A prompt that fills the context leaves no room: an error callers avoid with fits_context.
+        let full: Vec<u32> = (0..128u32).map(|i| i % 45 + 1).collect();
+        assert!(!fits_context(full.len(), cfg.max_seq_len) && fits_context(127, cfg.max_seq_len));
+        assert!(generate(&m, &[full, short], &g, &[], 0, Device::Cpu).is_err());
         Ok(())
     }
 

@@ -1,7 +1,10 @@
 //! The stage harness every training stage runs on (pretrain, midtrain, SFT, RL).
 //!
 //! [`Stage::open`] makes the decisions every stage makes, once: the output directory is
-//! fresh, to resume, or complete (nothing to do); the weights come from this run's own
+//! checked (no file, no files a save did not write) and locked (one run at a time, see
+//! [`crate::outdir`]), then found fresh, to resume, or complete (nothing to do; a checkpoint
+//! made with other settings needs `--force`); the model must fit in memory
+//! ([`crate::memory`]); the weights come from this run's own
 //! checkpoint (resume), from `--init`, or from scratch; LoRA adapters are attached (and
 //! restored when resuming); the optimiser is built over what trains (and its state
 //! restored); the metrics log is opened (keeping a resumed run's lines); Ctrl-C and SIGTERM
@@ -10,7 +13,7 @@
 //!
 //! What a stage keeps to resume (step, data cursor, prompt order, …) is its own
 //! [`TrainerState`]; the harness writes it to `state/trainer.json` beside the optimiser.
-use crate::checkpoint::{self, Contents, Meta, OutState, TrainState};
+use crate::checkpoint::{self, Contents, Meta, OutRequest, OutState, TrainState};
 use crate::config::TrainSection;
 use crate::device::{configure_threads, device_name, seed_everything};
 use crate::lora::Adapters;
@@ -52,6 +55,12 @@ pub struct StageOptions<'a> {
     pub init: Option<PathBuf>,
     /// `--resume`: continue a partial run in `out` (a complete one is left as is).
     pub resume: bool,
+    /// `--force`: accept a checkpoint in `out` made with other settings (see
+    /// [`checkpoint::prepare_out`]).
+    pub force: bool,
+    /// What the run holds besides the model, for the memory check before the model is built
+    /// (`lora` is filled in from `train`).
+    pub workload: crate::memory::Workload,
     /// The shared training section: device, seed, precision, optimiser, LoRA.
     pub train: &'a TrainSection,
     /// The resolved configuration, saved in `meta.json`.
@@ -97,6 +106,8 @@ pub struct Stage {
     pub opt: AdamW,
     /// The live metrics log.
     pub log: MetricsLog,
+    /// The lock on `out`, held while the stage runs.
+    _lock: crate::outdir::OutLock,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -135,7 +146,18 @@ impl Stage {
         let stage = opts.stage;
         let threads = configure_threads();
         let device = opts.train.device.resolve()?;
-        let (resume_dir, resumed) = match checkpoint::prepare_out(&opts.out, stage, opts.resume)? {
+        // A file, or files this run did not write, are refused before anything else.
+        crate::outdir::check(&opts.out)?;
+        // One run per --out at a time; the kernel drops the lock when this process ends.
+        let lock = crate::outdir::lock(&opts.out)?;
+        let request = OutRequest {
+            stage,
+            resume: opts.resume,
+            force: opts.force,
+            config: &opts.config,
+            steps: opts.train.steps,
+        };
+        let (resume_dir, resumed) = match checkpoint::prepare_out(&opts.out, &request)? {
             OutState::Fresh => (None, None),
             OutState::Complete(meta) => return Ok(Opened::Complete(meta)),
             OutState::Resume { dir, state, log } => {
@@ -160,7 +182,12 @@ impl Stage {
                 opts.init_example
             ),
         };
-        let (mut vs, mut model, tok, meta) = load_weights(stage, source, device, scratch)?;
+        let workload = crate::memory::Workload {
+            lora: lora.is_some(),
+            ..opts.workload
+        };
+        let fits = |cfg: &GptConfig| crate::memory::check_training(cfg, &workload, device, stage);
+        let (mut vs, mut model, tok, meta) = load_weights(stage, source, device, scratch, &fits)?;
         model.set_compute_kind(opts.train.precision.kind());
         let saved = resumed
             .as_ref()
@@ -179,6 +206,8 @@ impl Stage {
         let log = MetricsLog::open(&opts.out, stage, previous_log)?;
         let mut meta = meta;
         meta.stage = stage.to_string();
+        // A run in progress is not complete (a complete run continued with --force neither).
+        meta.complete = false;
         meta.total_steps = opts.train.steps;
         meta.device = device_name(device);
         meta.config = opts.config;
@@ -195,6 +224,7 @@ impl Stage {
             adapters,
             opt,
             log,
+            _lock: lock,
         };
         Ok(Opened::Run {
             stage: Box::new(stage),
@@ -264,27 +294,36 @@ impl Stage {
     }
 }
 
-/// Builds the model, tokenizer and metadata of a run from its `source`.
+/// Builds the model, tokenizer and metadata of a run from its `source`; `fits` checks the
+/// architecture against the memory available before the model is allocated.
 fn load_weights(
     stage: &str,
     source: Source<'_>,
     device: Device,
     scratch: Option<&dyn Fn() -> Result<Scratch>>,
+    fits: &dyn Fn(&GptConfig) -> Result<()>,
 ) -> Result<(nn::VarStore, Gpt, Tok, Meta)> {
+    let build = |loaded: &checkpoint::Loaded| -> Result<(nn::VarStore, Gpt)> {
+        fits(&loaded.config)?;
+        checkpoint::build_model(loaded, device)
+    };
     match source {
         Source::Own(dir) => {
-            let (vs, model, loaded) = checkpoint::load_model(dir, device)?;
+            let loaded = checkpoint::load(dir)?;
+            let (vs, model) = build(&loaded)?;
             Ok((vs, model, loaded.tok, loaded.meta))
         }
         Source::InitPlusOwn(init, dir) => {
-            let (vs, model, _) = checkpoint::load_model(init, device)
-                .with_context(|| format!("loading --init {} (a LoRA run resumes from it)", init.display()))?;
+            let ctx = || format!("loading --init {} (a LoRA run resumes from it)", init.display());
+            let loaded = checkpoint::load(init).with_context(ctx)?;
+            let (vs, model) = build(&loaded).with_context(ctx)?;
             let own = checkpoint::load(dir)?;
             Ok((vs, model, own.tok, own.meta))
         }
         Source::Init(init) => {
-            let (vs, model, loaded) =
-                checkpoint::load_model(init, device).with_context(|| format!("loading --init {}", init.display()))?;
+            let ctx = || format!("loading --init {}", init.display());
+            let loaded = checkpoint::load(init).with_context(ctx)?;
+            let (vs, model) = build(&loaded).with_context(ctx)?;
             let mut meta = Meta::new(stage);
             meta.parent = Some(checkpoint::parent_ref(&loaded.dir, &loaded.meta));
             Ok((vs, model, loaded.tok, meta))
@@ -292,6 +331,7 @@ fn load_weights(
         Source::Scratch => {
             let build = scratch.context("no way to build a model from scratch")?;
             let (tok, cfg) = build()?;
+            fits(&cfg)?;
             let vs = nn::VarStore::new(device);
             let model = Gpt::new(vs.root(), &cfg);
             Ok((vs, model, tok, Meta::new(stage)))

@@ -5,7 +5,7 @@
 use crate::data::mix::Format;
 use crate::data::parquet::{batch_docs, open_checked, Doc};
 use crate::model::Gpt;
-use crate::sampling::{generate, SamplingConfig};
+use crate::sampling::{fits_context, generate, SamplingConfig};
 use crate::tokenizer::{Message, Tok};
 use crate::verify::{final_answer, normalize, Grader, Task, Verdict};
 use anyhow::{bail, Context, Result};
@@ -177,6 +177,10 @@ pub struct TaskReport {
     pub gen_tokens_per_sec: f64,
     /// A few examples (prompt, completion, verdict) for the report.
     pub examples: Vec<(String, String, bool)>,
+    /// Tasks left out because their prompt leaves no room in the model's context (not in
+    /// `n` or any rate).
+    #[serde(default)]
+    pub skipped_overlong: usize,
     /// Every sample with its grade (written by `eval --log-samples`; not part of meta.json).
     #[serde(skip)]
     pub log: Vec<SampleLog>,
@@ -311,16 +315,34 @@ pub fn evaluate_tasks(
     let mut examples = Vec::new();
     let mut log = Vec::with_capacity(tasks.len() * samples);
     let per_batch = (batch_size / samples).max(1);
-    for chunk in tasks.chunks(per_batch) {
+    // A prompt longer than the context cannot be answered: it is skipped and counted, and
+    // the rest of the evaluation goes on.
+    let max_len = model.config().max_seq_len;
+    let mut kept: Vec<(&Task, Vec<u32>)> = Vec::with_capacity(tasks.len());
+    let mut skipped_overlong = 0;
+    for t in tasks {
+        let p = tok.render_prompt(&[Message::new("user", t.prompt.clone())])?;
+        if fits_context(p.len(), max_len) {
+            kept.push((t, p));
+        } else {
+            skipped_overlong += 1;
+        }
+    }
+    if skipped_overlong > 0 {
+        eprintln!(
+            "warning: skipped {skipped_overlong} of {} tasks whose prompt does not fit the model's context of {max_len} tokens (reported as skipped_overlong)",
+            tasks.len()
+        );
+    }
+    for chunk in kept.chunks(per_batch) {
         let mut prompts = Vec::with_capacity(chunk.len() * samples);
-        for t in chunk {
-            let p = tok.render_prompt(&[Message::new("user", t.prompt.clone())])?;
-            prompts.extend(std::iter::repeat_n(p, samples));
+        for (_, p) in chunk {
+            prompts.extend(std::iter::repeat_n(p.clone(), samples));
         }
         let gen = generate(model, &prompts, sampling, tok.stops(), tok.pad, device)?;
         gen_tokens += gen.tokens.iter().map(Vec::len).sum::<usize>();
         gen_secs += gen.secs;
-        for (i, t) in chunk.iter().enumerate() {
+        for (i, &(t, _)) in chunk.iter().enumerate() {
             let rows = i * samples..(i + 1) * samples;
             let texts: Vec<String> = gen.tokens[rows.clone()]
                 .iter()
@@ -367,6 +389,7 @@ pub fn evaluate_tasks(
         samples,
         gen_tokens_per_sec: gen_tokens as f64 / gen_secs.max(1e-9),
         examples,
+        skipped_overlong,
         log,
     })
 }
@@ -382,6 +405,9 @@ pub fn summarize(r: &TaskReport) -> String {
         parts.push(format!("hallucination {:.0}%", 100.0 * h));
     }
     parts.push(format!("format {:.0}%", 100.0 * r.answerable.format_rate));
+    if r.skipped_overlong > 0 {
+        parts.push(format!("{} skipped (longer than the context)", r.skipped_overlong));
+    }
     parts.join(" | ")
 }
 

@@ -184,7 +184,8 @@ impl Verifier for Abstention {
 /// and its output compared with the reference; otherwise the program in the prompt is run (the
 /// ground truth) and the completion's final answer compared with its output. A hang, crash or
 /// non-zero exit of the *completion's* program scores zero. Where this machine's sandbox lacks a
-/// guarantee, program tasks error (counted as verifier errors) unless
+/// guarantee, program tasks error (counted as verifier errors) unless `allow_weak` (RL:
+/// `[verifier] allow_weak_sandbox = true`; eval: `--allow-weak-sandbox`) or
 /// `LIB2EXPERT_ALLOW_WEAK_SANDBOX=1` opts in to the weaker sandbox, with a loud warning.
 pub struct ProgramExec {
     /// Interpreter.
@@ -193,6 +194,8 @@ pub struct ProgramExec {
     pub timeout: Duration,
     /// Address-space limit in megabytes.
     pub memory_mb: u64,
+    /// Run programs even where this machine's sandbox lacks a guarantee (with a warning).
+    pub allow_weak: bool,
 }
 
 /// Set to `1` to run programs in a sandbox that lacks some guarantee on this machine.
@@ -204,6 +207,7 @@ impl Default for ProgramExec {
             python: "python3".into(),
             timeout: Duration::from_secs(2),
             memory_mb: 256,
+            allow_weak: false,
         }
     }
 }
@@ -240,8 +244,10 @@ impl ProgramExec {
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = cache.entry(self.python.clone()).or_insert_with(|| {
-            let allow_weak = std::env::var(ALLOW_WEAK_SANDBOX_ENV).is_ok_and(|v| v == "1" || v == "true");
+        let allow_weak =
+            self.allow_weak || std::env::var(ALLOW_WEAK_SANDBOX_ENV).is_ok_and(|v| v == "1" || v == "true");
+        let key = format!("{}\0{allow_weak}", self.python);
+        let entry = cache.entry(key).or_insert_with(|| {
             let opts = SandboxOptions {
                 python: self.python.clone(),
                 allow_weak,

@@ -143,3 +143,86 @@ fn interrupted_swap_falls_back_to_the_previous_save() -> Result<()> {
     assert!(loaded.dir.ends_with("pretrain.prev"));
     Ok(())
 }
+
+/// A complete save of the tiny checkpoint at `step` into `dir` (with its completion marker).
+fn save_at(ck: &std::path::Path, dir: &std::path::Path, step: u64) -> Result<()> {
+    let (vs, _m, loaded) = checkpoint::load_model(ck, Device::Cpu)?;
+    let mut meta = loaded.meta.clone();
+    meta.step = step;
+    let contents = checkpoint::Contents {
+        vs: &vs,
+        config: &loaded.config,
+        tok: &loaded.tok,
+        metrics_log: &[],
+        state: None,
+    };
+    checkpoint::save(dir, &contents, &mut meta)
+}
+
+#[test]
+fn a_verified_partial_is_the_newest_save_and_an_unverified_one_never_is() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let ck = d.join("run/pretrain");
+    let (partial, prev) = (d.join("run/pretrain.partial"), d.join("run/pretrain.prev"));
+    tiny_checkpoint(d, &ck, "pretrain")?;
+    assert!(
+        ck.join(checkpoint::COMPLETE_MARKER).exists(),
+        "saves end with the marker"
+    );
+    // A kill after the marker of a newer save, before its swap: the .partial is the newest.
+    save_at(&ck, &d.join("newer"), 7)?;
+    std::fs::rename(d.join("newer"), &partial)?;
+    let loaded = checkpoint::load(&ck)?;
+    assert_eq!((loaded.meta.step, loaded.dir.clone()), (7, partial.clone()));
+    // ... and a kill after the first rename of that swap: still the .partial, not .prev.
+    std::fs::rename(&ck, &prev)?;
+    assert_eq!(checkpoint::load(&ck)?.meta.step, 7);
+    // Recovery puts it in place and drops the older one.
+    checkpoint::recover(&ck)?;
+    assert_eq!(checkpoint::load(&ck)?.dir, ck);
+    assert_eq!(checkpoint::load(&ck)?.meta.step, 7);
+    assert!(!partial.exists() && !prev.exists());
+    // A .partial whose files do not match its marker (truncated weights) is never used, and
+    // recovery removes it; one without a marker (a save killed while writing) neither.
+    for damage in ["truncate", "no-marker"] {
+        save_at(&ck, &d.join("newer"), 9)?;
+        std::fs::rename(d.join("newer"), &partial)?;
+        match damage {
+            "truncate" => {
+                let w = partial.join("model.safetensors");
+                let bytes = std::fs::read(&w)?;
+                std::fs::write(&w, &bytes[..bytes.len() - 1])?;
+            }
+            _ => std::fs::remove_file(partial.join(checkpoint::COMPLETE_MARKER))?,
+        }
+        assert_eq!(checkpoint::load(&ck)?.meta.step, 7, "{damage}");
+        checkpoint::recover(&ck)?;
+        assert!(!partial.exists(), "{damage}");
+        assert_eq!(checkpoint::load(&ck)?.meta.step, 7, "{damage}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_config_json_that_does_not_describe_the_weights_is_refused_before_building() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let ck = d.join("ck");
+    tiny_checkpoint(d, &ck, "sft")?;
+    // Huge dimensions: refused from the parameter count, nothing of that size is allocated.
+    let text = std::fs::read_to_string(ck.join("config.json"))?;
+    let mut cfg: serde_json::Value = serde_json::from_str(&text)?;
+    cfg["n_embd"] = 1_048_576.into();
+    cfg["intermediate_size"] = 4_194_304.into();
+    cfg["n_layer"] = 512.into();
+    std::fs::write(ck.join("config.json"), cfg.to_string())?;
+    let e = err(checkpoint::load_model(&ck, Device::Cpu));
+    assert!(
+        e.contains("config.json describes a model of") && e.contains("does not belong to these weights"),
+        "{e}"
+    );
+    Ok(())
+}

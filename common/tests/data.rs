@@ -543,3 +543,61 @@ fn masked_user_tokens_contribute_no_gradient() -> Result<()> {
     assert_eq!(loss_of(&masked_again).double_value(&[]), loss.double_value(&[]));
     Ok(())
 }
+
+#[test]
+fn empty_sources_and_blank_columns_are_named_instead_of_looping() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let t = tok(d)?;
+    let docs: Vec<String> = (0..50).map(|i| format!("alpha beta gamma {i} delta.")).collect();
+    write_text(&d.join("good.parquet"), &docs)?;
+    write_text(&d.join("empty.parquet"), &[])?;
+    let opts = SamplerOptions {
+        seq_len: 16,
+        mode: PackMode::Stream,
+        assistant_only: false,
+        seed: 0,
+        shuffle: true,
+    };
+    let source = |name: &str, path: &str| {
+        format!(
+            "[[source]]\nname = \"{name}\"\npath = \"{}/{path}\"\nformat = \"text\"\nweight = 1.0\n\n",
+            d.display()
+        )
+    };
+    let sampler = |body: String| -> Result<LmSampler> {
+        let m = write_mix(d, &body)?;
+        LmSampler::new(&load_mix(&m)?, &t, opts, None)
+    };
+    // A 0-row source alone used to loop forever reading it; now: an error naming the file.
+    let e = err_of(sampler(source("empty", "empty.parquet")));
+    assert!(e.contains("empty.parquet") && e.contains("no rows"), "{e}");
+    // Beside a good source: the same error (its share of the mix cannot be met).
+    let e = err_of(sampler(
+        source("good", "good.parquet") + &source("empty", "empty.parquet"),
+    ));
+    assert!(e.contains("source `empty`") && e.contains("empty.parquet"), "{e}");
+    // An empty file among a source's files is skipped with a warning; the rows of the others count.
+    std::fs::create_dir_all(d.join("parts"))?;
+    std::fs::copy(d.join("good.parquet"), d.join("parts/p-0.parquet"))?;
+    std::fs::copy(d.join("empty.parquet"), d.join("parts/p-1.parquet"))?;
+    let mut s = sampler(source("parts", "parts/p-*.parquet"))?;
+    for _ in 0..20 {
+        assert!(s.next_batch(4)?.trained_tokens > 0);
+    }
+    // A text column that is null in every row, or empty in every row: the file and column named.
+    let nulls = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, true)])),
+        vec![Arc::new(StringArray::from(vec![None::<&str>; 10]))],
+    )?;
+    write_batch(&d.join("nulls.parquet"), nulls)?;
+    write_batch(&d.join("blank.parquet"), strings(&[("text", vec![""; 10])])?)?;
+    for f in ["nulls.parquet", "blank.parquet"] {
+        let e = err_of(sampler(source("bad", f)));
+        assert!(
+            e.contains(f) && e.contains("column `text`") && e.contains("null or empty in every row"),
+            "{e}"
+        );
+    }
+    Ok(())
+}

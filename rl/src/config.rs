@@ -91,6 +91,23 @@ pub struct VerifierSection {
     /// Python interpreter.
     #[serde(default = "default_python")]
     pub python: String,
+    /// Run model-written programs even where this machine's sandbox lacks a guarantee
+    /// (unprivileged user namespaces, Landlock, seccomp): a loud warning instead of refusing.
+    /// Same as `LIB2EXPERT_ALLOW_WEAK_SANDBOX=1`. Off: program tasks count as verifier errors.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_weak_sandbox: bool,
+}
+
+impl VerifierSection {
+    /// The program-execution verifier these settings describe.
+    pub fn program_exec(&self) -> common::verify::ProgramExec {
+        common::verify::ProgramExec {
+            python: self.python.clone(),
+            timeout: std::time::Duration::from_millis(self.program_timeout_ms),
+            memory_mb: self.program_memory_mb,
+            allow_weak: self.allow_weak_sandbox,
+        }
+    }
 }
 
 fn default_timeout() -> u64 {
@@ -109,6 +126,7 @@ impl Default for VerifierSection {
             program_timeout_ms: default_timeout(),
             program_memory_mb: default_mem(),
             python: default_python(),
+            allow_weak_sandbox: false,
         }
     }
 }
@@ -273,6 +291,25 @@ mod tests {
         };
         let cfg = RlConfig::load(&path, &args)?;
         assert_eq!((cfg.train.steps, cfg.train.warmup_steps, cfg.train.lr), (2, 2, 3e-5));
+        Ok(())
+    }
+
+    #[test]
+    fn allow_weak_sandbox_is_a_config_key_that_reaches_the_verifier() -> Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/rl.toml");
+        let cfg = RlConfig::load(&path, &CommonArgs::default())?;
+        assert!(!cfg.verifier.allow_weak_sandbox, "off in the shipped config");
+        assert!(!cfg.verifier.program_exec().allow_weak);
+        let dir = tempfile::tempdir()?;
+        let weak = dir.path().join("rl.toml");
+        std::fs::write(
+            &weak,
+            std::fs::read_to_string(&path)?.replace("allow_weak_sandbox = false", "allow_weak_sandbox = true"),
+        )?;
+        let cfg = RlConfig::load(&weak, &CommonArgs::default())?;
+        let exec = cfg.verifier.program_exec();
+        assert!(exec.allow_weak, "the key opts the verifier in");
+        assert_eq!(exec.timeout, std::time::Duration::from_millis(2000));
         Ok(())
     }
 

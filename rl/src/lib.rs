@@ -30,10 +30,10 @@ use common::prompts::{PromptMix, PromptStream, StreamState};
 use common::sampling::SamplingConfig;
 use common::stage::{Opened, Stage, StageOptions, TrainerState};
 use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions, TaskReport};
-use common::verify::{Grader, ProgramExec, Task};
+use common::verify::{Grader, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// Trainer state saved in `state/trainer.json`.
@@ -67,6 +67,15 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         out: cfg.out_dir(),
         init: cfg.init.clone(),
         resume: args.resume,
+        force: args.force,
+        workload: common::memory::Workload {
+            micro_batch: cfg.train.micro_batch_size,
+            seq_len: None,
+            gen_rows: (cfg.rl.prompts_per_step * cfg.rl.group_size) as i64,
+            // The KL reference, and the starting model graded again at the end.
+            frozen_copies: i64::from(cfg.rl.kl_coef > 0.0) + 1,
+            ..Default::default()
+        },
         train: &cfg.train,
         config: serde_json::to_value(cfg)?,
         init_example: "runs/default/sft",
@@ -99,14 +108,7 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             },
         },
     };
-    let grader = Grader::new(
-        cfg.rewards,
-        ProgramExec {
-            python: cfg.verifier.python.clone(),
-            timeout: Duration::from_millis(cfg.verifier.program_timeout_ms),
-            memory_mb: cfg.verifier.program_memory_mb,
-        },
-    );
+    let grader = Grader::new(cfg.rewards, cfg.verifier.program_exec());
     let grading = Grading::new(cfg, stage.device)?;
     print_header(&stage, cfg)?;
     if !is_resumed {
@@ -145,6 +147,12 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
                 format_count(line.sample_tok_per_s)
             ),
         );
+        if roll.skipped_overlong > 0 {
+            progress.warn(format!(
+                "warning: rl step {}: skipped {} prompt(s) longer than the model's context",
+                st.step, roll.skipped_overlong
+            ));
+        }
         stage.log.push(&line)?;
         let last = st.step == cfg.train.steps;
         if let Some(e) = &cfg.eval {
@@ -457,6 +465,7 @@ fn step_line(roll: &Rollout, upd: &UpdateStats, step: u64, lr: f64, sample_secs:
         groups_sampled: roll.groups_sampled,
         curriculum: Vec::new(),
         in_band: 0.0,
+        skipped_overlong: roll.skipped_overlong,
     }
 }
 
@@ -473,5 +482,6 @@ fn train_summary(lines: &[Value], st: &RlState) -> RlTrainMetrics {
         sample_time_fraction: sample / (sample + train).max(1e-9),
         first_reward: steps.first().map(|l| l.reward_mean),
         last_reward: steps.last().map(|l| l.reward_mean),
+        skipped_overlong: steps.iter().map(|l| l.skipped_overlong).sum(),
     }
 }

@@ -2,10 +2,10 @@
 //! rewards and group-relative advantages, and the token tensors the update trains on.
 use crate::config::{Overlong, RlConfig};
 use crate::grpo::{advantages, batch_normaliser, flat_groups, LossKind};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use common::device::seed_everything;
 use common::prompts::{Drawn, PromptStream};
-use common::sampling::generate;
+use common::sampling::{fits_context, generate};
 use common::stage::Stage;
 use common::tokenizer::Message;
 use common::verify::{Grader, Task, Verdict};
@@ -51,6 +51,8 @@ pub struct Rollout {
     pub flat_groups: usize,
     /// Seconds spent generating.
     pub gen_secs: f64,
+    /// Prompts drawn and skipped because they leave no room in the model's context.
+    pub skipped_overlong: usize,
 }
 
 /// Draws `prompts_per_step` prompts from the stream, samples `group_size` answers to each
@@ -78,14 +80,9 @@ pub fn rollout(
         if need == 0 {
             break;
         }
-        let drawn: Vec<Drawn> = (0..need).map(|_| stream.draw()).collect();
+        let (drawn, prompts) = draw_fitting(stage, stream, need, g, &mut out.skipped_overlong)?;
         for d in &drawn {
             practised.record(&d.task);
-        }
-        let mut prompts = Vec::with_capacity(need * g);
-        for d in &drawn {
-            let p = tok.render_prompt(&[Message::new("user", d.task.prompt.clone())])?;
-            prompts.extend(std::iter::repeat_n(p, g));
         }
         seed_everything(
             cfg.train
@@ -174,6 +171,38 @@ pub fn rollout(
         .map(|i| in_loss[i] && (cfg.rl.kl_coef > 0.0 || out.adv[i] != 0.0))
         .collect();
     Ok(out)
+}
+
+/// Draws `need` prompts that fit the model's context, each rendered and repeated `g` times;
+/// prompts too long to leave room for an answer are skipped and counted in `skipped`.
+fn draw_fitting(
+    stage: &Stage,
+    stream: &mut PromptStream,
+    need: usize,
+    g: usize,
+    skipped: &mut usize,
+) -> Result<(Vec<Drawn>, Vec<Vec<u32>>)> {
+    let max_len = stage.model.config().max_seq_len;
+    let (mut drawn, mut prompts) = (Vec::with_capacity(need), Vec::with_capacity(need * g));
+    let mut in_a_row = 0;
+    while drawn.len() < need {
+        let d = stream.draw();
+        let p = stage
+            .tok
+            .render_prompt(&[Message::new("user", d.task.prompt.clone())])?;
+        if !fits_context(p.len(), max_len) {
+            *skipped += 1;
+            in_a_row += 1;
+            if in_a_row >= 1000 {
+                bail!("the last 1000 prompts drawn were all longer than the model's context of {max_len} tokens: check data.prompts");
+            }
+            continue;
+        }
+        in_a_row = 0;
+        prompts.extend(std::iter::repeat_n(p, g));
+        drawn.push(d);
+    }
+    Ok((drawn, prompts))
 }
 
 /// The first prompts a run practises, up to `per_kind` of each task kind (graded by the

@@ -150,6 +150,7 @@ fn lora_run_saves_merged_weights_and_resumes_like_an_uninterrupted_run() -> Resu
     let meta_path = b.join("meta.json");
     let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
     meta["complete"] = false.into(); // as a kill after the step-4 save leaves it
+    meta["config"]["train"]["steps"] = 6.into(); // of a 6-step run
     std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
     let o = run(&b, &["--resume"])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -229,6 +230,7 @@ fn generator_prompt_mix_with_curriculum_resumes_like_an_uninterrupted_run() -> R
     let meta_path = b.join("meta.json");
     let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
     meta["complete"] = false.into();
+    meta["config"]["train"]["steps"] = 5.into(); // of a 5-step run
     std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
     let o = run(&b, &["--resume"])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -248,5 +250,55 @@ fn the_shipped_config_and_prompt_mix_validate() -> Result<()> {
         toml::from_str(&std::fs::read_to_string(root.join("configs/mixes/rl.toml"))?)?;
     assert!(mix.source.iter().any(|s| s.generator.is_some()));
     mix.curriculum.validate()?;
+    Ok(())
+}
+
+#[test]
+fn overlong_prompts_are_skipped_and_counted_not_fatal() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let init = d.join("runs/x/sft");
+    tiny_checkpoint(d, &init, "sft")?;
+    // Every other prompt is far beyond the tiny model's 128-token context.
+    let tasks: Vec<common::verify::Task> = (0..16)
+        .map(|i| common::verify::Task {
+            prompt: if i % 2 == 0 {
+                format!("What is {i} + 1?")
+            } else {
+                "Velmora trades salt. ".repeat(200)
+            },
+            answer: format!("{}", i + 1),
+            kind: if i % 2 == 0 { "arithmetic" } else { "long" }.into(),
+        })
+        .collect();
+    common::data::writer::write_tasks(&d.join("prompts.parquet"), &tasks)?;
+    let cfg = d.join("configs/rl-long.toml");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(d.join("configs/rl.toml"))?.replace(
+            &format!("prompts = \"{}/rl/train.parquet\"", d.display()),
+            &format!("prompts = \"{}/prompts.parquet\"", d.display()),
+        ),
+    )?;
+    let out = d.join("runs/x/rl");
+    let o = rl_from(&cfg, &init, &out, &[])?;
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(out.join("meta.json"))?)?;
+    let skipped = meta["metrics"]["train"]["skipped_overlong"].as_u64().unwrap_or(0);
+    // 3 steps x 2 prompts drawn from a curriculum over both kinds: some long ones come up.
+    assert!(
+        skipped >= 1,
+        "no overlong prompt was drawn: {}",
+        meta["metrics"]["train"]
+    );
+    assert!(e.contains("longer than the model's context"), "{e}");
+    let logged: u64 = std::fs::read_to_string(out.join("metrics.jsonl"))?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["skipped_overlong"].as_u64())
+        .sum();
+    assert_eq!(logged, skipped, "the per-step counts add up to the run's");
     Ok(())
 }

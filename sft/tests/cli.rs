@@ -92,6 +92,7 @@ fn lora_sft_trains_adapters_only_saves_merged_weights_and_resumes_exactly() -> R
     let meta_path = b.join("meta.json");
     let mut meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
     meta["complete"] = false.into();
+    meta["config"]["train"]["steps"] = 6.into(); // the run it was a part of
     std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
     let o = run(&b, &["--resume"])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

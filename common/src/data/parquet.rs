@@ -83,8 +83,53 @@ pub fn open_checked(
         }
         indices.push(idx);
     }
+    for (logical, column) in columns {
+        let string_column = !(format == Format::Chat && logical == "messages");
+        if string_column && logical != "input" && column_is_blank(builder.metadata(), column) == Some(true) {
+            bail!(
+                "{}: column `{column}` (for `{logical}`) is null or empty in every row; map another column with columns = {{ {logical} = \"<name>\" }} in the mix, or fix the file",
+                path.display()
+            );
+        }
+    }
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
     Ok(builder.with_projection(mask))
+}
+
+/// Rows of a Parquet file, from its footer.
+pub fn row_count(builder: &ParquetRecordBatchReaderBuilder<File>) -> i64 {
+    builder.metadata().file_metadata().num_rows()
+}
+
+/// Whether the string column `column` is null or empty in every row, from the column
+/// statistics in the footer (no data read); `None` when the file has no rows or a row group
+/// lacks statistics.
+fn column_is_blank(meta: &parquet::file::metadata::ParquetMetaData, column: &str) -> Option<bool> {
+    use parquet::file::statistics::Statistics;
+    if meta.file_metadata().num_rows() == 0 {
+        return None;
+    }
+    for rg in meta.row_groups() {
+        let cc = rg
+            .columns()
+            .iter()
+            .find(|c| c.column_path().parts().len() == 1 && c.column_path().parts()[0] == column)?;
+        let stats = cc.statistics()?;
+        let nulls = stats.null_count_opt()?;
+        if nulls as i64 == rg.num_rows() {
+            continue;
+        }
+        match stats {
+            Statistics::ByteArray(b) => {
+                if b.max_bytes_opt()?.is_empty() {
+                    continue;
+                }
+                return Some(false);
+            }
+            _ => return None,
+        }
+    }
+    Some(true)
 }
 
 fn is_message_list(dt: &DataType) -> bool {
@@ -236,9 +281,26 @@ impl SourceReader {
             docs: Vec::new(),
             name: src.config.name.clone(),
         };
-        // Check every file's schema up front, so a bad file fails at start-up.
+        // Check every file's schema up front, so a bad file fails at start-up. A file without
+        // rows is skipped with a warning; a source without any row is an error (reading it
+        // would never yield a document, and its share of the mix could not be met).
+        let mut empty = Vec::new();
         for f in &r.files {
-            open_checked(f, r.format, &r.columns).with_context(|| format!("source `{}`", r.name))?;
+            let b = open_checked(f, r.format, &r.columns).with_context(|| format!("source `{}`", r.name))?;
+            if row_count(&b) == 0 {
+                empty.push(f.display().to_string());
+            }
+        }
+        if empty.len() == r.files.len() {
+            bail!(
+                "source `{}`: {} {} no rows; remove the source from the mix or point it at files with data",
+                r.name,
+                empty.join(", "),
+                if empty.len() == 1 { "has" } else { "have" }
+            );
+        }
+        for f in &empty {
+            eprintln!("warning: source `{}`: {f} has no rows; skipping it", r.name);
         }
         r.load_batch()?;
         Ok(r)

@@ -53,6 +53,10 @@ struct Args {
     /// completion, extracted answer, verdict): greedy answers, then the --samples draws.
     #[arg(long, value_name = "FILE.jsonl")]
     log_samples: Option<PathBuf>,
+    /// Grade program tasks even where this machine's sandbox lacks a guarantee (user
+    /// namespaces, Landlock, seccomp), with a loud warning; same as LIB2EXPERT_ALLOW_WEAK_SANDBOX=1.
+    #[arg(long)]
+    allow_weak_sandbox: bool,
 }
 
 fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
@@ -136,7 +140,11 @@ fn run(a: Args) -> Result<()> {
         max_new_tokens
     };
     let tasks = limit_per_kind(load_tasks(&a.tasks)?, per_kind);
-    let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
+    let exec = ProgramExec {
+        allow_weak: a.allow_weak_sandbox,
+        ..ProgramExec::default()
+    };
+    let grader = Grader::new(RewardWeights::default(), exec);
     let mut opts = EvalOptions {
         sampling: SamplingConfig::greedy(max_new_tokens),
         samples: 1,

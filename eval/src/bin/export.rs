@@ -20,15 +20,64 @@ struct Args {
     to: String,
     /// Checkpoint directory.
     checkpoint: PathBuf,
-    /// Output directory (created; existing files are replaced).
+    /// Output directory (created; it may hold only a previous export, which is replaced).
     out: PathBuf,
 }
 
 /// The chat template of `common::tokenizer`, in Jinja for `tokenizer.apply_chat_template`.
 const CHAT_TEMPLATE: &str = "{{ '<|bos|>' }}{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
 
+/// What an export writes; anything else in the output directory is someone else's.
+const EXPORTED: &[&str] = &[
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// Refuses an output that is the source checkpoint (or inside it), a file, or a directory
+/// holding files an export does not write.
+fn check_out(source: &Path, out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("{} is a file: give a directory for the export", out.display());
+    }
+    let src = std::fs::canonicalize(source).or_else(|_| std::path::absolute(source))?;
+    let dst = std::path::absolute(out)?;
+    let dst = std::fs::canonicalize(&dst).unwrap_or(dst);
+    if dst.starts_with(&src) || src.starts_with(&dst) {
+        bail!(
+            "refusing to export {} into {}: that would write over the source checkpoint; choose an output directory outside it",
+            source.display(),
+            out.display()
+        );
+    }
+    if out.is_dir() {
+        let mut foreign: Vec<String> = std::fs::read_dir(out)
+            .with_context(|| format!("listing {}", out.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| !EXPORTED.contains(&e.file_name().to_string_lossy().as_ref()) || e.path().is_dir())
+            .map(|e| e.path().display().to_string())
+            .collect();
+        foreign.sort();
+        if !foreign.is_empty() {
+            bail!(
+                "{} holds files an export does not write ({}); an export replaces its files, so it refuses rather than mix with or overwrite them. Choose an empty or new output directory",
+                out.display(),
+                foreign.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn export_hf(ckpt: &Path, out: &Path) -> Result<()> {
-    let loaded = checkpoint::load(ckpt)?;
+    // Building the model checks that config.json describes every tensor of the weights
+    // (names and shapes), so a config that does not match is never exported.
+    let (_vs, _model, loaded) = checkpoint::load_model(ckpt, tch::Device::Cpu)?;
+    check_out(&loaded.dir, out)?;
+    check_out(ckpt, out)?;
     let c = &loaded.config;
     let tok = &loaded.tok;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
