@@ -19,6 +19,7 @@ pub mod optim;
 pub mod perf;
 pub mod progress;
 pub mod prompts;
+pub mod provenance;
 pub mod sampling;
 pub mod schedule;
 pub mod stage;
