@@ -220,7 +220,7 @@ fn plot_lines(path: &Path, o: &LinePlot<'_>, xs: &[String], series: &[(String, V
 /// whole-number steps.
 fn plot_rl(steps: &[RlStep], path: &Path) -> Result<()> {
     let (plot, side) = areas(path)?;
-    let last = steps.last().map_or(1, |l| l.step).max(1) as f64;
+    let last = steps.last().map_or(1, |l| l.step) as f64;
     let first = steps.first().map_or(0, |l| l.step) as f64;
     let lo = steps.iter().map(|l| l.reward_mean).fold(0.0f64, f64::min);
     let mut chart = ChartBuilder::on(&plot)
@@ -228,7 +228,7 @@ fn plot_rl(steps: &[RlStep], path: &Path) -> Result<()> {
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(48)
-        .build_cartesian_2d(first..last, (lo * 100.0).min(0.0)..100.0)?;
+        .build_cartesian_2d(first..last.max(first + 1.0), (lo * 100.0).min(0.0)..100.0)?;
     chart
         .configure_mesh()
         .x_desc("RL step")
