@@ -156,7 +156,7 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     for field in [
         "| written |",
         "| git commit |",
-        "| machine |",
+        "| machine (writing this report) |",
         "cores",
         "| software | lib2expert",
         "tch 0.24",

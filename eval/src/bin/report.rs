@@ -293,9 +293,11 @@ fn read_eval(run: &Path) -> Result<Option<EvalFile>> {
 
 /// When, from which commit, on what machine and software, which model, and how long it took.
 fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
-    // The commit of the checkout the run lives in (or, for a run elsewhere, of the current one).
-    let here = if run.exists() { run } else { Path::new(".") };
-    let p = Provenance::collect(here);
+    // The commit of the checkout the run lives in, else of the one the report is written from.
+    let mut p = Provenance::collect(run);
+    if p.git_commit.is_none() {
+        p.git_commit = common::provenance::git_commit(Path::new("."));
+    }
     writeln!(md, "| | |\n|---|---|")?;
     writeln!(md, "| written | {} |", p.date)?;
     writeln!(
@@ -303,7 +305,7 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
         "| git commit | {} |",
         p.git_commit.as_deref().unwrap_or("– (not in a git checkout)")
     )?;
-    writeln!(md, "| machine | {} |", p.machine)?;
+    writeln!(md, "| machine (writing this report) | {} |", p.machine)?;
     writeln!(
         md,
         "| software | lib2expert {}, tch {}, libtorch {} |",
@@ -400,7 +402,7 @@ fn summary(md: &mut String, stages: &[Stage], eval_rl: Option<&EvalFile>) -> Res
     }
     writeln!(
         md,
-        "\nAccuracy, hallucination and format: \"a → b\" is the stage's starting checkpoint and its result on the same questions."
+        "\nAccuracy, hallucination and format: \"a → b\" is the stage's starting checkpoint and its result on the same questions.\n"
     )?;
     Ok(())
 }
@@ -613,8 +615,8 @@ fn short_column(c: &str) -> String {
     c.split(" (").next().unwrap_or(c).to_string()
 }
 
-/// One graded example as a list item: single lines inline, multi-line text (programs) in
-/// fenced blocks, so a program keeps its lines and its own ``` fences.
+/// One graded example as a list item: short text inline (a line break shown as ⏎), programs
+/// and longer text in fenced blocks, so a program keeps its lines and its own ``` fences.
 fn example(md: &mut String, q: &str, ans: &str, correct: bool) -> Result<()> {
     let mark = if correct { "✅" } else { "❌" };
     let clip = |t: &str, n: usize| -> String {
@@ -633,21 +635,23 @@ fn example(md: &mut String, q: &str, ans: &str, correct: bool) -> Result<()> {
         Ok(())
     };
     let (q, ans) = (clip(q.trim(), 400), clip(ans.trim(), 400));
-    if !q.contains('\n') && !ans.contains('\n') {
-        writeln!(md, "- {mark} **Q:** {q} **A:** {ans}")?;
+    let fenced = |t: &str| t.contains("```") || t.lines().count() > 2;
+    let inline = |t: &str| t.replace('\n', " ⏎ ");
+    if !fenced(&q) && !fenced(&ans) {
+        writeln!(md, "- {mark} **Q:** {} **A:** {}", inline(&q), inline(&ans))?;
         return Ok(());
     }
     write!(md, "- {mark} **Q:**")?;
-    if q.contains('\n') {
+    if fenced(&q) {
         block(md, &q)?;
     } else {
-        writeln!(md, " {q}\n")?;
+        writeln!(md, " {}\n", inline(&q))?;
     }
     write!(md, "  **A:**")?;
-    if ans.contains('\n') {
+    if fenced(&ans) {
         block(md, &ans)?;
     } else {
-        writeln!(md, " {ans}\n")?;
+        writeln!(md, " {}\n", inline(&ans))?;
     }
     Ok(())
 }
