@@ -1,6 +1,9 @@
 # lib2expert: from library to expert. `just` lists the recipes.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Recipe arguments reach the commands as "$1", "$2", … and "$@", each one word as the user
+# quoted it (`{{flags}}` would be re-split: `--prompt "What is 23 + 58?"` became five words).
+set positional-arguments
 
 venv := justfile_directory() / ".venv"
 export VIRTUAL_ENV := venv
@@ -46,30 +49,30 @@ ci: test lint
 
 # Generate the embedded default world (Parquet + tokenizer) under data/default
 datasets seed='1337' scale='small': build
-    {{bin}}/datasets build --seed {{seed}} --scale {{scale}} --out data/default
+    "{{bin}}/datasets" build --seed "$1" --scale "$2" --out data/default
 
-# Pretrain on the library mix
-pretrain config='configs/pretrain.toml' run='default' *flags='': build
-    {{bin}}/pretrain --config {{config}} --out runs/{{run}}/pretrain --resume {{flags}}
+# Pretrain on the library mix (extra flags go to the binary: just pretrain configs/pretrain.toml default --steps 100)
+pretrain config='configs/pretrain.toml' run='default' *flags: build
+    "{{bin}}/pretrain" --config "$1" --out "runs/$2/pretrain" --resume "${@:3}"
 
 # Midtrain from the pretrain checkpoint on the high-density mix
-midtrain config='configs/midtrain.toml' run='default' *flags='': build
-    {{bin}}/midtrain --config {{config}} --init runs/{{run}}/pretrain --out runs/{{run}}/midtrain --resume {{flags}}
+midtrain config='configs/midtrain.toml' run='default' *flags: build
+    "{{bin}}/midtrain" --config "$1" --init "runs/$2/pretrain" --out "runs/$2/midtrain" --resume "${@:3}"
 
 # Supervised fine-tuning on annotator conversations
-sft config='configs/sft.toml' run='default' *flags='': build
-    {{bin}}/sft --config {{config}} --init runs/{{run}}/midtrain --out runs/{{run}}/sft --resume {{flags}}
+sft config='configs/sft.toml' run='default' *flags: build
+    "{{bin}}/sft" --config "$1" --init "runs/$2/midtrain" --out "runs/$2/sft" --resume "${@:3}"
 
 # Reinforcement learning (GRPO) against verifiers
-rl config='configs/rl.toml' run='default' *flags='': build
-    {{bin}}/rl --config {{config}} --init runs/{{run}}/sft --out runs/{{run}}/rl --resume {{flags}}
+rl config='configs/rl.toml' run='default' *flags: build
+    "{{bin}}/rl" --config "$1" --init "runs/$2/sft" --out "runs/$2/rl" --resume "${@:3}"
 
-# The whole ladder: datasets → pretrain → midtrain → sft → rl → eval → report (complete stages are skipped). Options: run=NAME mix=FILE
-pipeline *args='': build
+# The whole ladder: datasets → pretrain → midtrain → sft → rl → evaluate → report (complete stages are skipped). Options: run=NAME mix=FILE
+pipeline *args: build
     #!/usr/bin/env bash
     set -euo pipefail
     run=default; mix=configs/mixes/pretrain.toml
-    for a in {{args}}; do
+    for a in "$@"; do
         case "$a" in
             run=*) run="${a#run=}" ;;
             mix=*) mix="${a#mix=}" ;;
@@ -82,36 +85,50 @@ pipeline *args='': build
     "$b/midtrain" --config configs/midtrain.toml --init "$r/pretrain" --out "$r/midtrain" --resume
     "$b/sft" --config configs/sft.toml --init "$r/midtrain" --out "$r/sft" --resume
     "$b/rl" --config configs/rl.toml --init "$r/sft" --out "$r/rl" --resume
-    [ -f "$r/eval-rl.json" ] || "$b/eval" "$r/rl" --samples 8 --per-kind 100 --out "$r/eval-rl.json"
+    [ -f "$r/eval-rl.json" ] || "$b/evaluate" "$r/rl" --samples 8 --per-kind 100 --out "$r/eval-rl.json"
     "$b/report" "$r"
     echo "report: $r/report.md"
 
-# Run one of the field's claims as an experiment on the default run's checkpoints (no name: list them)
-experiment name='' *flags='': build
+# Run one of the field's claims as an experiment on the default run's checkpoints (no name: list them; e.g. just experiment annotator-ceiling --annotators habit:0.5)
+experiment name='' *flags: build
     #!/usr/bin/env bash
     set -euo pipefail
-    if [ -z "{{name}}" ]; then "{{bin}}/experiment" list; else "{{bin}}/experiment" run "{{name}}" {{flags}}; fi
+    if [ -z "${1:-}" ]; then "{{bin}}/experiment" list; else "{{bin}}/experiment" run "$@"; fi
 
-# Evaluate a checkpoint on the held-out tasks (pass@k and maj@k with samples > 1)
-eval checkpoint='runs/default/rl' samples='8': build
-    {{bin}}/eval {{checkpoint}} --samples {{samples}}
+# Evaluate a checkpoint on the held-out tasks, 8 samples per question for pass@k and maj@k (later flags win: --samples 1, --tasks hard, --limit 50, --out FILE)
+evaluate checkpoint='runs/default/rl' *flags: build
+    "{{bin}}/evaluate" "$1" --samples 8 "${@:2}"
+
+alias eval := evaluate
 
 # Talk to a checkpoint (add --prompt "..." for one answer)
-chat checkpoint='runs/default/rl' *flags='': build
-    {{bin}}/chat {{checkpoint}} {{flags}}
+chat checkpoint='runs/default/rl' *flags: build
+    "{{bin}}/chat" "$@"
 
 # Serve a checkpoint over the OpenAI HTTP API (add --port, --host, --max-batch, ...)
-serve checkpoint='runs/default/rl' *flags='': build
-    {{bin}}/serve {{checkpoint}} {{flags}}
+serve checkpoint='runs/default/rl' *flags: build
+    "{{bin}}/serve" "$@"
+
+# Export a checkpoint as a Hugging Face transformers directory
+export-hf checkpoint='runs/default/rl' out='exported/default-rl': build
+    "{{bin}}/export-hf" "$1" "$2"
 
 # Write runs/<run>/report.md from the run's checkpoints
 report run='default': build
-    {{bin}}/report runs/{{run}}
+    "{{bin}}/report" "runs/$1"
 
 # Benchmarks: machine peak, training and sampling throughput against PyTorch, serving with continuous batching against one request at a time (writes bench/results.json)
-bench *flags='': build
-    [ -f data/default/manifest.json ] || {{bin}}/datasets build --out data/default
-    {{bin}}/bench --python "{{venv}}/bin/python" {{flags}}
+bench *flags: build
+    [ -f data/default/manifest.json ] || "{{bin}}/datasets" build --out data/default
+    "{{bin}}/bench" --python "{{venv}}/bin/python" "$@"
+
+# Print shell completions for every binary (bash, zsh, fish, elvish, powershell): just completions bash > ~/.local/share/bash-completion/completions/lib2expert
+completions shell='bash': build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for b in datasets pretrain midtrain sft rl evaluate chat report export-hf serve bench; do
+        "{{bin}}/$b" --completions "$1"
+    done
 
 # Remove build outputs, runs and generated data (keeps ./.venv)
 clean:

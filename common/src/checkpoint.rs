@@ -396,7 +396,7 @@ pub fn resolve_dir(dir: &Path) -> Result<PathBuf> {
         bail!("{} is not a lib2expert checkpoint (no meta.json) nor a Hugging Face model directory (no config.json with a model_type); expected a directory written by a stage (e.g. runs/<run>/pretrain) or by transformers' save_pretrained", dir.display());
     }
     bail!(
-        "checkpoint {} does not exist; run the stage that writes it first, or pass another --init",
+        "checkpoint {} does not exist; run the stage that writes it first (`just pipeline` writes runs/default/<stage>), or name another checkpoint directory",
         dir.display()
     )
 }

@@ -54,10 +54,10 @@ pub struct CommonArgs {
     /// Number of optimizer steps (overrides train.steps).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Peak learning rate (overrides train.lr).
+    /// Peak learning rate of the schedule (overrides `lr` in the config's [train] section).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Data mix file (overrides data.mix).
+    /// Data mix file (overrides `mix` in the config's [data] section).
     #[arg(long, value_name = "TOML")]
     pub mix: Option<PathBuf>,
     /// Save a resumable checkpoint every N steps (overrides train.save_every).

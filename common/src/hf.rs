@@ -1,5 +1,5 @@
 //! Hugging Face model directories: import (any stage's `--init` accepts one) and the
-//! `config.json` written by `export --to hf`.
+//! `config.json` written by `export-hf`.
 //!
 //! Supported: the Llama architecture family as `transformers` saves it — `LlamaForCausalLM`
 //! (Llama, SmolLM), `Qwen2ForCausalLM` (biases on q/k/v) and `MistralForCausalLM`:

@@ -21,6 +21,7 @@ pub mod outdir;
 pub mod perf;
 pub mod progress;
 pub mod prompts;
+pub mod provenance;
 pub mod sampling;
 pub mod schedule;
 pub mod stage;

@@ -483,6 +483,7 @@ fn run_tasks(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<Task
         samples: 1,
         batch_size: t.batch_size,
         device: stage.device,
+        progress: None,
     };
     let r = evaluate_tasks(&stage.model, &stage.tok, list, &grader, &opts)?;
     eprintln!("{}: tasks: {}", stage.name, summarize(&r));

@@ -1,6 +1,6 @@
 //! The live metrics log of a stage: JSON lines appended to `<run dir>/<stage>.metrics.jsonl`
 //! as training goes, and kept in memory so every checkpoint carries the log up to itself;
-//! and the types of what stages record (`meta.metrics`, log lines, `eval --out`), which the
+//! and the types of what stages record (`meta.metrics`, log lines, `evaluate --out`), which the
 //! report reads back.
 use crate::tasks::TaskReport;
 use anyhow::{Context, Result};
@@ -318,7 +318,8 @@ pub fn lines_of<T: serde::de::DeserializeOwned>(lines: &[Value]) -> Vec<T> {
         .collect()
 }
 
-/// What `eval --out` writes (`runs/<run>/eval-rl.json`, read by the report).
+/// What `evaluate --out` writes (`runs/<run>/eval-rl.json`, read by the report). The fields
+/// after `temperature` describe the file itself; files written before them read as `None`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalFile {
     /// Checkpoint evaluated.
@@ -333,4 +334,50 @@ pub struct EvalFile {
     pub sampled: Option<TaskReport>,
     /// Sampling temperature.
     pub temperature: f64,
+    /// How to read the figures (greedy accuracy, pass@1 and maj@1 are three different things).
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// The settings the evaluation ran with.
+    pub settings: Option<EvalSettings>,
+    /// How many questions and answers were graded.
+    pub counts: Option<EvalCounts>,
+    /// When, by which version and commit, on which machine.
+    pub provenance: Option<crate::provenance::Provenance>,
+}
+
+/// The settings of one `evaluate` run, as resolved (flags, else the checkpoint's stage config,
+/// else the defaults).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalSettings {
+    /// The task set as asked for: a named set (`default`, `hard`) or a path.
+    pub task_set: String,
+    /// Questions per task kind at most.
+    pub per_kind: usize,
+    /// Questions in all at most (`--limit`), spread over the kinds.
+    pub limit: Option<usize>,
+    /// Answers sampled per question for pass@k / maj@k (1 = greedy only).
+    pub samples: usize,
+    /// Temperature of the sampled answers.
+    pub temperature: f64,
+    /// Longest answer in tokens.
+    pub max_new_tokens: i64,
+    /// Where `max_new_tokens` came from: `flag`, `checkpoint config` or `default`.
+    pub max_new_tokens_from: String,
+    /// Rows generated together.
+    pub batch_size: usize,
+    /// Seed of the sampled answers.
+    pub seed: u64,
+    /// Device the model ran on.
+    pub device: String,
+}
+
+/// What an `evaluate` run graded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalCounts {
+    /// Questions.
+    pub questions: usize,
+    /// Questions per task kind.
+    pub per_kind: BTreeMap<String, usize>,
+    /// Answers graded: one greedy per question, plus `samples` per question when sampling.
+    pub answers_graded: usize,
 }

@@ -181,12 +181,12 @@ pub struct TaskReport {
     /// `n` or any rate).
     #[serde(default)]
     pub skipped_overlong: usize,
-    /// Every sample with its grade (written by `eval --log-samples`; not part of meta.json).
+    /// Every sample with its grade (written by `evaluate --log-samples`; not part of meta.json).
     #[serde(skip)]
     pub log: Vec<SampleLog>,
 }
 
-/// One graded answer, for inspection (`eval --log-samples`, one JSON object per line).
+/// One graded answer, for inspection (`evaluate --log-samples`, one JSON object per line).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SampleLog {
     /// Task kind.
@@ -296,6 +296,8 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Device the model is on.
     pub device: Device,
+    /// Show progress over the tasks under this label (`None`: silent, as inside a stage).
+    pub progress: Option<String>,
 }
 
 /// Generates `opts.samples` answers per task (greedy when `samples == 1` and temperature 0),
@@ -334,6 +336,10 @@ pub fn evaluate_tasks(
             tasks.len()
         );
     }
+    let mut progress = opts
+        .progress
+        .as_deref()
+        .map(|label| crate::progress::Progress::new(label, kept.len() as u64));
     for chunk in kept.chunks(per_batch) {
         let mut prompts = Vec::with_capacity(chunk.len() * samples);
         for (_, p) in chunk {
@@ -375,6 +381,16 @@ pub fn evaluate_tasks(
                 truncated: gen.finished[rows].iter().map(|f| !f).collect(),
             });
         }
+        if let Some(p) = progress.as_mut() {
+            let right = graded.iter().filter(|g| g.verdicts[0].correct).count();
+            p.update(
+                graded.len() as u64,
+                format!("{right} right | {:.0} tok/s", gen_tokens as f64 / gen_secs.max(1e-9)),
+            );
+        }
+    }
+    if let Some(p) = progress.as_mut() {
+        p.finish();
     }
     let mut per_kind = BTreeMap::new();
     let kinds: std::collections::BTreeSet<String> = graded.iter().map(|g| g.kind.clone()).collect();

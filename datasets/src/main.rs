@@ -89,7 +89,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = common::cli::parse::<Args>();
     common::cli::exit_on_error(|| match args.cmd {
         Cmd::Build {
             seed,

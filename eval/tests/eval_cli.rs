@@ -1,4 +1,4 @@
-//! `eval` reproduces the task metrics a stage wrote into meta.json; `chat --prompt` answers;
+//! `evaluate` reproduces the task metrics a stage wrote into meta.json; `chat --prompt` answers;
 //! `report` turns a run into a page.
 use anyhow::Result;
 use common::config::{CommonArgs, LmConfig};
@@ -22,7 +22,7 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     let metrics = serde_json::to_value(&meta.metrics)?;
 
     let out = d.join("eval.json");
-    let o = bin(env!("CARGO_BIN_EXE_eval"))
+    let o = bin(env!("CARGO_BIN_EXE_evaluate"))
         .arg(d.join("run/sft"))
         .arg("--tasks")
         .arg(d.join("eval/tasks.parquet"))
@@ -65,11 +65,59 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     assert!(arith
         .iter()
         .all(|r| r["prompt"].is_string() && r["completion"].is_string()));
+    // The file describes itself: settings as resolved, counts, version, commit, date.
+    let st = &v["settings"];
+    assert_eq!(st["samples"], 4);
+    assert_eq!(st["task_set"], d.join("eval/tasks.parquet").display().to_string());
+    // No --max-new-tokens: the SFT stage's own [tasks] max_new_tokens (8, tiny_world).
+    assert_eq!(
+        (st["max_new_tokens"].as_i64(), st["max_new_tokens_from"].as_str()),
+        (Some(8), Some("checkpoint config"))
+    );
+    let questions = v["counts"]["questions"].as_u64().unwrap_or(0);
+    assert!(
+        questions > 0 && v["counts"]["per_kind"]["arithmetic"].as_u64() == Some(n as u64),
+        "{v}"
+    );
+    assert_eq!(v["counts"]["answers_graded"].as_u64(), Some(questions * 5));
+    let p = &v["provenance"];
+    assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+    assert!(p["date"].as_str().is_some_and(|d| d.ends_with("UTC")), "{p}");
+    assert!(
+        p["machine"]["cores"].as_u64().unwrap_or(0) >= 1 && p["tch"].is_string(),
+        "{p}"
+    );
+    assert!(v["notes"].to_string().contains("maj@1"), "the maj@1 / pass@1 note");
     let pk = &v["sampled"]["answerable"]["pass_at_k"];
     assert!(
         pk["1"].as_f64().unwrap_or(2.0) <= pk["4"].as_f64().unwrap_or(-1.0),
         "pass@k grows with k: {pk}"
     );
+
+    // A named task set, --limit spread over the kinds, and an explicit --max-new-tokens 64 (the
+    // old default value, once mistaken for "not given").
+    let out2 = d.join("eval-limit.json");
+    let o = bin(env!("CARGO_BIN_EXE_evaluate"))
+        .arg(d.join("run/sft"))
+        .args(["--tasks", "default", "--world"])
+        .arg(d)
+        .args(["--limit", "6", "--max-new-tokens", "64", "--out"])
+        .arg(&out2)
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v2: Value = serde_json::from_str(&std::fs::read_to_string(&out2)?)?;
+    assert_eq!(v2["settings"]["max_new_tokens"], 64);
+    assert_eq!(v2["settings"]["max_new_tokens_from"], "flag");
+    assert_eq!(v2["settings"]["task_set"], "default");
+    assert_eq!(v2["counts"]["questions"], 6);
+    // 6 questions over 4 kinds: 2, 2, 1, 1 (in turn).
+    let per: Vec<u64> = ["arithmetic", "facts", "program", "unanswerable"]
+        .iter()
+        .map(|k| v2["counts"]["per_kind"][k].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(per.iter().sum::<u64>(), 6);
+    assert!(per.iter().all(|&c| c == 1 || c == 2), "{per:?}");
+    assert!(v2["sampled"].is_null() && v2["counts"]["answers_graded"] == 6);
 
     let o = bin(env!("CARGO_BIN_EXE_chat"))
         .arg(d.join("run/sft"))
@@ -104,6 +152,38 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     let o = bin(env!("CARGO_BIN_EXE_report")).arg(d.join("run")).output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let md = std::fs::read_to_string(d.join("run/report.md"))?;
+    // The header: date, commit (or why none), machine, software, model, wall time.
+    for field in [
+        "| written |",
+        "| git commit |",
+        "| machine (writing this report) |",
+        "cores",
+        "| software | lib2expert",
+        "tch 0.24",
+        "libtorch 2.",
+        "| model | 2 layers x 32 wide",
+        "parameters**",
+        "| wall time of the stages |",
+        "## Summary",
+        "| sft |",
+        "| rl |",
+    ] {
+        assert!(md.contains(field), "no {field:?} in the header: {md}");
+    }
+    assert!(
+        md.find("## Summary") < md.find("## What each stage cost"),
+        "the summary comes first"
+    );
+    // No line that starts with a stray ";", and multi-line examples are fenced blocks.
+    assert!(!md.lines().any(|l| l.starts_with(';')), "{md}");
+    assert!(
+        !md.contains("```python print"),
+        "a program squashed into one line: {md}"
+    );
+    assert!(
+        md.contains("  ````text\n  What does this program print?\n  ```python\n"),
+        "{md}"
+    );
     assert!(
         md.contains("What SFT and RL bought") && md.contains("hallucination"),
         "{md}"
@@ -118,7 +198,13 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     }
     // One curriculum row per task kind of the prompt file, with its prompts drawn.
     assert!(md.contains("| train/arithmetic |"), "{md}");
-    for svg in ["accuracy.svg", "loss.svg", "curriculum.svg"] {
+    for svg in [
+        "accuracy.svg",
+        "hallucination.svg",
+        "loss.svg",
+        "curriculum.svg",
+        "rl.svg",
+    ] {
         assert!(d.join("run").join(svg).exists(), "{svg} missing");
     }
     Ok(())

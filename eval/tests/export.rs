@@ -41,11 +41,7 @@ fn exported_checkpoint_matches_in_transformers() -> Result<()> {
     let ck = d.join("ck");
     tiny_checkpoint(d, &ck, "sft")?;
     let out = d.join("hf");
-    let o = bin(env!("CARGO_BIN_EXE_export"))
-        .args(["--to", "hf"])
-        .arg(&ck)
-        .arg(&out)
-        .output()?;
+    let o = bin(env!("CARGO_BIN_EXE_export-hf")).arg(&ck).arg(&out).output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let (_vs, model, loaded) = common::checkpoint::load_model(&ck, Device::Cpu)?;

@@ -15,7 +15,7 @@ use testkit::{tiny_world, venv_python, workspace_root};
 
 /// A binary of another crate of the workspace (built by `cargo test --workspace`).
 fn exe(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_eval")).with_file_name(name)
+    Path::new(env!("CARGO_BIN_EXE_evaluate")).with_file_name(name)
 }
 
 fn script() -> PathBuf {
@@ -184,7 +184,7 @@ fn imported_llama_and_qwen2_match_transformers_and_train() -> Result<()> {
     assert!(rl.config.qkv_bias && rl.tok.chat_template().is_some());
 
     // Export the trained Qwen2 and compare in transformers.
-    run(exe("export"), &["--to", "hf", &p("run/rl"), &p("out-qwen2")])?;
+    run(exe("export-hf"), &[&p("run/rl"), &p("out-qwen2")])?;
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(d.join("out-qwen2/config.json"))?)?;
     assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
     check_parity(&d.join("run/rl"), &d.join("out-qwen2"))?;

@@ -83,6 +83,7 @@ fn grade(
         samples: 1,
         batch_size: 125,
         device,
+        progress: Some("grading".into()),
     };
     let report = evaluate_tasks(&model, &loaded.tok, gold, &grader, &opts)?;
     let mut g = ArithGrade {

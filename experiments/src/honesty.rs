@@ -88,6 +88,7 @@ fn grade(ckpt: &Path, tasks: &[Task], kinds: &[Kind], cache: &Path, device: &Dev
         samples: 1,
         batch_size: 125,
         device,
+        progress: Some("grading".into()),
     };
     let report = evaluate_tasks(&model, &loaded.tok, tasks, &grader, &opts)?;
     let mut g = ByKind {

@@ -202,8 +202,9 @@ impl RlConfig {
         let mut c: RlConfig = load_toml(path)?;
         apply_paths(&mut c.init, &mut c.out, args, "rl");
         c.train.apply(args);
-        if args.mix.is_some() {
-            bail!("rl reads prompts from [data] prompts, not a mix: drop --mix");
+        if let Some(p) = &args.mix {
+            // RL's data is its prompts: a prompt mix, or one Parquet file of tasks.
+            c.data.prompts = p.clone();
         }
         c.validate()
             .with_context(|| format!("invalid configuration {}", path.display()))?;

@@ -245,6 +245,7 @@ impl Grading {
                 samples: 1,
                 batch_size: e.batch_size,
                 device,
+                progress: None,
             }),
         })
     }

@@ -21,7 +21,15 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // The flags are every stage's; two of them mean something RL-specific here.
+    let args: Args = common::cli::parse_with(|c| {
+        c.mut_arg("mix", |a| {
+            a.help("Prompts: a prompt mix (.toml) or one Parquet file of tasks (overrides `prompts` in the config's [data] section)")
+        })
+        .mut_arg("lr", |a| {
+            a.help("Learning rate after warmup (overrides `lr` in the config's [train] section; configs/rl.toml keeps it constant)")
+        })
+    });
     common::cli::exit_on_error(|| {
         let path = common::cli::config_path(&args.common, "rl");
         let cfg = RlConfig::load(&path, &args.common)?;

@@ -24,6 +24,46 @@ fn help_and_bad_config() -> Result<()> {
     Ok(())
 }
 
+/// `rl --help` offers --mix and --lr; both do what it says (they once were offered and then
+/// refused, or described another stage's keys).
+#[test]
+fn help_is_true_mix_and_lr_override_the_config() -> Result<()> {
+    let o = bin(env!("CARGO_BIN_EXE_rl")).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.contains("overrides `prompts` in the config's [data] section"),
+        "{help}"
+    );
+    assert!(
+        help.contains("overrides `lr` in the config's [train] section"),
+        "{help}"
+    );
+    let dir = tempfile::tempdir()?;
+    tiny_world(dir.path())?;
+    let prompts = dir.path().join("eval/tasks.parquet");
+    let o = bin(env!("CARGO_BIN_EXE_rl"))
+        .arg("--config")
+        .arg(dir.path().join("configs/rl.toml"))
+        .args(["--init", "x", "--lr", "3e-5", "--dry-run", "--mix"])
+        .arg(&prompts)
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let resolved: toml::Value = toml::from_str(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .as_str(),
+    )?;
+    assert_eq!(resolved["train"]["lr"].as_float(), Some(3e-5));
+    assert_eq!(
+        resolved["data"]["prompts"].as_str(),
+        Some(prompts.display().to_string().as_str())
+    );
+    Ok(())
+}
+
 #[test]
 fn tiny_grpo_run_end_to_end() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -22,6 +22,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = common::cli::parse::<Args>();
     common::cli::exit_on_error(|| common::cli::run_lm_main(&sft::SPEC, &args.common))
 }

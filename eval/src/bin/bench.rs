@@ -24,8 +24,15 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Benchmark lib2expert against the machine's peak and a PyTorch reference.
+///
+/// Measures the machine's matmul peak; training throughput (tokens/s, MFU, peak memory) of the
+/// default model and a larger preset; KV-cache sampling against full recomputation; the data
+/// path; the same training and sampling in PyTorch (bench/reference.py); and serving with
+/// continuous batching against one request at a time (serve-bench). Writes a JSON results file.
+///
+/// Example: bench --out bench/results.json   (or: just bench)
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, disable_help_subcommand = true)]
 struct Args {
     #[command(subcommand)]
     one: Option<One>,
@@ -46,6 +53,7 @@ struct Args {
 #[derive(Subcommand, Debug)]
 enum One {
     /// (internal) one training measurement, printed as JSON.
+    #[command(hide = true)]
     Train {
         #[arg(long)]
         preset: String,
@@ -61,12 +69,14 @@ enum One {
         bf16: bool,
     },
     /// (internal) sampling measurements, printed as JSON.
+    #[command(hide = true)]
     Sample {
         /// KV-cache sampling only (no full-recompute comparison): the paired rounds.
         #[arg(long)]
         cache_only: bool,
     },
     /// (internal) data path measurement, printed as JSON.
+    #[command(hide = true)]
     Data,
 }
 
@@ -637,7 +647,7 @@ fn print_table(results: &Value, cpu: bool) {
 }
 
 fn main() -> ExitCode {
-    let a = Args::parse();
+    let a = common::cli::parse::<Args>();
     common::cli::exit_on_error(|| {
         configure_threads();
         let device = a.device.resolve()?;

@@ -6,6 +6,7 @@ use common::metrics::{
     lines_of, read_jsonl, EvalFile, HeldOut, HeldOutBySource, LmStep, RlStep, StageMetrics, TrainMetrics,
 };
 use common::progress::{format_count, format_secs};
+use common::provenance::Provenance;
 use common::tasks::{KindReport, TaskReport};
 use plotters::prelude::*;
 use serde_json::Value;
@@ -18,10 +19,10 @@ const STAGES: [&str; 4] = ["pretrain", "midtrain", "sft", "rl"];
 /// Write the report card of a run: what each stage cost and what it bought.
 ///
 /// Reads runs/<run>/<stage>/meta.json and metrics.jsonl for every stage present (and
-/// runs/<run>/eval-rl.json from `eval --samples`, if present) and writes
+/// runs/<run>/eval-rl.json from `evaluate --samples`, if present) and writes
 /// runs/<run>/report.md with SVG plots beside it.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
     /// Run directory (e.g. runs/default).
     #[arg(default_value = "runs/default")]
@@ -30,6 +31,8 @@ struct Args {
 
 struct Stage {
     name: &'static str,
+    /// The checkpoint directory (possibly the `.prev` fallback).
+    dir: PathBuf,
     meta: Meta,
     log: Vec<Value>,
 }
@@ -44,7 +47,8 @@ fn load(run: &Path) -> Result<Vec<Stage>> {
         let meta: Meta = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)
             .with_context(|| format!("parsing {}/meta.json", dir.display()))?;
         let log = read_jsonl(&dir.join("metrics.jsonl"));
-        out.push(Stage { name, meta, log });
+        let dir = dir.to_path_buf();
+        out.push(Stage { name, dir, meta, log });
     }
     if out.is_empty() {
         anyhow::bail!(
@@ -63,6 +67,52 @@ fn pct(x: Option<f64>) -> String {
 /// `x` with three decimals, or "–".
 fn num3(x: Option<f64>) -> String {
     x.map_or("–".into(), |x| format!("{x:.3}"))
+}
+
+const COLORS: [RGBColor; 8] = [
+    BLUE,
+    RED,
+    GREEN,
+    MAGENTA,
+    CYAN,
+    BLACK,
+    RGBColor(255, 140, 0),
+    RGBColor(128, 0, 128),
+];
+
+/// Width of the legend column to the right of a plot (legends never cover the data).
+const LEGEND_W: u32 = 190;
+
+/// Splits an 820 x 380 SVG into the plot area and a legend column on its right.
+fn areas(
+    path: &Path,
+) -> Result<(
+    DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+)> {
+    let root = SVGBackend::new(path, (820, 380)).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root.split_horizontally(820 - LEGEND_W))
+}
+
+/// The legend: one coloured line and name per series, top to bottom.
+fn legend(area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, names: &[String]) -> Result<()> {
+    for (i, name) in names.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let y = 48 + 22 * i as i32;
+        area.draw(&PathElement::new(vec![(6, y), (28, y)], c.stroke_width(2)))?;
+        area.draw(&Text::new(name.clone(), (34, y - 7), ("sans-serif", 13)))?;
+    }
+    Ok(())
+}
+
+/// Tick labels of a step axis: whole numbers only (no "2.5" steps).
+fn whole(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 {
+        format!("{}", x.round() as i64)
+    } else {
+        String::new()
+    }
 }
 
 fn plot_loss(stages: &[Stage], path: &Path) -> Result<()> {
@@ -86,9 +136,8 @@ fn plot_loss(stages: &[Stage], path: &Path) -> Result<()> {
         .flat_map(|(_, p)| p.iter().map(|x| x.1))
         .fold(0.0f64, f64::max)
         .min(12.0);
-    let root = SVGBackend::new(path, (820, 380)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot, side) = areas(path)?;
+    let mut chart = ChartBuilder::on(&plot)
         .caption("training loss (nats/token) across stages", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
@@ -96,82 +145,120 @@ fn plot_loss(stages: &[Stage], path: &Path) -> Result<()> {
         .build_cartesian_2d(0.0..offset.max(1.0), 0.0..ymax.max(0.1) * 1.05)?;
     chart
         .configure_mesh()
-        .x_desc("optimizer step (stages back to back)")
+        .x_desc("optimizer step (stages back to back; RL: see rl.svg)")
+        .x_label_formatter(&whole)
         .y_desc("loss")
         .draw()?;
-    let colors = [BLUE, RED, GREEN, MAGENTA];
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+    for (i, (_, pts)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart.draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
-    root.present()?;
+    legend(&side, &series.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())?;
+    plot.present()?;
     Ok(())
 }
 
-fn plot_lines(path: &Path, title: &str, xdesc: &str, xs: &[String], series: &[(String, Vec<f64>)]) -> Result<()> {
-    let root = SVGBackend::new(path, (820, 380)).into_drawing_area();
-    root.fill(&WHITE)?;
+/// Titles of a percent plot.
+struct LinePlot<'a> {
+    title: &'a str,
+    xdesc: &'a str,
+    ydesc: &'a str,
+}
+
+/// Lines of percentages against categories `xs` (stages, k, steps), a legend beside them.
+fn plot_lines(path: &Path, o: &LinePlot<'_>, xs: &[String], series: &[(String, Vec<f64>)]) -> Result<()> {
+    let (plot, side) = areas(path)?;
     let n = xs.len().max(2);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
+    let ymax = series
+        .iter()
+        .flat_map(|(_, ys)| ys.iter().copied().filter(|y| y.is_finite()))
+        .fold(0.0f64, f64::max);
+    // Percent axes end at 100 unless every value is small (then they zoom in).
+    let top = if ymax > 0.5 {
+        100.0
+    } else {
+        (100.0 * ymax * 1.2).max(5.0)
+    };
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(o.title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(48)
-        .build_cartesian_2d(-0.2..(n as f64 - 0.8), 0.0..100.0)?;
+        .build_cartesian_2d(-0.2..(n as f64 - 0.8), 0.0..top)?;
     let labels = xs.to_vec();
     chart
         .configure_mesh()
         .x_labels(n.min(12))
-        .x_label_formatter(&|x| labels.get(x.round() as usize).cloned().unwrap_or_default())
-        .x_desc(xdesc)
-        .y_desc("%")
+        .x_label_formatter(&|x| {
+            // Categories sit on whole numbers; ticks between them stay blank.
+            if (x - x.round()).abs() < 1e-6 {
+                labels.get(x.round() as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc(o.xdesc)
+        .y_desc(o.ydesc)
         .draw()?;
-    let colors = [
-        BLUE,
-        RED,
-        GREEN,
-        MAGENTA,
-        CYAN,
-        BLACK,
-        RGBColor(255, 140, 0),
-        RGBColor(128, 0, 128),
-    ];
-    for (i, (name, ys)) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
+    for (i, (_, ys)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
         let pts: Vec<(f64, f64)> = ys
             .iter()
             .enumerate()
             .filter(|(_, y)| y.is_finite())
             .map(|(x, y)| (x as f64, 100.0 * y))
             .collect();
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c));
+        chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, c.filled())))?;
     }
+    legend(&side, &series.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())?;
+    plot.present()?;
+    Ok(())
+}
+
+/// RL's sampled groups per step: reward and accuracy (left axis, 0–1 in percent) against
+/// whole-number steps.
+fn plot_rl(steps: &[RlStep], path: &Path) -> Result<()> {
+    let (plot, side) = areas(path)?;
+    let last = steps.last().map_or(1, |l| l.step) as f64;
+    let first = steps.first().map_or(0, |l| l.step) as f64;
+    let lo = steps.iter().map(|l| l.reward_mean).fold(0.0f64, f64::min);
+    let mut chart = ChartBuilder::on(&plot)
+        .caption("RL: the sampled groups, step by step", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(first..last.max(first + 1.0), (lo * 100.0).min(0.0)..100.0)?;
     chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
+        .configure_mesh()
+        .x_desc("RL step")
+        .x_label_formatter(&whole)
+        .y_desc("% (reward x 100)")
         .draw()?;
-    root.present()?;
+    type Get = fn(&RlStep) -> f64;
+    let series: [(&str, Get); 3] = [
+        ("reward (mean, x100)", |l| l.reward_mean),
+        ("accuracy", |l| l.accuracy),
+        ("abstention", |l| l.abstention_rate),
+    ];
+    for (i, (_, get)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = steps.iter().map(|l| (l.step as f64, 100.0 * get(l))).collect();
+        chart.draw_series(LineSeries::new(pts, c.stroke_width(2)))?;
+    }
+    legend(&side, &series.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>())?;
+    plot.present()?;
     Ok(())
 }
 
 fn run(a: Args) -> Result<()> {
     let stages = load(&a.run)?;
+    let eval_rl = read_eval(&a.run)?;
     let mut md = String::new();
     writeln!(md, "# lib2expert report: `{}`\n", a.run.display())?;
     writeln!(md, "From library to expert: each stage below starts from the checkpoint of the one before. All figures are measured on held-out data.\n")?;
+    header(&mut md, &stages, &a.run)?;
+    summary(&mut md, &stages, eval_rl.as_ref())?;
     cost_table(&mut md, &stages)?;
     heldout_table(&mut md, &stages)?;
     plot_loss(&stages, &a.run.join("loss.svg"))?;
@@ -182,13 +269,141 @@ fn run(a: Args) -> Result<()> {
         skill_table(&mut md, &rl.meta.metrics)?;
         hard_slice(&mut md, &rl.meta.metrics)?;
         curriculum_section(&mut md, rl, &a.run)?;
-        rl_dynamics(&mut md, rl)?;
+        rl_dynamics(&mut md, rl, &a.run)?;
     }
-    test_time_compute(&mut md, &a.run)?;
+    if let Some(v) = &eval_rl {
+        test_time_compute(&mut md, v, &a.run)?;
+    }
     data_section(&mut md, &stages)?;
     let out = a.run.join("report.md");
     std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("report: wrote {}", out.display());
+    Ok(())
+}
+
+/// `runs/<run>/eval-rl.json` (from `evaluate --samples`), when present.
+fn read_eval(run: &Path) -> Result<Option<EvalFile>> {
+    let path = run.join("eval-rl.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let v = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(Some(v))
+}
+
+/// When, from which commit, on what machine and software, which model, and how long it took.
+fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
+    // The commit of the checkout the run lives in, else of the one the report is written from.
+    let mut p = Provenance::collect(run);
+    if p.git_commit.is_none() {
+        p.git_commit = common::provenance::git_commit(Path::new("."));
+    }
+    writeln!(md, "| | |\n|---|---|")?;
+    writeln!(md, "| written | {} |", p.date)?;
+    writeln!(
+        md,
+        "| git commit | {} |",
+        p.git_commit.as_deref().unwrap_or("– (not in a git checkout)")
+    )?;
+    writeln!(md, "| machine (writing this report) | {} |", p.machine)?;
+    writeln!(
+        md,
+        "| software | lib2expert {}, tch {}, libtorch {} |",
+        p.version,
+        p.tch,
+        p.libtorch.as_deref().unwrap_or("?")
+    )?;
+    if let Some(last) = stages.last() {
+        let cfg = common::model::read_config(&last.dir.join("config.json"))?;
+        writeln!(
+            md,
+            "| model | {} layers x {} wide, {} heads ({} key/value), context {}, vocabulary {}, {} embeddings: **{} parameters** |",
+            cfg.n_layer,
+            cfg.n_embd,
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.max_seq_len,
+            cfg.vocab_size,
+            if cfg.tie_embeddings { "tied" } else { "untied" },
+            format_count(cfg.num_params() as f64)
+        )?;
+    }
+    let total: f64 = stages.iter().map(|s| s.meta.train_secs).sum();
+    let parts: Vec<String> = stages
+        .iter()
+        .map(|s| format!("{} {}", s.name, format_secs(s.meta.train_secs)))
+        .collect();
+    writeln!(
+        md,
+        "| wall time of the stages | **{}** ({}) |",
+        format_secs(total),
+        parts.join(", ")
+    )?;
+    let mut devices: Vec<&str> = stages.iter().map(|s| s.meta.device.as_str()).collect();
+    devices.dedup();
+    writeln!(md, "| trained on | {} |", devices.join(", "))?;
+    Ok(())
+}
+
+/// Mean held-out bits per byte over a stage's sources.
+fn mean_bpb(h: &HeldOutBySource) -> Option<f64> {
+    (!h.is_empty()).then(|| h.values().map(|x| x.bpb).sum::<f64>() / h.len() as f64)
+}
+
+/// One row per stage with its headline held-out figures.
+fn summary(md: &mut String, stages: &[Stage], eval_rl: Option<&EvalFile>) -> Result<()> {
+    writeln!(
+        md,
+        "\n## Summary\n\n| stage | steps | wall time | held-out bits/byte (mean of sources) | answerable accuracy (greedy) | hallucination | format |\n|---|---|---|---|---|---|---|"
+    )?;
+    // "start → end" when the stage graded its starting checkpoint too.
+    let change = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{} → {}", pct(Some(a)), pct(Some(b))),
+        (None, b) => pct(b),
+        (a, None) => pct(a),
+    };
+    let hall = |t: Option<&TaskReport>| {
+        t.and_then(|t| t.per_kind.get("unanswerable"))
+            .and_then(|r| r.hallucination_rate)
+    };
+    for s in stages {
+        let m = &s.meta.metrics;
+        let bpb = match s.name {
+            "pretrain" | "midtrain" => m.heldout.as_ref().and_then(mean_bpb),
+            _ => None,
+        };
+        let (t0, t1) = (m.tasks_start.as_ref(), m.tasks.as_ref());
+        let acc = |t: Option<&TaskReport>| t.map(|t| t.answerable.accuracy);
+        let fmt = |t: Option<&TaskReport>| t.map(|t| t.answerable.format_rate);
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            s.name,
+            s.meta.step,
+            format_secs(s.meta.train_secs),
+            num3(bpb),
+            change(acc(t0), acc(t1)),
+            change(hall(t0), hall(t1)),
+            change(fmt(t0), fmt(t1))
+        )?;
+    }
+    if let Some(s) = eval_rl.and_then(|v| v.sampled.as_ref()) {
+        let a = &s.answerable;
+        let kmax = a.pass_at_k.keys().max().copied().unwrap_or(1);
+        writeln!(
+            md,
+            "\nSampling the final checkpoint ({} answers per question at T = {}): pass@1 {}, pass@{kmax} {}, maj@{kmax} {}.",
+            s.samples,
+            eval_rl.map_or(f64::NAN, |v| v.temperature),
+            pct(a.pass_at_k.get(&1).copied()),
+            pct(a.pass_at_k.get(&kmax).copied()),
+            pct(a.maj_at_k.get(&kmax).copied())
+        )?;
+    }
+    writeln!(
+        md,
+        "\nAccuracy, hallucination and format: \"a → b\" is the stage's starting checkpoint and its result on the same questions.\n"
+    )?;
     Ok(())
 }
 
@@ -260,10 +475,11 @@ fn heldout_table(md: &mut String, stages: &[Stage]) -> Result<()> {
     };
     writeln!(
         md,
-        "\nUnigram floor (nats/token, entropy of each held-out set's own token frequencies): {}",
-        list(|h| h.unigram_loss)
+        "\nUnigram floor (nats/token, entropy of each held-out set's own token frequencies): {}; \
+         held-out loss after pretraining: {}.",
+        list(|h| h.unigram_loss),
+        list(|h| h.loss)
     )?;
-    writeln!(md, "; held-out loss after pretraining: {}.", list(|h| h.loss))?;
     Ok(())
 }
 
@@ -359,29 +575,83 @@ fn task_table(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
         write!(md, " {} |", pct(h))?;
     }
     writeln!(md)?;
-    series.push(("hallucination".into(), hall));
-    let xs: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
+    let xs: Vec<String> = cols.iter().map(|c| short_column(&c.0)).collect();
     plot_lines(
         &run.join("accuracy.svg"),
-        "held-out accuracy per task, by stage",
-        "stage",
+        &LinePlot {
+            title: "held-out accuracy per task, by stage",
+            xdesc: "stage",
+            ydesc: "% right",
+        },
         &xs,
         &series,
     )?;
-    writeln!(md, "\n![accuracy by stage](accuracy.svg)")?;
+    // Hallucination is a rate of the unanswerable questions, not an accuracy: its own plot.
+    plot_lines(
+        &run.join("hallucination.svg"),
+        &LinePlot {
+            title: "hallucination: confident answers to unanswerable questions",
+            xdesc: "stage",
+            ydesc: "% of unanswerable questions",
+        },
+        &xs,
+        &[("hallucination".into(), hall)],
+    )?;
+    writeln!(
+        md,
+        "\n![accuracy by stage](accuracy.svg)\n\n![hallucination by stage](hallucination.svg)"
+    )?;
     if let Some((label, last)) = cols.last() {
         writeln!(md, "\nExamples ({label}):\n")?;
         for (q, ans, correct) in last.examples.iter().take(8) {
-            let q = q.replace('\n', " ");
-            let ans = ans.replace('\n', " ⏎ ");
-            writeln!(
-                md,
-                "- {} **Q:** {} **A:** {}",
-                if *correct { "✅" } else { "❌" },
-                q.chars().take(140).collect::<String>(),
-                ans.chars().take(160).collect::<String>()
-            )?;
+            example(md, q, ans, *correct)?;
         }
+    }
+    Ok(())
+}
+
+/// "before RL (same questions as RL)" → "before RL": x labels of the plots.
+fn short_column(c: &str) -> String {
+    c.split(" (").next().unwrap_or(c).to_string()
+}
+
+/// One graded example as a list item: short text inline (a line break shown as ⏎), programs
+/// and longer text in fenced blocks, so a program keeps its lines and its own ``` fences.
+fn example(md: &mut String, q: &str, ans: &str, correct: bool) -> Result<()> {
+    let mark = if correct { "✅" } else { "❌" };
+    let clip = |t: &str, n: usize| -> String {
+        let mut c: String = t.chars().take(n).collect();
+        if t.chars().count() > n {
+            c.push('…');
+        }
+        c
+    };
+    let block = |md: &mut String, t: &str| -> Result<()> {
+        writeln!(md, "\n  ````text")?;
+        for line in t.lines() {
+            writeln!(md, "  {line}")?;
+        }
+        writeln!(md, "  ````\n")?;
+        Ok(())
+    };
+    let (q, ans) = (clip(q.trim(), 400), clip(ans.trim(), 400));
+    let fenced = |t: &str| t.contains("```") || t.lines().count() > 2;
+    let inline = |t: &str| t.replace('\n', " ⏎ ");
+    if !fenced(&q) && !fenced(&ans) {
+        writeln!(md, "- {mark} **Q:** {} **A:** {}", inline(&q), inline(&ans))?;
+        return Ok(());
+    }
+    write!(md, "- {mark} **Q:**")?;
+    if fenced(&q) {
+        block(md, &q)?;
+    } else {
+        writeln!(md, " {}\n", inline(&q))?;
+    }
+    write!(md, "  **A:**")?;
+    if fenced(&ans) {
+        block(md, &ans)?;
+    } else {
+        writeln!(md, " {}\n", inline(&ans))?;
     }
     Ok(())
 }
@@ -537,8 +807,11 @@ fn curriculum_section(md: &mut String, rl: &Stage, run: &Path) -> Result<()> {
         .collect();
     plot_lines(
         &run.join("curriculum.svg"),
-        "group success rate per curriculum slot",
-        "RL step",
+        &LinePlot {
+            title: "group success rate per curriculum slot",
+            xdesc: "RL step",
+            ydesc: "% of a group's samples right",
+        },
         &xs,
         &series,
     )?;
@@ -547,12 +820,14 @@ fn curriculum_section(md: &mut String, rl: &Stage, run: &Path) -> Result<()> {
 }
 
 /// Every eighth RL step line (and the last).
-fn rl_dynamics(md: &mut String, rl: &Stage) -> Result<()> {
+fn rl_dynamics(md: &mut String, rl: &Stage, run: &Path) -> Result<()> {
     let steps: Vec<RlStep> = lines_of(&rl.log);
     if steps.is_empty() {
         return Ok(());
     }
-    writeln!(md, "\n## RL dynamics\n\n| step | reward | accuracy | abstain | length | zero-adv groups | clip | KL | sample tok/s |\n|---|---|---|---|---|---|---|---|---|")?;
+    plot_rl(&steps, &run.join("rl.svg"))?;
+    writeln!(md, "\n## RL dynamics\n\n![RL steps](rl.svg)")?;
+    writeln!(md, "\n| step | reward | accuracy | abstain | length | zero-adv groups | clip | KL | sample tok/s |\n|---|---|---|---|---|---|---|---|---|")?;
     let every = (steps.len() / 8).max(1);
     for (_, l) in steps
         .iter()
@@ -576,13 +851,8 @@ fn rl_dynamics(md: &mut String, rl: &Stage) -> Result<()> {
     Ok(())
 }
 
-/// pass@k and maj@k of the final checkpoint, from `eval --samples` (`eval-rl.json`).
-fn test_time_compute(md: &mut String, run: &Path) -> Result<()> {
-    let path = run.join("eval-rl.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
-    };
-    let v: EvalFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+/// pass@k and maj@k of the final checkpoint, from `evaluate --samples` (`eval-rl.json`).
+fn test_time_compute(md: &mut String, v: &EvalFile, run: &Path) -> Result<()> {
     let Some(s) = v.sampled.as_ref().map(|s| &s.answerable) else {
         return Ok(());
     };
@@ -607,10 +877,19 @@ fn test_time_compute(md: &mut String, run: &Path) -> Result<()> {
     writeln!(md, "| maj@k | {} |", row(&mv))?;
     plot_lines(
         &run.join("passk.svg"),
-        "pass@k and majority vote against k",
-        "k (samples per question)",
+        &LinePlot {
+            title: "pass@k and majority vote against k",
+            xdesc: "k (samples per question)",
+            ydesc: "% of questions",
+        },
         &xs,
         &[("pass@k".into(), pv), ("maj@k".into(), mv)],
+    )?;
+    writeln!(
+        md,
+        "\npass@k is the unbiased estimate from all samples of a question (pass@1 = their mean accuracy); \
+         maj@k is the majority vote of the first k samples, so maj@1 grades one sample and differs from pass@1 \
+         by sampling noise. Neither is the greedy accuracy of the tables above."
     )?;
     writeln!(md, "\n![pass@k](passk.svg)")?;
     Ok(())
@@ -660,6 +939,6 @@ fn data_section(md: &mut String, stages: &[Stage]) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let a = Args::parse();
+    let a = common::cli::parse::<Args>();
     common::cli::exit_on_error(|| run(a))
 }

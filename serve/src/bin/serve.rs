@@ -89,6 +89,6 @@ fn run(a: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let a = Args::parse();
+    let a = common::cli::parse::<Args>();
     common::cli::exit_on_error(|| run(a))
 }

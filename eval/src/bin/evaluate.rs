@@ -1,42 +1,56 @@
-//! `eval`: evaluates any checkpoint on any task set with the shared verifiers.
+//! `evaluate`: evaluates any checkpoint on any task set with the shared verifiers.
 use anyhow::{Context, Result};
 use clap::Parser;
 use common::checkpoint;
-use common::device::{configure_threads, seed_everything, DeviceChoice};
-use common::metrics::EvalFile;
+use common::device::{configure_threads, device_name, seed_everything, DeviceChoice};
+use common::metrics::{EvalCounts, EvalFile, EvalSettings};
+use common::provenance::Provenance;
 use common::sampling::SamplingConfig;
 use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, EvalOptions, TaskReport};
-use common::verify::{Grader, ProgramExec, RewardWeights};
-use std::path::PathBuf;
+use common::verify::{Grader, ProgramExec, RewardWeights, Task};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Evaluate a checkpoint on verifiable tasks: accuracy with a 95% interval, pass@k and
 /// majority-vote@k for k = 1, 2, 4, …, format compliance, abstention and hallucination rates.
 ///
 /// Accuracy is greedy (what the stages record in meta.json, so the numbers reproduce);
-/// pass@k and maj@k come from --samples answers drawn at --temperature.
+/// pass@k and maj@k come from --samples answers drawn at --temperature. With sampling,
+/// maj@1 is not pass@1: maj@1 grades the first sampled answer only, pass@1 is the unbiased
+/// estimate over all samples (their mean accuracy), so the two differ by sampling noise;
+/// neither is the greedy accuracy.
 ///
-/// Example: eval runs/default/rl --samples 8 --out runs/default/eval-rl.json
+/// Examples: evaluate runs/default/rl --samples 8 --out runs/default/eval-rl.json;
+/// evaluate runs/default/sft --tasks hard --limit 50
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version, args_override_self = true)]
 struct Args {
     /// Checkpoint directory (e.g. runs/default/sft).
     checkpoint: PathBuf,
-    /// Task set: Parquet with string columns prompt, answer, task.
-    #[arg(long, default_value = "data/default/eval/tasks.parquet")]
-    tasks: PathBuf,
+    /// Task set: `default` (the world's held-out tasks, <world>/eval/tasks.parquet), `hard`
+    /// (its harder slice, <world>/eval/hard.parquet), or a Parquet file with string columns
+    /// prompt, answer, task.
+    #[arg(long, default_value = "default", value_name = "NAME|FILE")]
+    tasks: String,
+    /// The world whose named task sets --tasks picks.
+    #[arg(long, default_value = "data/default", value_name = "DIR")]
+    world: PathBuf,
     /// Questions per task kind (default: what the checkpoint's stage evaluated, else 125).
     #[arg(long)]
     per_kind: Option<usize>,
+    /// Questions in all at most, spread evenly over the task kinds (a quick look).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
     /// Samples per question for pass@k / maj@k (1 = greedy only).
     #[arg(long, default_value_t = 1)]
     samples: usize,
     /// Sampling temperature for --samples > 1.
     #[arg(long, default_value_t = 1.0)]
     temperature: f64,
-    /// Longest answer in tokens.
-    #[arg(long, default_value_t = 64)]
-    max_new_tokens: i64,
+    /// Longest answer in tokens (default: what the checkpoint's stage evaluated with, else 64).
+    #[arg(long)]
+    max_new_tokens: Option<i64>,
     /// Rows generated together (default: what the checkpoint's stage used, else 128).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -46,7 +60,7 @@ struct Args {
     /// Seed of the sampling.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
-    /// Write the full report as JSON here.
+    /// Write the full report as JSON here (settings, counts, version, commit and date included).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Write every graded answer here, one JSON object per line (task, prompt, answer,
@@ -58,6 +72,38 @@ struct Args {
     #[arg(long)]
     allow_weak_sandbox: bool,
 }
+
+/// The Parquet file of a task set: a named set of `world`, or a path.
+fn task_file(name: &str, world: &Path) -> PathBuf {
+    match name {
+        "default" => world.join("eval/tasks.parquet"),
+        "hard" => world.join("eval/hard.parquet"),
+        path => PathBuf::from(path),
+    }
+}
+
+/// At most `n` of `tasks`, taken in turn from each kind (file order within a kind).
+fn spread(tasks: Vec<Task>, n: usize) -> Vec<Task> {
+    let mut by_kind: BTreeMap<String, std::collections::VecDeque<Task>> = BTreeMap::new();
+    for t in tasks {
+        by_kind.entry(t.kind.clone()).or_default().push_back(t);
+    }
+    let mut out = Vec::new();
+    while out.len() < n && by_kind.values().any(|q| !q.is_empty()) {
+        for q in by_kind.values_mut() {
+            if out.len() < n {
+                out.extend(q.pop_front());
+            }
+        }
+    }
+    out
+}
+
+const NOTES: [&str; 3] = [
+    "accuracy, format, abstention and hallucination are of one greedy answer per question (temperature 0), as the stages record them",
+    "pass@k is the unbiased estimate from all `samples` answers per question (pass@1 = their mean accuracy); maj@k is the majority vote of the first k sampled answers",
+    "maj@1 grades only the first sampled answer and pass@1 averages all of them: with sampling they differ by sampling noise, and neither equals the greedy accuracy",
+];
 
 fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
     let mut s = String::from(
@@ -113,33 +159,42 @@ fn run(a: Args) -> Result<()> {
     configure_threads();
     let device = a.device.resolve()?;
     let (_vs, model, loaded) = checkpoint::load_model(&a.checkpoint, device)?;
-    let per_kind = a.per_kind.unwrap_or_else(|| {
-        let c = &loaded.meta.config;
-        c["tasks"]["per_kind"]
-            .as_u64()
-            .or(c["eval"]["per_kind"].as_u64())
-            .unwrap_or(125) as usize
-    });
-    let batch_size = a.batch_size.unwrap_or_else(|| {
-        let c = &loaded.meta.config;
-        c["tasks"]["batch_size"]
-            .as_u64()
-            .or(c["eval"]["batch_size"].as_u64())
-            .unwrap_or(128) as usize
-    });
-    let max_new_tokens = {
-        let c = &loaded.meta.config;
-        c["tasks"]["max_new_tokens"]
-            .as_i64()
-            .or(c["eval"]["max_new_tokens"].as_i64())
-            .unwrap_or(a.max_new_tokens)
+    // A knob not given on the command line is what the checkpoint's stage evaluated with.
+    let c = &loaded.meta.config;
+    let stage_knob = |key: &str| c["tasks"][key].as_i64().or(c["eval"][key].as_i64());
+    let per_kind = a
+        .per_kind
+        .unwrap_or_else(|| stage_knob("per_kind").unwrap_or(125) as usize);
+    let batch_size = a
+        .batch_size
+        .unwrap_or_else(|| stage_knob("batch_size").unwrap_or(128) as usize);
+    let (max_new_tokens, max_new_tokens_from) = match (a.max_new_tokens, stage_knob("max_new_tokens")) {
+        (Some(n), _) => (n, "flag"),
+        (None, Some(n)) => (n, "checkpoint config"),
+        (None, None) => (64, "default"),
     };
-    let max_new_tokens = if a.max_new_tokens != 64 {
-        a.max_new_tokens
-    } else {
-        max_new_tokens
-    };
-    let tasks = limit_per_kind(load_tasks(&a.tasks)?, per_kind);
+    let tasks_path = task_file(&a.tasks, &a.world);
+    let mut tasks = limit_per_kind(
+        load_tasks(&tasks_path).with_context(|| format!("task set `{}`", a.tasks))?,
+        per_kind,
+    );
+    if let Some(n) = a.limit {
+        tasks = spread(tasks, n);
+    }
+    anyhow::ensure!(!tasks.is_empty(), "no tasks to evaluate in {}", tasks_path.display());
+    eprintln!(
+        "evaluate: {} ({} stage, step {}) on {} questions of {}; answers up to {max_new_tokens} tokens ({max_new_tokens_from}){}",
+        a.checkpoint.display(),
+        loaded.meta.stage,
+        loaded.meta.step,
+        tasks.len(),
+        tasks_path.display(),
+        if a.samples > 1 {
+            format!(", then {} samples each at T = {}", a.samples, a.temperature)
+        } else {
+            String::new()
+        }
+    );
     let exec = ProgramExec {
         allow_weak: a.allow_weak_sandbox,
         ..ProgramExec::default()
@@ -150,6 +205,7 @@ fn run(a: Args) -> Result<()> {
         samples: 1,
         batch_size,
         device,
+        progress: Some("greedy".into()),
     };
     let greedy = evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &opts)?;
     let sampled = if a.samples > 1 {
@@ -161,6 +217,7 @@ fn run(a: Args) -> Result<()> {
             max_new_tokens,
         };
         opts.samples = a.samples;
+        opts.progress = Some(format!("{} samples", a.samples));
         Some(evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &opts)?)
     } else {
         None
@@ -170,22 +227,49 @@ fn run(a: Args) -> Result<()> {
         a.checkpoint.display(),
         loaded.meta.stage,
         loaded.meta.step,
-        a.tasks.display(),
+        tasks_path.display(),
         tasks.len()
     );
     println!("{}", table(&greedy, sampled.as_ref()));
+    if sampled.is_some() {
+        println!("accuracy is greedy; {}\n", NOTES[2]);
+    }
     println!("generation: {:.0} tokens/s", greedy.gen_tokens_per_sec);
     if let Some(out) = &a.out {
+        let mut per_kind_n: BTreeMap<String, usize> = BTreeMap::new();
+        for t in &tasks {
+            *per_kind_n.entry(t.kind.clone()).or_default() += 1;
+        }
         let file = EvalFile {
             checkpoint: a.checkpoint.display().to_string(),
             stage: loaded.meta.stage.clone(),
-            tasks: a.tasks.display().to_string(),
+            tasks: tasks_path.display().to_string(),
             greedy: greedy.clone(),
             sampled: sampled.clone(),
             temperature: a.temperature,
+            notes: NOTES.iter().map(|n| n.to_string()).collect(),
+            settings: Some(EvalSettings {
+                task_set: a.tasks.clone(),
+                per_kind,
+                limit: a.limit,
+                samples: a.samples,
+                temperature: a.temperature,
+                max_new_tokens,
+                max_new_tokens_from: max_new_tokens_from.into(),
+                batch_size,
+                seed: a.seed,
+                device: device_name(device),
+            }),
+            counts: Some(EvalCounts {
+                questions: tasks.len(),
+                per_kind: per_kind_n,
+                answers_graded: tasks.len() * (1 + if a.samples > 1 { a.samples } else { 0 }),
+            }),
+            provenance: Some(Provenance::collect(Path::new("."))),
         };
         std::fs::write(out, serde_json::to_string_pretty(&file)?)
             .with_context(|| format!("writing {}", out.display()))?;
+        println!("results: {}", out.display());
     }
     if let Some(path) = &a.log_samples {
         let mut text = String::new();
@@ -204,6 +288,6 @@ fn run(a: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let a = Args::parse();
+    let a = common::cli::parse::<Args>();
     common::cli::exit_on_error(|| run(a))
 }

@@ -1,4 +1,4 @@
-//! `export`: writes a checkpoint as a Hugging Face model directory that
+//! `export-hf`: writes a checkpoint as a Hugging Face model directory that
 //! `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
 //! load without custom code (`LlamaForCausalLM`, or `Qwen2ForCausalLM` for an imported
 //! Qwen2), with a chat template.
@@ -9,15 +9,15 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Export a checkpoint to another format.
+/// Export a checkpoint as a Hugging Face `transformers` model directory.
 ///
-/// Example: export --to hf runs/default/rl exported/rl
+/// The directory loads with `AutoModelForCausalLM.from_pretrained` and
+/// `AutoTokenizer.from_pretrained` without custom code, chat template included.
+///
+/// Example: export-hf runs/default/rl exported/rl
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(version)]
 struct Args {
-    /// Target format (hf: a Hugging Face transformers directory).
-    #[arg(long, default_value = "hf")]
-    to: String,
     /// Checkpoint directory.
     checkpoint: PathBuf,
     /// Output directory (created; it may hold only a previous export, which is replaced).
@@ -122,7 +122,8 @@ fn export_hf(ckpt: &Path, out: &Path) -> Result<()> {
         )?;
     }
     eprintln!(
-        "export: wrote a LlamaForCausalLM directory to {} (from {} step {})",
+        "export-hf: wrote a {} directory to {} (from {} step {})",
+        config["architectures"][0].as_str().unwrap_or("?"),
         out.display(),
         loaded.meta.stage,
         loaded.meta.step
@@ -131,9 +132,6 @@ fn export_hf(ckpt: &Path, out: &Path) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let a = Args::parse();
-    common::cli::exit_on_error(|| match a.to.as_str() {
-        "hf" => export_hf(&a.checkpoint, &a.out),
-        other => bail!("unknown export format `{other}`: expected hf"),
-    })
+    let a = common::cli::parse::<Args>();
+    common::cli::exit_on_error(|| export_hf(&a.checkpoint, &a.out))
 }

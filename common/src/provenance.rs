@@ -1,0 +1,175 @@
+//! Where a result came from: the date, the git commit of the checkout, the machine, and the
+//! versions of lib2expert, tch and the libtorch actually loaded. The report card's header and
+//! `evaluate`'s JSON carry these, so a number can be traced back to what produced it.
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::process::Command;
+
+/// The tch crate this build links (pinned exactly in the workspace's Cargo.toml).
+pub const TCH_VERSION: &str = "0.24.0";
+
+/// Everything that identifies the run of a program.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Provenance {
+    /// UTC time, `2026-11-25 16:23 UTC`.
+    pub date: String,
+    /// lib2expert version of the binary.
+    pub version: String,
+    /// `git rev-parse --short=12 HEAD` of the working directory's checkout, `-dirty` appended
+    /// when tracked files differ from it; absent outside a git checkout.
+    pub git_commit: Option<String>,
+    /// The machine.
+    pub machine: Machine,
+    /// tch crate version.
+    pub tch: String,
+    /// Version of the libtorch loaded into this process (from its `version.py` or
+    /// `build-version` file), when found.
+    pub libtorch: Option<String>,
+}
+
+/// CPU model and cores, and the GPU when one is visible.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Machine {
+    /// `model name` of /proc/cpuinfo.
+    pub cpu: String,
+    /// Logical cores available to this process.
+    pub cores: usize,
+    /// CUDA devices (count and name of the first), when any.
+    pub gpu: Option<String>,
+}
+
+impl Provenance {
+    /// Collects everything, for the checkout holding `dir` (usually `.`).
+    pub fn collect(dir: &Path) -> Self {
+        Provenance {
+            date: utc_now(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit: git_commit(dir),
+            machine: Machine::detect(),
+            tch: TCH_VERSION.to_string(),
+            libtorch: libtorch_version(),
+        }
+    }
+}
+
+impl Machine {
+    /// Reads /proc/cpuinfo and asks libtorch for CUDA devices.
+    pub fn detect() -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let gpu = tch::Cuda::is_available().then(|| {
+            let n = tch::Cuda::device_count();
+            format!("{n} x {}", crate::device::device_name(tch::Device::Cuda(0)))
+        });
+        Machine { cpu, cores, gpu }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, {} cores", self.cpu, self.cores)?;
+        match &self.gpu {
+            Some(g) => write!(f, "; GPU: {g}"),
+            None => write!(f, "; no GPU"),
+        }
+    }
+}
+
+/// The short commit of the git checkout holding `dir`, `-dirty` when tracked files changed.
+pub fn git_commit(dir: &Path) -> Option<String> {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).filter(|c| !c.is_empty())?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{commit}-dirty") } else { commit })
+}
+
+/// The version of the libtorch mapped into this process: `torch/version.py` beside a PyTorch
+/// wheel's `lib/`, or a standalone libtorch's `build-version`.
+pub fn libtorch_version() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let lib = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libtorch_cpu."))?;
+    let root = Path::new(lib).parent()?.parent()?;
+    if let Ok(v) = std::fs::read_to_string(root.join("version.py")) {
+        let line = v.lines().find(|l| l.starts_with("__version__"))?;
+        return Some(line.split(['\'', '"']).nth(1)?.to_string());
+    }
+    std::fs::read_to_string(root.join("build-version"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The current UTC time, `2026-11-25 16:23 UTC`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc(secs)
+}
+
+/// `secs` since the Unix epoch as a UTC date and time (proleptic Gregorian calendar).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_dates() {
+        // Reference values from `date -u -d @SECS`.
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc(1_795_623_780), "2026-11-25 16:23 UTC");
+    }
+
+    #[test]
+    fn the_pinned_tch_is_the_one_named() -> anyhow::Result<()> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let text = std::fs::read_to_string(root)?;
+        assert!(
+            text.contains(&format!("tch = \"={TCH_VERSION}\"")),
+            "update TCH_VERSION"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_loaded_libtorch_is_found() {
+        let _ = tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cpu));
+        let v = libtorch_version().unwrap_or_default();
+        assert!(v.starts_with("2."), "libtorch version {v:?}");
+    }
+}
