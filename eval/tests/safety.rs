@@ -32,7 +32,7 @@ fn an_overlong_prompt_is_skipped_and_counted_not_fatal() -> Result<()> {
     );
     write_tasks(&d.join("tasks.parquet"), &tasks)?;
     let out = d.join("eval.json");
-    let o = bin(env!("CARGO_BIN_EXE_eval"))
+    let o = bin(env!("CARGO_BIN_EXE_evaluate"))
         .arg(&ck)
         .arg("--tasks")
         .arg(d.join("tasks.parquet"))
@@ -61,7 +61,7 @@ fn export_refuses_its_source_foreign_files_and_a_config_that_does_not_match() ->
     tiny_world(d)?;
     let ck = d.join("run/sft");
     tiny_checkpoint(d, &ck, "sft")?;
-    let export = |out: &std::path::Path| bin(env!("CARGO_BIN_EXE_export")).arg(&ck).arg(out).output();
+    let export = |out: &std::path::Path| bin(env!("CARGO_BIN_EXE_export-hf")).arg(&ck).arg(out).output();
     let before = std::fs::read(ck.join("config.json"))?;
     // Into its own checkpoint (or a folder inside it): refused, the checkpoint untouched.
     for out in [ck.clone(), ck.join("hf")] {
