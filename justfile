@@ -126,7 +126,7 @@ bench *flags: build
 completions shell='bash': build
     #!/usr/bin/env bash
     set -euo pipefail
-    for b in datasets pretrain midtrain sft rl evaluate chat report export-hf serve bench; do
+    for b in datasets pretrain midtrain sft rl evaluate chat report export-hf serve bench experiment; do
         "{{bin}}/$b" --completions "$1"
     done
 

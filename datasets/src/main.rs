@@ -146,7 +146,7 @@ const SHARD_DOCS: usize = 4096;
 fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Options) -> Result<()> {
     let t0 = Instant::now();
     let scale: world::Scale = scale.parse()?;
-    let g = world::generate_with(seed, scale, &opts);
+    let g = world::generate_with(seed, scale, opts);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     // Remove shards of an earlier build so globs match only this one.
     for sub in ["library", "heldout", "sft", "rl", "eval"] {

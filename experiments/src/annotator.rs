@@ -239,10 +239,10 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
          each SFT model. Everything is graded greedily on the same held-out arithmetic problems, which \
          the annotators were asked too.\n\n",
     );
-    md.push_str(&format!(
+    md.push_str(
         "| annotators | annotators right | SFT | RL | RL − SFT | where annotators slip: SFT gives their wrong answer | RL gives it | SFT right there | RL right there |\n\
          |---|---|---|---|---|---|---|---|---|\n"
-    ));
+    );
     for r in rows {
         let a = r.annotator_right as f64 / n as f64;
         let (slip_cols, ann) = match &r.control {

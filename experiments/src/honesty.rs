@@ -272,7 +272,7 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         format!("never asked in RL: {}", names(&untrained)),
     ];
     let bar = |(h, n): (usize, usize)| (h as f64 / n.max(1) as f64, wilson(h, n));
-    let series: Vec<(String, Vec<(f64, (f64, f64))>)> = rows
+    let series: Vec<(String, Vec<crate::plot::Share>)> = rows
         .iter()
         .map(|(name, _, g)| (name.clone(), vec![bar(g.over(trained)), bar(g.over(&untrained))]))
         .collect();

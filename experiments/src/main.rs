@@ -25,37 +25,41 @@ enum Cmd {
     /// List the experiments and the claim each measures.
     List,
     /// Run one experiment (complete stages are skipped) and write its report.
-    Run {
-        /// Experiment name (see `experiment list`).
-        name: String,
-        /// The run whose checkpoints the experiment starts from.
-        #[arg(long, default_value = "runs/default")]
-        base: PathBuf,
-        /// Directory of the stage configs the base run used.
-        #[arg(long, default_value = "configs")]
-        configs: PathBuf,
-        /// The world the base run trained on.
-        #[arg(long, default_value = "data/default")]
-        world: PathBuf,
-        /// Output directory (default: runs/experiments/NAME).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Device for every stage: auto, cpu or cuda (default: the configs' choice).
-        #[arg(long)]
-        device: Option<String>,
-        /// annotator-ceiling: the imperfect annotators, as ERRORS:ACCURACY (errors: habit or
-        /// random; accuracy: share of worked answers right), comma-separated.
-        #[arg(long, default_value = "habit:0.5,random:0.5", value_delimiter = ',')]
-        annotators: Vec<String>,
-        /// fabrication: shares of the SFT fact answers about entities the library never
-        /// mentions, comma-separated (the base run is share 0).
-        #[arg(long, default_value = "0.1,0.3", value_delimiter = ',')]
-        shares: Vec<f64>,
-        /// honesty-transfer: entity kinds RL asks unanswerable questions about (town, person,
-        /// mineral, river), comma-separated; the others measure transfer.
-        #[arg(long, default_value = "town,person", value_delimiter = ',')]
-        trained_kinds: Vec<String>,
-    },
+    Run(Box<RunArgs>),
+}
+
+/// What `experiment run` takes.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Experiment name (see `experiment list`).
+    name: String,
+    /// The run whose checkpoints the experiment starts from.
+    #[arg(long, default_value = "runs/default")]
+    base: PathBuf,
+    /// Directory of the stage configs the base run used.
+    #[arg(long, default_value = "configs")]
+    configs: PathBuf,
+    /// The world the base run trained on.
+    #[arg(long, default_value = "data/default")]
+    world: PathBuf,
+    /// Output directory (default: runs/experiments/NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Device for every stage: auto, cpu or cuda (default: the configs' choice).
+    #[arg(long)]
+    device: Option<String>,
+    /// annotator-ceiling: the imperfect annotators, as ERRORS:ACCURACY (errors: habit or
+    /// random; accuracy: share of worked answers right), comma-separated.
+    #[arg(long, default_value = "habit:0.5,random:0.5", value_delimiter = ',')]
+    annotators: Vec<String>,
+    /// fabrication: shares of the SFT fact answers about entities the library never
+    /// mentions, comma-separated (the base run is share 0).
+    #[arg(long, default_value = "0.1,0.3", value_delimiter = ',')]
+    shares: Vec<f64>,
+    /// honesty-transfer: entity kinds RL asks unanswerable questions about (town, person,
+    /// mineral, river), comma-separated; the others measure transfer.
+    #[arg(long, default_value = "town,person", value_delimiter = ',')]
+    trained_kinds: Vec<String>,
 }
 
 fn parse_annotator(s: &str) -> Result<(world::Slips, f64)> {
@@ -77,17 +81,18 @@ fn run(args: Args) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Run {
-            name,
-            base,
-            configs,
-            world,
-            out,
-            device,
-            annotators,
-            shares,
-            trained_kinds,
-        } => {
+        Cmd::Run(run) => {
+            let RunArgs {
+                name,
+                base,
+                configs,
+                world,
+                out,
+                device,
+                annotators,
+                shares,
+                trained_kinds,
+            } = *run;
             for s in &shares {
                 anyhow::ensure!(
                     (0.0..=1.0).contains(s) && *s > 0.0,
@@ -117,6 +122,6 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = common::cli::parse::<Args>();
     common::cli::exit_on_error(|| run(args))
 }

@@ -12,6 +12,9 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(255, 127, 14),
 ];
 
+/// A share (0-1) with its 95% interval.
+pub type Share = (f64, (f64, f64));
+
 /// Bars of shares (0-1) per group and series, each with its interval as a whisker; the legend
 /// sits above the plot area, off the data.
 pub fn grouped_bars(
@@ -19,7 +22,7 @@ pub fn grouped_bars(
     title: &str,
     ydesc: &str,
     groups: &[String],
-    series: &[(String, Vec<(f64, (f64, f64))>)],
+    series: &[(String, Vec<Share>)],
 ) -> Result<()> {
     let root = SVGBackend::new(path, (860, 420)).into_drawing_area();
     root.fill(&WHITE)?;

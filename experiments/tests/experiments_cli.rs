@@ -39,7 +39,7 @@ fn setup(root: &Path) -> Result<()> {
     std::fs::create_dir_all(c.join("mixes"))?;
     std::fs::write(
         c.join("mixes/sft.toml"),
-        format!("[[source]]\nname = \"conversations\"\npath = \"data/sft/train.parquet\"\nformat = \"chat\"\nweight = 1.0\n"),
+        "[[source]]\nname = \"conversations\"\npath = \"data/sft/train.parquet\"\nformat = \"chat\"\nweight = 1.0\n",
     )?;
     std::fs::write(
         c.join("mixes/rl.toml"),
