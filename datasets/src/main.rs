@@ -147,14 +147,8 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Op
     let t0 = Instant::now();
     let scale: world::Scale = scale.parse()?;
     let g = world::generate_with(seed, scale, opts);
+    clear_earlier_build(out)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    // Remove shards of an earlier build so globs match only this one.
-    for sub in ["library", "heldout", "sft", "rl", "eval"] {
-        let d = out.join(sub);
-        if d.exists() {
-            std::fs::remove_dir_all(&d).with_context(|| format!("clearing {}", d.display()))?;
-        }
-    }
     let mut files: Vec<(PathBuf, &str, Format)> = Vec::new();
     for (name, docs) in &g.library {
         for (i, shard) in docs.chunks(SHARD_DOCS).enumerate() {
@@ -284,6 +278,53 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Op
         gen_secs,
         tok_secs
     );
+    Ok(())
+}
+
+/// Makes `out` ready for a build: a new or empty directory, or one an earlier build wrote, whose
+/// files (those its manifest lists, and nothing else) are removed so that globs match only the new
+/// build's shards. Anything else in `out` is the user's: the build refuses instead of deleting it.
+fn clear_earlier_build(out: &Path) -> Result<()> {
+    if out.is_file() {
+        bail!("--out {} is a file: give a directory for the world", out.display());
+    }
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(()); // does not exist yet
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let manifest = out.join("manifest.json");
+    let old: Option<serde_json::Value> = std::fs::read_to_string(&manifest)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let Some(old) = old.filter(|m| m["generator"] == "lib2expert datasets build") else {
+        bail!(
+            "--out {} already holds files that `datasets build` did not write (e.g. {}): give a new or empty directory",
+            out.display(),
+            names[0]
+        );
+    };
+    let mut ours: Vec<PathBuf> = old["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["path"].as_str())
+        .filter(|p| !p.contains("..") && !Path::new(p).is_absolute())
+        .map(|p| out.join(p))
+        .collect();
+    ours.extend(["tokenizer.json", "world.json", "manifest.json"].map(|f| out.join(f)));
+    for f in ours.iter().filter(|f| f.is_file()) {
+        std::fs::remove_file(f).with_context(|| format!("removing {} of the earlier build", f.display()))?;
+    }
+    for sub in ["library", "heldout", "sft", "rl", "eval"] {
+        // Only if the earlier build's files were all it held.
+        let _ = std::fs::remove_dir(out.join(sub));
+    }
     Ok(())
 }
 

@@ -27,6 +27,27 @@ fn help_bad_arguments_build_inspect_and_decontaminate() -> Result<()> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.join("manifest.json").exists() && out.join("tokenizer.json").exists());
 
+    // A directory holding the user's files is refused, not cleared; a second build over the first
+    // replaces its files and leaves a file of the user's in a subfolder alone.
+    let theirs = dir.path().join("notes");
+    std::fs::create_dir_all(theirs.join("eval"))?;
+    std::fs::write(theirs.join("eval/mine.txt"), "keep")?;
+    let o = bin()
+        .args(["build", "--vocab-size", "512", "--out"])
+        .arg(&theirs)
+        .output()?;
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("did not write"), "{e}");
+    assert_eq!(std::fs::read_to_string(theirs.join("eval/mine.txt"))?, "keep");
+    std::fs::write(out.join("eval/mine.txt"), "keep")?;
+    let o = bin()
+        .args(["build", "--seed", "3", "--vocab-size", "512", "--out"])
+        .arg(&out)
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("eval/mine.txt"))?, "keep");
+    assert!(out.join("eval/tasks.parquet").exists() && out.join("manifest.json").exists());
+
     let o = bin()
         .arg("inspect")
         .arg(out.join("sft/train.parquet"))
