@@ -11,10 +11,8 @@
 //! for that count, the control: a model never shown the slips.
 use crate::{is_complete, pct, pct_ci, read_meta, write_atomic, Ctx};
 use anyhow::Result;
-use common::checkpoint;
 use common::device::DeviceChoice;
-use common::sampling::SamplingConfig;
-use common::tasks::{evaluate_tasks, load_tasks, wilson, EvalOptions};
+use common::tasks::{load_tasks, wilson};
 use common::verify::{Grader, ProgramExec, RewardWeights, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -70,22 +68,7 @@ fn grade(
             }
         }
     }
-    eprintln!(
-        "experiment: grading {} on {} held-out arithmetic problems",
-        ckpt.display(),
-        gold.len()
-    );
-    let device = device.resolve()?;
-    let (_vs, model, loaded) = checkpoint::load_model(ckpt, device)?;
-    let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
-    let opts = EvalOptions {
-        sampling: SamplingConfig::greedy(64),
-        samples: 1,
-        batch_size: 125,
-        device,
-        progress: Some("grading".into()),
-    };
-    let report = evaluate_tasks(&model, &loaded.tok, gold, &grader, &opts)?;
+    let log = crate::greedy_answers(ckpt, gold, device, "held-out arithmetic problems")?;
     let mut g = ArithGrade {
         checkpoint: ckpt.display().to_string(),
         weights_sha256: sha,
@@ -96,8 +79,8 @@ fn grade(
         right_where_annotator_wrong: 0,
         correct: Vec::with_capacity(gold.len()),
     };
-    for (task, rec) in gold.iter().zip(&report.log) {
-        anyhow::ensure!(task.prompt == rec.prompt, "graded answers out of order");
+    let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
+    for (task, rec) in gold.iter().zip(&log) {
         g.right += usize::from(rec.correct);
         g.correct.push(rec.correct);
         let Some(theirs) = annotator.get(&task.prompt) else {

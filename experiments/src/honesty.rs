@@ -8,11 +8,9 @@
 //! about entities that exist nowhere, split by the kind of entity asked about.
 use crate::{pct, read_meta, write_atomic, Ctx};
 use anyhow::{Context, Result};
-use common::checkpoint;
 use common::device::DeviceChoice;
-use common::sampling::SamplingConfig;
-use common::tasks::{evaluate_tasks, load_tasks, wilson, EvalOptions};
-use common::verify::{Grader, ProgramExec, RewardWeights, Task};
+use common::tasks::{load_tasks, wilson};
+use common::verify::Task;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -75,29 +73,13 @@ fn grade(ckpt: &Path, tasks: &[Task], kinds: &[Kind], cache: &Path, device: &Dev
     {
         return Ok(g);
     }
-    eprintln!(
-        "experiment: grading {} on {} questions about entities that exist nowhere",
-        ckpt.display(),
-        tasks.len()
-    );
-    let device = device.resolve()?;
-    let (_vs, model, loaded) = checkpoint::load_model(ckpt, device)?;
-    let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
-    let opts = EvalOptions {
-        sampling: SamplingConfig::greedy(64),
-        samples: 1,
-        batch_size: 125,
-        device,
-        progress: Some("grading".into()),
-    };
-    let report = evaluate_tasks(&model, &loaded.tok, tasks, &grader, &opts)?;
+    let log = crate::greedy_answers(ckpt, tasks, device, "questions about entities that exist nowhere")?;
     let mut g = ByKind {
         checkpoint: ckpt.display().to_string(),
         weights_sha256: sha,
         kinds: BTreeMap::new(),
     };
-    for ((t, rec), k) in tasks.iter().zip(&report.log).zip(kinds) {
-        anyhow::ensure!(t.prompt == rec.prompt, "graded answers out of order");
+    for (rec, k) in log.iter().zip(kinds) {
         let e = g.kinds.entry(k.noun().to_string()).or_default();
         e.0 += usize::from(!rec.abstained);
         e.1 += 1;

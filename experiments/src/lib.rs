@@ -239,6 +239,34 @@ impl Ctx {
     }
 }
 
+/// Greedy answers of checkpoint `ckpt` to `tasks` (64 tokens at most, as RL's held-out eval),
+/// graded by the shared verifiers: one record per task, in order.
+pub fn greedy_answers(
+    ckpt: &Path,
+    tasks: &[common::verify::Task],
+    device: &common::device::DeviceChoice,
+    what: &str,
+) -> Result<Vec<common::tasks::SampleLog>> {
+    use common::verify::{Grader, ProgramExec, RewardWeights};
+    eprintln!("experiment: grading {} on {} {what}", ckpt.display(), tasks.len());
+    let device = device.resolve()?;
+    let (_vs, model, loaded) = common::checkpoint::load_model(ckpt, device)?;
+    let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
+    let opts = common::tasks::EvalOptions {
+        sampling: common::sampling::SamplingConfig::greedy(64),
+        samples: 1,
+        batch_size: 125,
+        device,
+        progress: Some("grading".into()),
+    };
+    let log = common::tasks::evaluate_tasks(&model, &loaded.tok, tasks, &grader, &opts)?.log;
+    anyhow::ensure!(
+        log.len() == tasks.len() && log.iter().zip(tasks).all(|(r, t)| r.prompt == t.prompt),
+        "graded answers out of order"
+    );
+    Ok(log)
+}
+
 /// Whether `dir` holds a checkpoint that ran to its end.
 pub fn is_complete(dir: &Path) -> bool {
     read_meta(dir).is_ok_and(|m| m.complete)
