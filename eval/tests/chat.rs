@@ -201,9 +201,12 @@ fn on_a_terminal_empty_lines_help_ctrl_c_and_ctrl_d() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let ck = endless(dir.path())?;
-    let cmd = format!("{CHAT} {} --max-new-tokens 2000 --no-history", ck.display());
+    // `exec`, under a known shell: chat itself is the terminal's foreground process. (A shell
+    // left in between gets the terminal's SIGINT too, and dash then exits 130 after chat.)
+    let cmd = format!("exec {CHAT} {} --max-new-tokens 2000 --no-history", ck.display());
     let mut child = bin("script")
         .args(["-qefc", &cmd, "/dev/null"])
+        .env("SHELL", "/bin/sh")
         .env("TERM", "xterm")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -228,6 +231,6 @@ fn on_a_terminal_empty_lines_help_ctrl_c_and_ctrl_d() -> Result<()> {
     screen.wait("the next prompt", prompt_after("(reply stopped)"))?;
     send(&mut tty, "\x04")?; // Ctrl-D at an empty prompt quits
     let status = finish(&mut child)?;
-    assert!(status.success(), "{}", screen.text());
+    assert!(status.success(), "exit {status:?}\n{}", screen.text());
     Ok(())
 }
