@@ -101,15 +101,18 @@ fn default_norm_eps() -> f64 {
 }
 
 /// Named architecture presets; `vocab_size` is set from the tokenizer.
-pub const PRESETS: &[&str] = &["tiny", "default", "d12", "d20"];
+pub const PRESETS: &[&str] = &["tiny", "default", "d8", "d12", "d20"];
 
 impl GptConfig {
     /// A named preset: `tiny` (tests, ~50k parameters), `default` (`just pipeline` on a laptop
-    /// CPU, ~5M), `d12` (GPU, GPT-2-small-sized, ~110M), `d20` (GPU, ~500M).
+    /// CPU, ~5M), `d8` (the default's width at twice its depth, ~8M: twice its compute, the
+    /// larger CPU point of `experiment run rl-scaling`), `d12` (GPU, GPT-2-small-sized, ~110M),
+    /// `d20` (GPU, ~500M).
     pub fn preset(name: &str, vocab_size: i64) -> Result<Self> {
         let (n_layer, n_head, n_kv_head, n_embd, inter, seq) = match name {
             "tiny" => (2, 2, 2, 32, 96, 128),
             "default" => (4, 4, 4, 256, 704, 256),
+            "d8" => (8, 4, 4, 256, 704, 256),
             "d12" => (12, 12, 12, 768, 2048, 1024),
             "d20" => (20, 10, 10, 1280, 3456, 2048),
             other => bail!("unknown model preset `{other}`: expected one of {}", PRESETS.join(", ")),

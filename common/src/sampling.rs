@@ -279,7 +279,9 @@ pub fn generate(
         };
         let logits = model.forward(&next.view([rows, 1]), &step_pos, Some(&mut cache));
         last = logits.select(1, 0);
-        next_pos += 1;
+        // A row that is done but still in the batch (until a quarter has finished) keeps
+        // stepping; its output is ignored, but its position must stay inside the context.
+        next_pos = (next_pos + 1).clamp_max(max_len - 1);
     }
     let secs = t0.elapsed().as_secs_f64();
     Ok(Generation {
@@ -382,6 +384,13 @@ mod tests {
         assert_eq!(batch.tokens[1], alone.tokens[0], "batching changed the short row");
         let alone = generate(&m, std::slice::from_ref(&long), &g, &[], 0, Device::Cpu)?;
         assert_eq!(batch.tokens[0], alone.tokens[0], "batching changed the long row");
+        // With four more rows the long one, done after 8 tokens, stays in the batch while the
+        // others go on: its position must not run past the context (it used to panic there).
+        let mut five = vec![long.clone()];
+        five.extend(std::iter::repeat_n(short.clone(), 4));
+        let batch = generate(&m, &five, &g, &[], 0, Device::Cpu)?;
+        assert_eq!(batch.tokens[0], alone.tokens[0]);
+        assert!(batch.tokens[1..].iter().all(|t| *t == batch.tokens[1] && t.len() == 20));
         // A prompt that fills the context leaves no room: an error callers avoid with fits_context.
         let full: Vec<u32> = (0..128u32).map(|i| i % 45 + 1).collect();
         assert!(!fits_context(full.len(), cfg.max_seq_len) && fits_context(127, cfg.max_seq_len));

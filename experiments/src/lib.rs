@@ -10,6 +10,7 @@ pub mod confidence;
 pub mod fabrication;
 pub mod honesty;
 mod plot;
+pub mod scaling;
 pub mod straight;
 
 use anyhow::{bail, Context, Result};
@@ -55,6 +56,11 @@ pub const EXPERIMENTS: &[Experiment] = &[
         claim: "Scored with a penalty for confident errors, which stage earns most (right +1, I don't know 0, wrong -t/(1-t))",
         run: confidence::run,
     },
+    Experiment {
+        name: "rl-scaling",
+        claim: "RL's held-out gain grows with model size, RL steps and fresh prompts (tiny, default, d8)",
+        run: scaling::run,
+    },
 ];
 
 /// Finds an experiment by name.
@@ -86,6 +92,12 @@ pub struct Ctx {
     pub shares: Vec<f64>,
     /// honesty-transfer: the entity kinds RL asks unanswerable questions about.
     pub trained_kinds: Vec<world::Kind>,
+    /// rl-scaling: the model presets compared.
+    pub sizes: Vec<String>,
+    /// rl-scaling: RL steps per size.
+    pub rl_steps: u64,
+    /// rl-scaling: held-out grading every this many RL steps.
+    pub eval_every: u64,
 }
 
 impl Ctx {

@@ -60,6 +60,15 @@ struct RunArgs {
     /// mineral, river), comma-separated; the others measure transfer.
     #[arg(long, default_value = "town,person", value_delimiter = ',')]
     trained_kinds: Vec<String>,
+    /// rl-scaling: model presets to compare (tiny, default, d8, d12, d20), comma-separated.
+    #[arg(long, default_value = "tiny,default,d8", value_delimiter = ',')]
+    sizes: Vec<String>,
+    /// rl-scaling: RL steps for each size.
+    #[arg(long, default_value_t = 80)]
+    rl_steps: u64,
+    /// rl-scaling: grade the held-out problems every this many RL steps.
+    #[arg(long, default_value_t = 20)]
+    eval_every: u64,
 }
 
 fn parse_annotator(s: &str) -> Result<(world::Slips, f64)> {
@@ -92,6 +101,9 @@ fn run(args: Args) -> Result<()> {
                 annotators,
                 shares,
                 trained_kinds,
+                sizes,
+                rl_steps,
+                eval_every,
             } = *run;
             for s in &shares {
                 anyhow::ensure!(
@@ -111,6 +123,9 @@ fn run(args: Args) -> Result<()> {
                 annotators: annotators.iter().map(|s| parse_annotator(s)).collect::<Result<_>>()?,
                 shares,
                 trained_kinds: trained_kinds.iter().map(|k| k.parse()).collect::<Result<_>>()?,
+                sizes,
+                rl_steps,
+                eval_every,
             };
             std::fs::create_dir_all(&ctx.out).with_context(|| format!("creating {}", ctx.out.display()))?;
             let report = (exp.run)(&ctx)?;

@@ -41,6 +41,24 @@ fn setup(root: &Path) -> Result<()> {
         c.join("mixes/sft.toml"),
         "[[source]]\nname = \"conversations\"\npath = \"data/sft/train.parquet\"\nformat = \"chat\"\nweight = 1.0\n",
     )?;
+    // The ladder's first two stages, for rl-scaling's sizes other than the base model's.
+    std::fs::write(
+        c.join("mixes/library.toml"),
+        "[[source]]\nname = \"encyclopedia\"\npath = \"data/library/encyclopedia-*.parquet\"\nformat = \"text\"\nweight = 1.0\n",
+    )?;
+    for stage in ["pretrain", "midtrain"] {
+        std::fs::write(
+            c.join(format!("{stage}.toml")),
+            format!(
+                "{}[data]\nmix = \"configs/mixes/library.toml\"\nseq_len = 64\n\n[train]\nsteps = 2\nbatch_size = 4\nmicro_batch_size = 4\nlr = 1e-3\nwarmup_steps = 1\ndevice = \"cpu\"\n",
+                if stage == "pretrain" {
+                    "[model]\npreset = \"tiny\"\n\n[tokenizer]\npath = \"data/tokenizer.json\"\n\n"
+                } else {
+                    ""
+                }
+            ),
+        )?;
+    }
     std::fs::write(
         c.join("mixes/rl.toml"),
         "world = \"data\"\n[[source]]\nname = \"arithmetic\"\ngenerator = \"arithmetic\"\nlevels = [1]\n[[source]]\nname = \"unanswerable\"\ngenerator = \"unanswerable\"\n",
@@ -102,6 +120,7 @@ fn experiments_run_from_real_checkpoints() -> Result<()> {
         "fabrication",
         "straight-to-rl",
         "confidence-targets",
+        "rl-scaling",
     ] {
         assert!(list.contains(name), "{list}");
     }
@@ -218,5 +237,60 @@ fn experiments_run_from_real_checkpoints() -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .ends_with("runs/base/midtrain"));
+
+    // rl-scaling: `tiny` is the base run's model (its SFT checkpoint is reused); `d8` trains
+    // its own ladder with the base configs, only the preset changed.
+    let args = ["--sizes", "tiny,d8", "--rl-steps", "2", "--eval-every", "1"];
+    let report = experiment(root, "rl-scaling", &args)?;
+    let exp = root.join("runs/experiments/rl-scaling");
+    let d8: GptConfig = serde_json::from_str(&std::fs::read_to_string(exp.join("d8/pretrain/config.json"))?)?;
+    assert_eq!((d8.n_layer, d8.n_embd), (8, 256));
+    let parent = |p: &Path| -> Result<String> {
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.join("meta.json"))?)?;
+        Ok(m["parent"]["path"].as_str().unwrap_or_default().to_string())
+    };
+    assert!(parent(&exp.join("d8/sft"))?.ends_with("d8/midtrain"));
+    assert!(parent(&exp.join("d8/rl"))?.ends_with("d8/sft"));
+    assert!(parent(&exp.join("tiny/rl"))?.ends_with("runs/base/sft"));
+    assert!(!exp.join("tiny/pretrain").exists(), "the base model's ladder is reused");
+    for size in ["tiny", "d8"] {
+        let row = cells(&report, &format!("`{size}`"));
+        let cfg: GptConfig = serde_json::from_str(&std::fs::read_to_string(exp.join(size).join("rl/config.json"))?)?;
+        assert_eq!(row[1], format!("{:.1}M", cfg.num_params() as f64 / 1e6), "{row:?}");
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(exp.join(size).join("grade-sft.json"))?)?;
+        let c = g["correct"].as_array().expect("per-problem grades");
+        let right = c.iter().filter(|x| x.as_bool() == Some(true)).count();
+        assert!(
+            row[2].starts_with(&format!("{:.1}%", 100.0 * right as f64 / c.len() as f64)),
+            "{row:?} {g}"
+        );
+        // The curve: held-out grades at steps 0, 1 and 2, with the prompts drawn by step 1.
+        let rl: common::meta::Meta =
+            serde_json::from_str(&std::fs::read_to_string(exp.join(size).join("rl/meta.json"))?)?;
+        let steps = common::metrics::read_jsonl(&exp.join(size).join("rl/metrics.jsonl"));
+        let drawn = steps
+            .iter()
+            .find(|l| l["step"] == 1 && l.get("groups_sampled").is_some())
+            .and_then(|l| l["groups_sampled"].as_u64())
+            .expect("step 1 logged");
+        let curve = cells(
+            &report,
+            &format!("`{size}` | {}", {
+                let a = rl.metrics.tasks_start.as_ref().expect("graded").answerable.accuracy;
+                format!("{:.1}%", 100.0 * a)
+            }),
+        );
+        assert_eq!(curve.len(), 4, "{curve:?}");
+        assert!(curve[2].ends_with(&format!("; {drawn} prompts)")), "{curve:?}");
+        let end = rl.metrics.tasks.as_ref().expect("graded").answerable.accuracy;
+        assert!(curve[3].starts_with(&format!("{:.1}%", 100.0 * end)), "{curve:?}");
+    }
+    assert!(std::fs::read_to_string(exp.join("rl-scaling.svg"))?.contains("<svg"));
+    assert_eq!(
+        report,
+        experiment(root, "rl-scaling", &args)?,
+        "a rerun resumes, same report"
+    );
     Ok(())
 }
