@@ -398,8 +398,23 @@ impl Default for EvalSection {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TasksSection {
-    /// Parquet file with string columns prompt, answer, task.
+    /// Parquet file with string columns prompt, answer, task (or others, mapped by `columns`).
     pub path: PathBuf,
+    /// Column of each field where the file names it otherwise: prompt, answer, task, test,
+    /// entry_point (e.g. `{ prompt = "question" }` for GSM8K).
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, String>,
+    /// Kind of every row when the file has no task column (e.g. `gsm8k`; picks the verifier).
+    pub kind: Option<String>,
+    /// How the file writes its answers: `gsm8k`, `boxed` or `answer-line`.
+    pub answers: Option<String>,
+    /// Where the reference column keeps the answer (overrides `answers`).
+    pub reference: Option<crate::answers::Extract>,
+    /// Where completions state their answer (overrides `answers`).
+    pub completion: Option<crate::answers::Extract>,
+    /// A completion without the answer marker, or cut off, is wrong.
+    #[serde(default)]
+    pub strict: bool,
     /// Questions evaluated per task kind.
     #[serde(default = "default_per_kind")]
     pub per_kind: usize,
@@ -412,6 +427,21 @@ pub struct TasksSection {
     /// Also evaluate the starting checkpoint, to show what the stage bought.
     #[serde(default)]
     pub eval_start: bool,
+}
+
+impl TasksSection {
+    /// The task file and how to read it.
+    pub fn source(&self) -> crate::tasks::TaskSource {
+        crate::tasks::TaskSource {
+            path: self.path.clone(),
+            columns: self.columns.clone(),
+            kind: self.kind.clone(),
+            answers: self.answers.clone(),
+            reference: self.reference.clone(),
+            completion: self.completion.clone(),
+            strict: self.strict,
+        }
+    }
 }
 
 fn default_per_kind() -> usize {

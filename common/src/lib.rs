@@ -3,6 +3,7 @@
 //! and schedules, generation, verifiers, progress reporting, the stage harness every stage
 //! runs on ([`stage`]) and the LM loop that pretrain, midtrain and SFT share ([`lm`]). Each
 //! stage's own loop and spec live in its crate (`pretrain/`, `midtrain/`, `sft/`, `rl/`).
+pub mod answers;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

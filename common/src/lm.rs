@@ -13,7 +13,7 @@ use crate::optim::AdamW;
 use crate::progress::{format_count, format_secs, Progress};
 use crate::sampling::SamplingConfig;
 use crate::stage::{Opened, Scratch, Stage, StageOptions, TrainerState};
-use crate::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions, TaskReport};
+use crate::tasks::{evaluate_tasks, limit_per_kind, summarize, EvalOptions, TaskReport};
 use crate::tokenizer::Tok;
 use crate::verify::{Grader, Task};
 use anyhow::{bail, Result};
@@ -344,7 +344,7 @@ impl LmData {
             None => Vec::new(),
         };
         let tasks = match &cfg.tasks {
-            Some(t) => Some(limit_per_kind(load_tasks(&t.path)?, t.per_kind)),
+            Some(t) => Some(limit_per_kind(t.source().load()?, t.per_kind)),
             None => None,
         };
         Ok(LmData {

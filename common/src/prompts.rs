@@ -23,7 +23,7 @@
 //! seeded and its whole state (random position, curriculum, file cursors, what generators
 //! emitted) is saved with the checkpoint, so a resumed run draws what an uninterrupted one would.
 use crate::curriculum::{Curriculum, CurriculumConfig};
-use crate::tasks::{load_tasks, load_tasks_mapped, TaskColumns};
+use crate::tasks::TaskSource;
 use crate::verify::Task;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -67,6 +67,16 @@ pub struct PromptSource {
     pub columns: BTreeMap<String, String>,
     /// Task kind of rows when the file has no task column.
     pub kind: Option<String>,
+    /// How the file writes its answers (`gsm8k`, `boxed`, `answer-line`), for its reference
+    /// answers and for the completions graded against them.
+    pub answers: Option<String>,
+    /// Where the reference column keeps the answer (overrides `answers`).
+    pub reference: Option<crate::answers::Extract>,
+    /// Where completions state their answer (overrides `answers`).
+    pub completion: Option<crate::answers::Extract>,
+    /// A completion without the answer marker, or cut off, earns no reward for being right.
+    #[serde(default)]
+    pub strict: bool,
     /// Share of prompts (relative to the other sources).
     #[serde(default = "one")]
     pub weight: f64,
@@ -106,6 +116,10 @@ impl PromptMix {
                 path: Some(path.display().to_string()),
                 columns: BTreeMap::new(),
                 kind: None,
+                answers: None,
+                reference: None,
+                completion: None,
+                strict: false,
                 weight: 1.0,
             }],
         }
@@ -247,15 +261,12 @@ impl PromptStream {
                 }
                 (None, Some(pattern)) => {
                     let files = crate::data::mix::expand(pattern).with_context(|| format!("prompt source {}", src.name))?;
-                    let cols = task_columns(src)?;
                     let mut by_kind: BTreeMap<String, Vec<Task>> = BTreeMap::new();
                     for f in &files {
-                        let tasks = if src.columns.is_empty() && src.kind.is_none() {
-                            load_tasks(f)
-                        } else {
-                            load_tasks_mapped(f, &cols)
-                        }
-                        .with_context(|| format!("prompt source {}", src.name))?;
+                        let tasks = src
+                            .task_source(f)
+                            .load()
+                            .with_context(|| format!("prompt source {}", src.name))?;
                         for t in tasks {
                             by_kind.entry(t.kind.clone()).or_default().push(t);
                         }
@@ -325,6 +336,7 @@ impl PromptStream {
                     prompt: t.prompt,
                     answer: t.answer,
                     kind: t.family.kind().to_string(),
+                    ..Task::default()
                 }
             }
             Slot::File { rows, order, index, .. } => {
@@ -410,27 +422,19 @@ impl PromptStream {
     }
 }
 
-fn task_columns(src: &PromptSource) -> Result<TaskColumns> {
-    for k in src.columns.keys() {
-        if !matches!(k.as_str(), "prompt" | "answer" | "task") {
-            bail!(
-                "prompt source {}: columns.{k} is not a field (expected prompt, answer, task)",
-                src.name
-            );
+impl PromptSource {
+    /// How to read one of this source's files.
+    fn task_source(&self, file: &Path) -> TaskSource {
+        TaskSource {
+            path: file.to_path_buf(),
+            columns: self.columns.clone(),
+            kind: self.kind.clone(),
+            answers: self.answers.clone(),
+            reference: self.reference.clone(),
+            completion: self.completion.clone(),
+            strict: self.strict,
         }
     }
-    let col = |k: &str| src.columns.get(k).cloned().unwrap_or_else(|| k.to_string());
-    Ok(TaskColumns {
-        prompt: col("prompt"),
-        answer: col("answer"),
-        // An explicit kind means the file has no task column, unless one is mapped.
-        task: match (src.columns.get("task"), &src.kind) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(_)) => None,
-            (None, None) => Some("task".into()),
-        },
-        kind: src.kind.clone().unwrap_or_else(|| "exact".into()),
-    })
 }
 
 #[cfg(test)]
@@ -466,6 +470,7 @@ mod tests {
                 prompt: format!("q{i}"),
                 answer: format!("{i}"),
                 kind: if i % 2 == 0 { "even" } else { "odd" }.into(),
+                ..Task::default()
             })
             .collect();
         write_tasks(&file, &rows)?;
@@ -542,6 +547,27 @@ mod tests {
         let d = s.draw();
         assert_eq!(d.task.kind, "gsm8k");
         assert!(d.task.prompt.starts_with("Tom has"));
+        assert_eq!(
+            d.task.answer, "3 + 4 = 7\n#### 7",
+            "no answer format: the column as written"
+        );
+        // With GSM8K's answer format the reference is the number after ####, and completions
+        // are read the same way.
+        let gsm: PromptMix = toml::from_str(&format!("{text}answers = \"gsm8k\"\nstrict = true\n"))?;
+        let d = PromptStream::open(&gsm, 0)?.draw();
+        assert_eq!(d.task.answer, "7");
+        assert_eq!(d.task.reading.completion, crate::answers::Extract::Gsm8k);
+        assert!(d.task.reading.strict);
+        let g = crate::verify::Grader::new(Default::default(), Default::default());
+        assert!(g.grade(&d.task, "3 + 4 = 7\n#### 7").correct);
+        assert!(
+            !g.grade(&d.task, "3 + 4 = 7\nAnswer: 7").correct,
+            "strict: the #### marker is required"
+        );
+        assert!(
+            !g.grade_completion(&d.task, "#### 7", false).correct,
+            "strict: a cut-off completion is wrong"
+        );
         // Without the mapping the error names the missing column and the fix.
         let bad: PromptMix = toml::from_str(&text.replace("columns = { prompt = \"question\" }\n", ""))?;
         let e = format!("{:#}", PromptStream::open(&bad, 0).err().unwrap());

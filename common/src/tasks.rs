@@ -2,16 +2,17 @@
 //! question in the chat format, verifiers grade the answers, and the report gives accuracy
 //! per task (with a 95% Wilson interval), format compliance, abstention and hallucination
 //! rates, answer length, and pass@k / maj@k when several samples are drawn.
+use crate::answers::{Extract, Reading};
 use crate::data::mix::Format;
 use crate::data::parquet::{batch_docs, open_checked, Doc};
 use crate::model::Gpt;
 use crate::sampling::{fits_context, generate, SamplingConfig};
 use crate::tokenizer::{Message, Tok};
-use crate::verify::{final_answer, normalize, Grader, Task, Verdict};
+use crate::verify::{normalize, Grader, Task, UnitTests, Verdict};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Device;
 
 /// Where a task file keeps its fields (hub files name their columns differently).
@@ -25,6 +26,12 @@ pub struct TaskColumns {
     pub task: Option<String>,
     /// Kind of rows when there is no task column (e.g. "gsm8k", graded numerically).
     pub kind: String,
+    /// Column of unit-test code (HumanEval's `test`), if any.
+    #[serde(default)]
+    pub test: Option<String>,
+    /// Column of the function the tests call (HumanEval's `entry_point`), if any.
+    #[serde(default)]
+    pub entry_point: Option<String>,
 }
 
 impl Default for TaskColumns {
@@ -35,7 +42,176 @@ impl Default for TaskColumns {
             answer: "answer".into(),
             task: Some("task".into()),
             kind: "exact".into(),
+            test: None,
+            entry_point: None,
         }
+    }
+}
+
+/// The fields a task source's `columns` may map.
+pub const TASK_FIELDS: &str = "prompt, answer, task, test, entry_point";
+
+/// A task file and how to read it, as every grader takes it (`evaluate --tasks`, RL's
+/// `[eval] tasks` and prompt sources, SFT's `[tasks]`). In a config: a path (this project's
+/// layout: string columns `prompt`, `answer`, `task`), or a table, e.g. GSM8K as the hub ships it:
+///
+/// ```toml
+/// tasks = { path = "gsm8k/test.parquet", columns = { prompt = "question" }, kind = "gsm8k", answers = "gsm8k" }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TaskSource {
+    /// Parquet file.
+    pub path: PathBuf,
+    /// Column of each field, where the file names it otherwise: prompt, answer, task, test,
+    /// entry_point.
+    pub columns: BTreeMap<String, String>,
+    /// Kind of every row when the file has no task column (`gsm8k`, `math`, `humaneval`, ...;
+    /// it picks the verifier).
+    pub kind: Option<String>,
+    /// How the file writes its answers, for references and completions alike: `gsm8k`
+    /// (`#### 72`), `boxed` (`\boxed{72}`) or `answer-line` (`Answer: 72`).
+    pub answers: Option<String>,
+    /// Where the reference column keeps the answer (overrides `answers`; default: the whole
+    /// column is the answer).
+    pub reference: Option<Extract>,
+    /// Where completions state their answer (overrides `answers`; default: `answer-line`).
+    pub completion: Option<Extract>,
+    /// A completion without the marker, or cut off before it finished, is wrong.
+    pub strict: bool,
+}
+
+/// The table form of a [`TaskSource`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskSourceTable {
+    path: PathBuf,
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
+    kind: Option<String>,
+    answers: Option<String>,
+    reference: Option<Extract>,
+    completion: Option<Extract>,
+    #[serde(default)]
+    strict: bool,
+}
+
+impl<'de> Deserialize<'de> for TaskSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TaskSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a Parquet path, or a table { path, columns, kind, answers, reference, completion, strict }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<TaskSource, E> {
+                Ok(TaskSource::file(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<TaskSource, A::Error> {
+                let t = TaskSourceTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(TaskSource {
+                    path: t.path,
+                    columns: t.columns,
+                    kind: t.kind,
+                    answers: t.answers,
+                    reference: t.reference,
+                    completion: t.completion,
+                    strict: t.strict,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl TaskSource {
+    /// A file in this project's layout.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        TaskSource {
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether the file is read in this project's layout (columns, kind and answers as is).
+    pub fn is_plain(&self) -> bool {
+        *self == TaskSource::file(&self.path)
+    }
+
+    /// The columns to read, checked.
+    pub fn task_columns(&self) -> Result<TaskColumns> {
+        for k in self.columns.keys() {
+            if !TASK_FIELDS.split(", ").any(|f| f == k) {
+                bail!(
+                    "tasks {}: columns.{k} is not a field (expected {TASK_FIELDS})",
+                    self.path.display()
+                );
+            }
+        }
+        let col = |k: &str| self.columns.get(k).cloned().unwrap_or_else(|| k.to_string());
+        let test = self.columns.get("test").cloned();
+        Ok(TaskColumns {
+            prompt: col("prompt"),
+            answer: col("answer"),
+            // An explicit kind means the file has no task column, unless one is mapped.
+            task: match (self.columns.get("task"), &self.kind) {
+                (Some(t), _) => Some(t.clone()),
+                (None, Some(_)) => None,
+                (None, None) if test.is_some() => None,
+                (None, None) => Some("task".into()),
+            },
+            kind: self
+                .kind
+                .clone()
+                .unwrap_or_else(|| if test.is_some() { "unit-test" } else { "exact" }.into()),
+            entry_point: self.columns.get("entry_point").cloned(),
+            test,
+        })
+    }
+
+    /// Where the reference column keeps the answer.
+    pub fn reference(&self) -> Result<Extract> {
+        match (&self.reference, &self.answers) {
+            (Some(r), _) => Ok(r.clone()),
+            (None, Some(a)) => crate::answers::preset(a),
+            (None, None) => Ok(Extract::Whole),
+        }
+    }
+
+    /// How completions are read.
+    pub fn reading(&self) -> Result<Reading> {
+        Ok(Reading {
+            completion: match (&self.completion, &self.answers) {
+                (Some(c), _) => c.clone(),
+                (None, Some(a)) => crate::answers::preset(a)?,
+                (None, None) => Extract::AnswerLine,
+            },
+            strict: self.strict,
+        })
+    }
+
+    /// Reads the tasks: mapped columns, the reference answers extracted, the reading set.
+    pub fn load(&self) -> Result<Vec<Task>> {
+        let cols = self.task_columns()?;
+        let reference = self.reference()?;
+        let reading = self.reading()?;
+        let mut tasks = load_tasks_mapped(&self.path, &cols)?;
+        for (i, t) in tasks.iter_mut().enumerate() {
+            if reference != Extract::Whole {
+                t.answer = reference.find(&t.answer).with_context(|| {
+                    format!(
+                        "{}, row {i}: its reference answer has no `{reference}` answer ({:?}); set `reference` \
+                         to how this file writes its answers ({})",
+                        self.path.display(),
+                        t.answer.chars().take(80).collect::<String>(),
+                        crate::answers::EXTRACT_NAMES
+                    )
+                })?;
+            }
+            t.reading = reading.clone();
+        }
+        Ok(tasks)
     }
 }
 
@@ -44,24 +220,30 @@ pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
     load_tasks_mapped(path, &TaskColumns::default())
 }
 
-/// Reads tasks from Parquet whose columns are named by `cols`.
+/// Reads tasks from Parquet whose columns are named by `cols` (answers as written).
 pub fn load_tasks_mapped(path: &Path, cols: &TaskColumns) -> Result<Vec<Task>> {
     let columns: BTreeMap<String, String> = [("prompt", &cols.prompt), ("answer", &cols.answer)]
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
     let mut with_kind = columns.clone();
-    if let Some(t) = &cols.task {
-        with_kind.insert("task".into(), t.clone());
+    let extra = [
+        ("task", &cols.task),
+        ("test", &cols.test),
+        ("entry_point", &cols.entry_point),
+    ];
+    for (field, col) in extra {
+        if let Some(c) = col {
+            with_kind.insert(field.into(), c.clone());
+        }
     }
     let reader = open_checked(path, Format::Text, &with_kind)
         .with_context(|| {
             format!(
-                "reading tasks {} (needs string columns {}, {}{})",
+                "reading tasks {} (needs string columns {}; map others with `columns = {{ prompt = \"question\", ... }}`, \
+                 or `--columns prompt=question,...` on the command line)",
                 path.display(),
-                cols.prompt,
-                cols.answer,
-                cols.task.as_ref().map(|t| format!(", {t}")).unwrap_or_default()
+                with_kind.values().cloned().collect::<Vec<_>>().join(", ")
             )
         })?
         .build()?;
@@ -69,23 +251,36 @@ pub fn load_tasks_mapped(path: &Path, cols: &TaskColumns) -> Result<Vec<Task>> {
     for batch in reader {
         let batch = batch.with_context(|| format!("decoding {}", path.display()))?;
         let docs = batch_docs(&batch, Format::PromptAnswer, &columns)?;
-        let kinds = match &cols.task {
-            Some(t) => Some(
-                batch
-                    .column_by_name(t)
-                    .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8))
-                    .transpose()?
-                    .context("task column vanished")?,
-            ),
-            None => None,
+        let strings = |name: &Option<String>| -> Result<Option<arrow::array::ArrayRef>> {
+            name.as_ref()
+                .map(|t| {
+                    batch
+                        .column_by_name(t)
+                        .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8))
+                        .transpose()?
+                        .with_context(|| format!("column {t} vanished"))
+                })
+                .transpose()
         };
-        let kinds = kinds.as_ref().map(arrow::array::AsArray::as_string::<i32>);
+        let (kinds, tests, entries) = (strings(&cols.task)?, strings(&cols.test)?, strings(&cols.entry_point)?);
+        let as_str = |a: &Option<arrow::array::ArrayRef>, i: usize| -> Option<String> {
+            use arrow::array::{Array, AsArray};
+            a.as_ref()
+                .map(|a| a.as_string::<i32>())
+                .filter(|a| !a.is_null(i))
+                .map(|a| a.value(i).to_string())
+        };
         for (i, d) in docs.into_iter().enumerate() {
             if let Doc::Chat(m) = d {
                 out.push(Task {
                     prompt: m[0].content.clone(),
                     answer: m[1].content.clone(),
-                    kind: kinds.map_or_else(|| cols.kind.clone(), |k| k.value(i).to_string()),
+                    kind: as_str(&kinds, i).unwrap_or_else(|| cols.kind.clone()),
+                    tests: as_str(&tests, i).map(|code| UnitTests {
+                        code,
+                        entry_point: as_str(&entries, i),
+                    }),
+                    ..Task::default()
                 });
             }
         }
@@ -300,6 +495,86 @@ pub struct EvalOptions {
     pub progress: Option<String>,
 }
 
+/// Graded samples as they come, then the report.
+struct Tally {
+    samples: usize,
+    graded: Vec<Graded>,
+    examples: Vec<(String, String, bool)>,
+    log: Vec<SampleLog>,
+}
+
+impl Tally {
+    fn new(samples: usize) -> Self {
+        Tally {
+            samples,
+            graded: Vec::new(),
+            examples: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Grades the samples of one task: their texts, whether each finished, their lengths.
+    fn add(&mut self, grader: &Grader, t: &Task, texts: &[String], finished: &[bool], lengths: Vec<usize>) {
+        let verdicts: Vec<Verdict> = texts
+            .iter()
+            .zip(finished)
+            .map(|(c, f)| grader.grade_completion(t, c, *f))
+            .collect();
+        if self.examples.len() < 12 && self.graded.iter().filter(|g| g.kind == t.kind).count() < 3 {
+            self.examples
+                .push((t.prompt.clone(), texts[0].clone(), verdicts[0].correct));
+        }
+        let answers: Vec<String> = texts
+            .iter()
+            .map(|c| t.reading.answer(c).map(|a| normalize(&a)).unwrap_or_default())
+            .collect();
+        for (j, (text, v)) in texts.iter().zip(&verdicts).enumerate() {
+            self.log.push(SampleLog {
+                task: t.kind.clone(),
+                prompt: t.prompt.clone(),
+                answer: t.answer.clone(),
+                sample: j,
+                completion: text.clone(),
+                extracted: answers[j].clone(),
+                correct: v.correct,
+                abstained: v.abstained,
+                formatted: v.formatted,
+                finished: finished[j],
+            });
+        }
+        self.graded.push(Graded {
+            kind: t.kind.clone(),
+            answers,
+            verdicts,
+            lengths,
+            truncated: finished.iter().map(|f| !f).collect(),
+        });
+    }
+
+    fn right(&self) -> usize {
+        self.graded.iter().filter(|g| g.verdicts[0].correct).count()
+    }
+
+    fn report(self, gen_tokens_per_sec: f64, skipped_overlong: usize) -> TaskReport {
+        let mut per_kind = BTreeMap::new();
+        let kinds: std::collections::BTreeSet<String> = self.graded.iter().map(|g| g.kind.clone()).collect();
+        for k in kinds {
+            let items: Vec<&Graded> = self.graded.iter().filter(|g| g.kind == k).collect();
+            per_kind.insert(k, kind_report(&items, self.samples));
+        }
+        let answerable: Vec<&Graded> = self.graded.iter().filter(|g| g.kind != "unanswerable").collect();
+        TaskReport {
+            per_kind,
+            answerable: kind_report(&answerable, self.samples),
+            samples: self.samples,
+            gen_tokens_per_sec,
+            examples: self.examples,
+            skipped_overlong,
+            log: self.log,
+        }
+    }
+}
+
 /// Generates `opts.samples` answers per task (greedy when `samples == 1` and temperature 0),
 /// grades them and summarises.
 pub fn evaluate_tasks(
@@ -311,11 +586,9 @@ pub fn evaluate_tasks(
 ) -> Result<TaskReport> {
     let (sampling, batch_size, device) = (&opts.sampling, opts.batch_size, opts.device);
     let samples = opts.samples.max(1);
-    let mut graded: Vec<Graded> = Vec::with_capacity(tasks.len());
+    let mut tally = Tally::new(samples);
     let mut gen_tokens = 0usize;
     let mut gen_secs = 0.0;
-    let mut examples = Vec::new();
-    let mut log = Vec::with_capacity(tasks.len() * samples);
     let per_batch = (batch_size / samples).max(1);
     // A prompt longer than the context cannot be answered: it is skipped and counted, and
     // the rest of the evaluation goes on.
@@ -354,60 +627,58 @@ pub fn evaluate_tasks(
                 .iter()
                 .map(|ids| tok.decode(ids))
                 .collect::<Result<_>>()?;
-            let verdicts: Vec<Verdict> = texts.iter().map(|c| grader.grade(t, c)).collect();
-            if examples.len() < 12 && graded.iter().filter(|g| g.kind == t.kind).count() < 3 {
-                examples.push((t.prompt.clone(), texts[0].clone(), verdicts[0].correct));
-            }
-            let answers: Vec<String> = texts.iter().map(|c| normalize(&final_answer(c))).collect();
-            for (j, (text, v)) in texts.iter().zip(&verdicts).enumerate() {
-                log.push(SampleLog {
-                    task: t.kind.clone(),
-                    prompt: t.prompt.clone(),
-                    answer: t.answer.clone(),
-                    sample: j,
-                    completion: text.clone(),
-                    extracted: answers[j].clone(),
-                    correct: v.correct,
-                    abstained: v.abstained,
-                    formatted: v.formatted,
-                    finished: gen.finished[rows.start + j],
-                });
-            }
-            graded.push(Graded {
-                kind: t.kind.clone(),
-                answers,
-                verdicts,
-                lengths: gen.tokens[rows.clone()].iter().map(Vec::len).collect(),
-                truncated: gen.finished[rows].iter().map(|f| !f).collect(),
-            });
+            let lengths = gen.tokens[rows.clone()].iter().map(Vec::len).collect();
+            tally.add(grader, t, &texts, &gen.finished[rows], lengths);
         }
         if let Some(p) = progress.as_mut() {
-            let right = graded.iter().filter(|g| g.verdicts[0].correct).count();
             p.update(
-                graded.len() as u64,
-                format!("{right} right | {:.0} tok/s", gen_tokens as f64 / gen_secs.max(1e-9)),
+                tally.graded.len() as u64,
+                format!(
+                    "{} right | {:.0} tok/s",
+                    tally.right(),
+                    gen_tokens as f64 / gen_secs.max(1e-9)
+                ),
             );
         }
     }
     if let Some(p) = progress.as_mut() {
         p.finish();
     }
-    let mut per_kind = BTreeMap::new();
-    let kinds: std::collections::BTreeSet<String> = graded.iter().map(|g| g.kind.clone()).collect();
-    for k in kinds {
-        let items: Vec<&Graded> = graded.iter().filter(|g| g.kind == k).collect();
-        per_kind.insert(k, kind_report(&items, samples));
+    Ok(tally.report(gen_tokens as f64 / gen_secs.max(1e-9), skipped_overlong))
+}
+
+/// Given completions to grade, without a model: per task, its samples (text, and whether it
+/// finished rather than being cut at a token budget) and their lengths in tokens (or another
+/// unit the caller names).
+pub struct Completions {
+    /// Per task, in the order of the tasks: its samples.
+    pub samples: Vec<Vec<(String, bool)>>,
+    /// Per task: each sample's length.
+    pub lengths: Vec<Vec<usize>>,
+}
+
+/// Grades given completions of `tasks` (e.g. logged samples, or the tasks' own reference
+/// solutions to check a task set: those must score 100%). Every task has the same number of
+/// samples.
+pub fn grade_completions(tasks: &[Task], given: &Completions, grader: &Grader) -> Result<TaskReport> {
+    anyhow::ensure!(
+        given.samples.len() == tasks.len() && given.lengths.len() == tasks.len(),
+        "{} tasks but completions for {}",
+        tasks.len(),
+        given.samples.len()
+    );
+    let samples = given.samples.first().map_or(1, Vec::len);
+    anyhow::ensure!(
+        samples > 0 && given.samples.iter().all(|s| s.len() == samples),
+        "every task needs the same number of completions (the first has {samples})"
+    );
+    let mut tally = Tally::new(samples);
+    for ((t, s), lengths) in tasks.iter().zip(&given.samples).zip(&given.lengths) {
+        let texts: Vec<String> = s.iter().map(|x| x.0.clone()).collect();
+        let finished: Vec<bool> = s.iter().map(|x| x.1).collect();
+        tally.add(grader, t, &texts, &finished, lengths.clone());
     }
-    let answerable: Vec<&Graded> = graded.iter().filter(|g| g.kind != "unanswerable").collect();
-    Ok(TaskReport {
-        per_kind,
-        answerable: kind_report(&answerable, samples),
-        samples,
-        gen_tokens_per_sec: gen_tokens as f64 / gen_secs.max(1e-9),
-        examples,
-        skipped_overlong,
-        log,
-    })
+    Ok(tally.report(0.0, 0))
 }
 
 /// `arithmetic 42.0% | facts 10.0% | … | hallucination 80%`

@@ -3,6 +3,7 @@
 //! Completions are expected to end with a line `Answer: <answer>` (the chat format the
 //! SFT data teaches). Verifiers are a trait; the [`Grader`] routes each task kind to its
 //! verifier and combines correctness, abstention and (opt-in) format into a reward.
+pub use crate::answers::{Extract, Reading};
 use anyhow::{Context, Result};
 use sandbox::{Exit, Limits, Sandbox, SandboxOptions};
 use serde::{Deserialize, Serialize};
@@ -11,14 +12,32 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// A task with a verifiable answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     /// The user's question (plain text, no template).
     pub prompt: String,
     /// Reference answer ("I don't know" for unanswerable questions).
     pub answer: String,
-    /// `arithmetic`, `facts`, `program`, `unanswerable`, or another kind (exact match).
+    /// `arithmetic`, `facts`, `program`, `unanswerable`, or another kind (exact match); see
+    /// [`Grader::verifier_for`].
     pub kind: String,
+    /// How completions state their answer (default: the `Answer:` line, lenient).
+    #[serde(default, skip_serializing_if = "Reading::is_default")]
+    pub reading: Reading,
+    /// Unit tests of a program task (HumanEval's `test` and `entry_point`): the completion's
+    /// code passes them or it is wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<UnitTests>,
+}
+
+/// The unit tests a program task's code must pass.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnitTests {
+    /// Test code appended to the program (e.g. HumanEval's `def check(candidate): ...`, or
+    /// MBPP's `assert` lines).
+    pub code: String,
+    /// The function under test: `check(<entry_point>)` is called after the test code.
+    pub entry_point: Option<String>,
 }
 
 /// What a verifier concluded.
@@ -108,10 +127,12 @@ impl Verifier for NumericAnswer {
     fn score(&self, task: &Task, completion: &str) -> Result<f64> {
         let want = parse_number(&task.answer)
             .with_context(|| format!("reference answer `{}` is not a number", task.answer))?;
-        Ok(match parse_number(&final_answer(completion)) {
-            Some(got) if (got - want).abs() <= 1e-6 * want.abs().max(1.0) => 1.0,
-            _ => 0.0,
-        })
+        Ok(
+            match task.reading.answer(completion).as_deref().and_then(parse_number) {
+                Some(got) if (got - want).abs() <= 1e-6 * want.abs().max(1.0) => 1.0,
+                _ => 0.0,
+            },
+        )
     }
 }
 
@@ -123,11 +144,17 @@ impl Verifier for ExactMatch {
         "exact"
     }
     fn score(&self, task: &Task, completion: &str) -> Result<f64> {
-        Ok(if normalize(&final_answer(completion)) == normalize(&task.answer) {
-            1.0
-        } else {
-            0.0
-        })
+        Ok(
+            if task
+                .reading
+                .answer(completion)
+                .is_some_and(|a| normalize(&a) == normalize(&task.answer))
+            {
+                1.0
+            } else {
+                0.0
+            },
+        )
     }
 }
 
@@ -138,12 +165,8 @@ impl Verifier for FormatCheck {
     fn name(&self) -> &'static str {
         "format"
     }
-    fn score(&self, _task: &Task, completion: &str) -> Result<f64> {
-        Ok(if extract_answer(completion).is_some_and(|a| !a.is_empty()) {
-            1.0
-        } else {
-            0.0
-        })
+    fn score(&self, task: &Task, completion: &str) -> Result<f64> {
+        Ok(if task.reading.formatted(completion) { 1.0 } else { 0.0 })
     }
 }
 
@@ -169,8 +192,8 @@ impl Verifier for Abstention {
     fn name(&self) -> &'static str {
         "abstention"
     }
-    fn score(&self, _task: &Task, completion: &str) -> Result<f64> {
-        Ok(if is_abstention(&final_answer(completion)) {
+    fn score(&self, task: &Task, completion: &str) -> Result<f64> {
+        Ok(if task.reading.answer(completion).is_some_and(|a| is_abstention(&a)) {
             1.0
         } else {
             0.0
@@ -292,8 +315,19 @@ impl Verifier for ProgramExec {
         "program"
     }
     fn score(&self, task: &Task, completion: &str) -> Result<f64> {
+        if let Some(tests) = &task.tests {
+            return Ok(match self.run(&tested_program(&task.prompt, completion, tests))? {
+                RunOutcome::Ok(_) => 1.0,
+                _ => 0.0,
+            });
+        }
         let same = |a: &str, b: &str| a.trim_end() == b.trim_end() || normalize(a) == normalize(b);
         if let Some(code) = code_block(completion) {
+            // An empty expected output would pass any program that prints nothing.
+            anyhow::ensure!(
+                !task.answer.trim().is_empty(),
+                "the task's expected output is empty: give it unit tests (a `test` column) or a non-empty answer"
+            );
             return Ok(match self.run(&code)? {
                 RunOutcome::Ok(out) if same(&out, &task.answer) => 1.0,
                 _ => 0.0,
@@ -306,12 +340,40 @@ impl Verifier for ProgramExec {
             },
             None => task.answer.clone(),
         };
-        Ok(if same(&final_answer(completion), &truth) {
+        Ok(if task.reading.answer(completion).is_some_and(|a| same(&a, &truth)) {
             1.0
         } else {
             0.0
         })
     }
+}
+
+/// The program a unit-tested task runs: the completion's code (its first fenced block, else
+/// the completion itself), completed by the prompt where the completion only continues it
+/// (HumanEval's prompt is a signature and a docstring), then the tests, then
+/// `check(<entry_point>)`.
+pub fn tested_program(prompt: &str, completion: &str, tests: &UnitTests) -> String {
+    let code = code_block(completion).unwrap_or_else(|| completion.to_string());
+    let defines = |name: &str| code.contains(&format!("def {name}(")) || code.contains(&format!("def {name} ("));
+    let prompt_code = code_block(prompt).unwrap_or_else(|| prompt.to_string());
+    let program = match &tests.entry_point {
+        Some(f) if defines(f) => {
+            // A whole function: keep the prompt's imports, which a chat answer often leaves out.
+            let imports: Vec<&str> = prompt_code
+                .lines()
+                .filter(|l| l.starts_with("import ") || l.starts_with("from "))
+                .collect();
+            format!("{}\n{code}", imports.join("\n"))
+        }
+        _ if code_block(completion).is_some() => code,
+        _ => format!("{prompt_code}{code}"),
+    };
+    let check = tests
+        .entry_point
+        .as_ref()
+        .map(|f| format!("\n\ncheck({f})\n"))
+        .unwrap_or_default();
+    format!("{program}\n\n{}{check}", tests.code)
 }
 
 /// Reward weights of the [`Grader`].
@@ -380,19 +442,29 @@ impl Grader {
     pub fn verifier_for(&self, kind: &str) -> &dyn Verifier {
         match kind {
             "arithmetic" | "math" | "gsm8k" => &self.numeric,
-            "program" | "code" => &self.program,
+            "program" | "code" | "humaneval" | "mbpp" | "unit-test" => &self.program,
             "unanswerable" => &self.abstention,
             _ => &self.exact,
         }
     }
 
-    /// Judges one completion.
+    /// Judges one finished completion.
     pub fn grade(&self, task: &Task, completion: &str) -> Verdict {
+        self.grade_completion(task, completion, true)
+    }
+
+    /// Judges one completion; `finished`: it ended with a stop token rather than being cut at
+    /// its token budget (a strict task counts a cut completion wrong whatever it says).
+    pub fn grade_completion(&self, task: &Task, completion: &str, finished: bool) -> Verdict {
         let formatted = self.format.score(task, completion).unwrap_or(0.0) > 0.5;
         let abstained = self.abstention.score(task, completion).unwrap_or(0.0) > 0.5;
-        let (correct, errored) = match self.verifier_for(&task.kind).score(task, completion) {
-            Ok(s) => (s > 0.5, false),
-            Err(_) => (false, true),
+        let (correct, errored) = if task.reading.strict && !finished {
+            (false, false)
+        } else {
+            match self.verifier_for(&task.kind).score(task, completion) {
+                Ok(s) => (s > 0.5, false),
+                Err(_) => (false, true),
+            }
         };
         let w = &self.weights;
         let mut reward = if correct {
@@ -425,6 +497,7 @@ mod tests {
             prompt: prompt.into(),
             answer: answer.into(),
             kind: kind.into(),
+            ..Task::default()
         }
     }
 

@@ -377,6 +377,7 @@ fn bad_inputs_are_named_with_their_fix() -> Result<()> {
             prompt: "p".into(),
             answer: "a".into(),
             kind: "facts".into(),
+            ..Task::default()
         }],
     )?;
     std::fs::write(d.join("corrupt.parquet"), b"PAR1 this is not parquet at all")?;

@@ -136,6 +136,7 @@ fn to_tasks(rows: &[world::TaskRow]) -> Vec<Task> {
             prompt: r.prompt.clone(),
             answer: r.answer.clone(),
             kind: r.task.clone(),
+            ..Task::default()
         })
         .collect()
 }

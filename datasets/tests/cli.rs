@@ -87,11 +87,13 @@ fn help_bad_arguments_build_inspect_and_decontaminate() -> Result<()> {
                 prompt: "What is 5 * 12?".into(),
                 answer: "60".into(),
                 kind: "arithmetic".into(),
+                ..common::verify::Task::default()
             },
             common::verify::Task {
                 prompt: "What is 7 * 3?".into(),
                 answer: "21".into(),
                 kind: "arithmetic".into(),
+                ..common::verify::Task::default()
             },
         ],
     )?;

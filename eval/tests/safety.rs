@@ -20,6 +20,7 @@ fn an_overlong_prompt_is_skipped_and_counted_not_fatal() -> Result<()> {
             prompt: format!("What is {i} + 1?"),
             answer: format!("{}", i + 1),
             kind: "arithmetic".into(),
+            ..Task::default()
         })
         .collect();
     tasks.insert(
@@ -28,6 +29,7 @@ fn an_overlong_prompt_is_skipped_and_counted_not_fatal() -> Result<()> {
             prompt: "Velmora trades salt. ".repeat(200),
             answer: "salt".into(),
             kind: "facts".into(),
+            ..Task::default()
         },
     );
     write_tasks(&d.join("tasks.parquet"), &tasks)?;

@@ -5,6 +5,7 @@ use crate::grpo::LossKind;
 use anyhow::{bail, Context, Result};
 use common::config::{apply_paths, load_toml, CommonArgs, TrainSection};
 use common::sampling::SamplingConfig;
+use common::tasks::TaskSource;
 use common::verify::RewardWeights;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -135,11 +136,13 @@ impl Default for VerifierSection {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RlEval {
-    /// Parquet file of held-out tasks.
-    pub tasks: PathBuf,
+    /// Held-out tasks: a Parquet file in this project's layout, or a table naming its
+    /// columns and answer format (`{ path = "...", columns = { prompt = "question" }, kind =
+    /// "gsm8k", answers = "gsm8k" }`, see `common::tasks::TaskSource`).
+    pub tasks: TaskSource,
     /// A harder held-out slice (e.g. `data/default/eval/hard.parquet`: one more operation
-    /// than SFT ever showed), graded at the start and the end.
-    pub hard_tasks: Option<PathBuf>,
+    /// than SFT ever showed), graded at the start and the end; a path or a table like `tasks`.
+    pub hard_tasks: Option<TaskSource>,
     /// Questions per task kind.
     #[serde(default = "default_rl_per_kind")]
     pub per_kind: usize,

@@ -29,7 +29,7 @@ use common::progress::{format_count, format_secs, Progress};
 use common::prompts::{PromptMix, PromptStream, StreamState};
 use common::sampling::SamplingConfig;
 use common::stage::{Opened, Stage, StageOptions, TrainerState};
-use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, summarize, EvalOptions, TaskReport};
+use common::tasks::{evaluate_tasks, limit_per_kind, summarize, EvalOptions, TaskReport, TaskSource};
 use common::verify::{Grader, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -238,8 +238,8 @@ impl Grading {
             });
         };
         Ok(Grading {
-            held_out: Some(limit_per_kind(load_tasks(&e.tasks)?, e.per_kind)),
-            hard: e.hard_tasks.as_deref().map(load_tasks).transpose()?,
+            held_out: Some(limit_per_kind(e.tasks.load()?, e.per_kind)),
+            hard: e.hard_tasks.as_ref().map(TaskSource::load).transpose()?,
             opts: Some(EvalOptions {
                 sampling: SamplingConfig::greedy(e.max_new_tokens),
                 samples: 1,

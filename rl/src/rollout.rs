@@ -103,7 +103,7 @@ pub fn rollout(
         let verdicts: Vec<Verdict> = texts
             .par_iter()
             .enumerate()
-            .map(|(i, c)| grader.grade(&drawn[i / g].task, c))
+            .map(|(i, c)| grader.grade_completion(&drawn[i / g].task, c, gen.finished[i]))
             .collect();
         let rewards: Vec<f64> = verdicts
             .iter()

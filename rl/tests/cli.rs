@@ -310,6 +310,7 @@ fn overlong_prompts_are_skipped_and_counted_not_fatal() -> Result<()> {
             },
             answer: format!("{}", i + 1),
             kind: if i % 2 == 0 { "arithmetic" } else { "long" }.into(),
+            ..common::verify::Task::default()
         })
         .collect();
     common::data::writer::write_tasks(&d.join("prompts.parquet"), &tasks)?;

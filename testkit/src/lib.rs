@@ -87,21 +87,25 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
                 prompt: format!("What is {} + {}?", i % 9, i % 5),
                 answer: format!("{}", i % 9 + i % 5),
                 kind: "arithmetic".into(),
+                ..Task::default()
             },
             1 => Task {
                 prompt: format!("In which region is {}?", towns[i % 6]),
                 answer: regions[i % 6].into(),
                 kind: "facts".into(),
+                ..Task::default()
             },
             2 => Task {
                 prompt: format!("What does this program print?\n```python\nprint({} * 2)\n```", i),
                 answer: format!("{}", i * 2),
                 kind: "program".into(),
+                ..Task::default()
             },
             _ => Task {
                 prompt: "In which region is Zorblax?".into(),
                 answer: "I don't know".into(),
                 kind: "unanswerable".into(),
+                ..Task::default()
             },
         })
         .collect();

@@ -229,6 +229,7 @@ mod tests {
                 prompt: format!("What is {i} + {i}?"),
                 answer: (2 * i).to_string(),
                 kind: "arithmetic".into(),
+                ..Task::default()
             })
             .collect();
         let p = dir.path().join("tasks.parquet");

@@ -1,12 +1,15 @@
 //! `evaluate`: evaluates any checkpoint on any task set with the shared verifiers.
 use anyhow::{Context, Result};
 use clap::Parser;
+use common::answers::Extract;
 use common::checkpoint;
 use common::device::{configure_threads, device_name, seed_everything, DeviceChoice};
 use common::metrics::{EvalCounts, EvalFile, EvalSettings};
 use common::provenance::Provenance;
 use common::sampling::SamplingConfig;
-use common::tasks::{evaluate_tasks, limit_per_kind, load_tasks, EvalOptions, TaskReport};
+use common::tasks::{
+    evaluate_tasks, grade_completions, limit_per_kind, Completions, EvalOptions, TaskReport, TaskSource,
+};
 use common::verify::{Grader, ProgramExec, RewardWeights, Task};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,18 +24,63 @@ use std::process::ExitCode;
 /// estimate over all samples (their mean accuracy), so the two differ by sampling noise;
 /// neither is the greedy accuracy.
 ///
+/// Without a model, `--gold` grades each task's own reference answer (a task set and its
+/// answer format check out when that scores 100%) and `--responses FILE` grades given
+/// answers (e.g. a `--log-samples` file, or another system's outputs).
+///
+/// Hub files are read as they ship: name their columns and answer format, e.g. GSM8K:
+/// `evaluate runs/default/sft --tasks gsm8k/test.parquet --columns prompt=question --kind gsm8k --answers gsm8k`.
+///
 /// Examples: evaluate runs/default/rl --samples 8 --out runs/default/eval-rl.json;
-/// evaluate runs/default/sft --tasks hard --limit 50
+/// evaluate runs/default/sft --tasks hard --limit 50;
+/// evaluate --tasks gsm8k/test.parquet --columns prompt=question --kind gsm8k --answers gsm8k --gold
 #[derive(Parser, Debug)]
 #[command(version, args_override_self = true)]
 struct Args {
-    /// Checkpoint directory (e.g. runs/default/sft).
-    checkpoint: PathBuf,
+    /// Checkpoint directory (e.g. runs/default/sft); not with --gold or --responses.
+    #[arg(required_unless_present_any = ["gold", "responses"], conflicts_with_all = ["gold", "responses"])]
+    checkpoint: Option<PathBuf>,
     /// Task set: `default` (the world's held-out tasks, <world>/eval/tasks.parquet), `hard`
-    /// (its harder slice, <world>/eval/hard.parquet), or a Parquet file with string columns
-    /// prompt, answer, task.
+    /// (its harder slice, <world>/eval/hard.parquet), or a Parquet file (string columns
+    /// prompt, answer, task, or others named by --columns).
     #[arg(long, default_value = "default", value_name = "NAME|FILE")]
     tasks: String,
+    /// Where the task file keeps each field, when it names them otherwise: FIELD=COLUMN,
+    /// comma-separated (fields: prompt, answer, task, test, entry_point), e.g.
+    /// `prompt=question` for GSM8K, `answer=canonical_solution,test=test,entry_point=entry_point` for HumanEval.
+    #[arg(long, value_delimiter = ',', value_name = "FIELD=COLUMN")]
+    columns: Vec<String>,
+    /// Kind of every row when the file has no task column; picks the verifier (arithmetic,
+    /// math, gsm8k: numeric; program, humaneval, unit-test: run in the sandbox; unanswerable;
+    /// anything else: exact match).
+    #[arg(long)]
+    kind: Option<String>,
+    /// How the file writes its answers, for references and completions alike: gsm8k
+    /// (`#### 72`), boxed (`\boxed{72}`), answer-line (`Answer: 72`).
+    #[arg(long)]
+    answers: Option<String>,
+    /// Where the reference column keeps the answer (overrides --answers): answer-line, gsm8k,
+    /// boxed, last-number, whole, regex:PATTERN.
+    #[arg(long, value_name = "EXTRACT")]
+    reference: Option<Extract>,
+    /// Where completions state their answer (overrides --answers); same choices as --reference.
+    #[arg(long, value_name = "EXTRACT")]
+    completion: Option<Extract>,
+    /// A completion without the answer marker, or cut off at the token budget, is wrong.
+    #[arg(long)]
+    strict: bool,
+    /// Grade each task's reference answer as its completion (no model): checks that a task
+    /// set, its columns and its answer format agree; must score 100%.
+    #[arg(long)]
+    gold: bool,
+    /// Grade these model responses (no model): JSONL with `prompt` and `completion` per line
+    /// (`finished` and `mode` optional, as --log-samples writes them), or Parquet with string
+    /// columns prompt and completion. Matched to the tasks by prompt.
+    #[arg(long, value_name = "FILE", conflicts_with = "gold")]
+    responses: Option<PathBuf>,
+    /// With --responses from a --log-samples file: which answers to grade, greedy or sampled.
+    #[arg(long, default_value = "greedy")]
+    mode: String,
     /// The world whose named task sets --tasks picks.
     #[arg(long, default_value = "data/default", value_name = "DIR")]
     world: PathBuf,
@@ -155,10 +203,207 @@ fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
     s
 }
 
+/// The task file of `--tasks` and how the flags say to read it.
+fn task_source(a: &Args) -> Result<TaskSource> {
+    let mut columns = BTreeMap::new();
+    for c in &a.columns {
+        let (field, col) = c
+            .split_once('=')
+            .with_context(|| format!("--columns {c:?}: expected FIELD=COLUMN, e.g. prompt=question"))?;
+        columns.insert(field.trim().to_string(), col.trim().to_string());
+    }
+    let src = TaskSource {
+        path: task_file(&a.tasks, &a.world),
+        columns,
+        kind: a.kind.clone(),
+        answers: a.answers.clone(),
+        reference: a.reference.clone(),
+        completion: a.completion.clone(),
+        strict: a.strict,
+    };
+    src.task_columns()?;
+    src.reference()?;
+    src.reading()?;
+    Ok(src)
+}
+
+/// One given completion.
+#[derive(serde::Deserialize)]
+struct Given {
+    prompt: String,
+    completion: String,
+    #[serde(default = "yes")]
+    finished: bool,
+    mode: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Reads `--responses`: JSONL records, or Parquet with columns prompt and completion.
+fn read_completions(path: &Path, mode: &str) -> Result<Vec<Given>> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        let src = TaskSource {
+            columns: [("answer".to_string(), "completion".to_string())].into(),
+            kind: Some("-".into()),
+            ..TaskSource::file(path)
+        };
+        let rows = src.load().with_context(|| {
+            format!(
+                "--responses {} (Parquet needs string columns prompt and completion)",
+                path.display()
+            )
+        })?;
+        return Ok(rows
+            .into_iter()
+            .map(|t| Given {
+                prompt: t.prompt,
+                completion: t.answer,
+                finished: true,
+                mode: None,
+            })
+            .collect());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading --responses {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let g: Given = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{} line {}: expected a JSON object with string fields prompt and completion",
+                path.display(),
+                i + 1
+            )
+        })?;
+        if g.mode.as_deref().is_none_or(|m| m == mode) {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+/// `--gold` / `--responses`: grade without a model.
+fn grade_only(a: &Args, src: &TaskSource) -> Result<()> {
+    let mut tasks = src.load().with_context(|| format!("task set `{}`", a.tasks))?;
+    let per_kind = a.per_kind.unwrap_or(usize::MAX);
+    let given: Vec<Vec<(String, bool)>> = if a.gold {
+        // The reference column as written (before its answer is extracted) is the completion:
+        // what a model that learned to answer like the file would write.
+        let raw = TaskSource {
+            reference: Some(Extract::Whole),
+            ..src.clone()
+        }
+        .load()?;
+        raw.into_iter().map(|r| vec![(r.answer, true)]).collect()
+    } else {
+        let path = a.responses.as_ref().context("--gold or --responses")?;
+        let mut by_prompt: BTreeMap<String, std::collections::VecDeque<(String, bool)>> = BTreeMap::new();
+        for g in read_completions(path, &a.mode)? {
+            by_prompt
+                .entry(g.prompt)
+                .or_default()
+                .push_back((g.completion, g.finished));
+        }
+        let before = tasks.len();
+        tasks.retain(|t| by_prompt.contains_key(&t.prompt));
+        anyhow::ensure!(
+            !tasks.is_empty(),
+            "no completion in {} answers a task of {} (matched by prompt; with a --log-samples file, --mode picks greedy or sampled)",
+            path.display(),
+            src.path.display()
+        );
+        if tasks.len() < before {
+            eprintln!(
+                "evaluate: {} of {before} tasks have completions in {}; grading those",
+                tasks.len(),
+                path.display()
+            );
+        }
+        // A prompt asked several times shares its completions out in file order, the same
+        // number to each.
+        let mut asked: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in &tasks {
+            *asked.entry(t.prompt.as_str()).or_default() += 1;
+        }
+        let mut each: BTreeMap<String, usize> = BTreeMap::new();
+        for (p, n) in &asked {
+            let c = by_prompt[*p].len();
+            anyhow::ensure!(
+                c % n == 0,
+                "{c} completions for a prompt the task set asks {n} times ({:?}): cannot share them out",
+                p.chars().take(60).collect::<String>()
+            );
+            each.insert(p.to_string(), c / n);
+        }
+        tasks
+            .iter()
+            .map(|t| {
+                let q = by_prompt.get_mut(&t.prompt).expect("kept tasks have completions");
+                (0..each[&t.prompt]).filter_map(|_| q.pop_front()).collect()
+            })
+            .collect()
+    };
+    // Same order and per-kind cap for tasks and their completions.
+    let mut pairs: Vec<(Task, Vec<(String, bool)>)> = tasks.into_iter().zip(given).collect();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    pairs.retain(|(t, _)| {
+        let c = counts.entry(t.kind.clone()).or_default();
+        *c += 1;
+        *c <= per_kind
+    });
+    if let Some(n) = a.limit {
+        pairs.truncate(n);
+    }
+    let (tasks, samples): (Vec<Task>, Vec<Vec<(String, bool)>>) = pairs.into_iter().unzip();
+    let lengths = samples
+        .iter()
+        .map(|s| s.iter().map(|(c, _)| c.split_whitespace().count()).collect())
+        .collect();
+    let exec = ProgramExec {
+        allow_weak: a.allow_weak_sandbox,
+        ..ProgramExec::default()
+    };
+    let grader = Grader::new(RewardWeights::default(), exec);
+    let report = grade_completions(&tasks, &Completions { samples, lengths }, &grader)?;
+    let what = if a.gold {
+        "their reference answers"
+    } else {
+        "given completions"
+    };
+    println!("{} tasks of {}, graded on {what}\n", tasks.len(), src.path.display());
+    println!("{}", table(&report, None).replace("| tokens |", "| words |"));
+    let right = report.log.iter().filter(|r| r.correct).count();
+    if a.gold && right < report.log.len() {
+        let wrong: Vec<&common::tasks::SampleLog> = report.log.iter().filter(|r| !r.correct).take(3).collect();
+        for r in &wrong {
+            eprintln!(
+                "not accepted: {:?} -> extracted {:?} (reference {:?})",
+                r.prompt.chars().take(60).collect::<String>(),
+                r.extracted,
+                r.answer
+            );
+        }
+        anyhow::bail!(
+            "{right} of {} reference answers are accepted, not all: the columns, --kind or the answer format (--answers, --reference, --completion) do not fit this file",
+            report.log.len()
+        );
+    }
+    if let Some(out) = &a.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!("results: {}", out.display());
+    }
+    Ok(())
+}
+
 fn run(a: Args) -> Result<()> {
     configure_threads();
+    let src = task_source(&a)?;
+    let Some(ckpt) = a.checkpoint.clone() else {
+        return grade_only(&a, &src);
+    };
     let device = a.device.resolve()?;
-    let (_vs, model, loaded) = checkpoint::load_model(&a.checkpoint, device)?;
+    let (_vs, model, loaded) = checkpoint::load_model(&ckpt, device)?;
     // A knob not given on the command line is what the checkpoint's stage evaluated with.
     let c = &loaded.meta.config;
     let stage_knob = |key: &str| c["tasks"][key].as_i64().or(c["eval"][key].as_i64());
@@ -173,18 +418,15 @@ fn run(a: Args) -> Result<()> {
         (None, Some(n)) => (n, "checkpoint config"),
         (None, None) => (64, "default"),
     };
-    let tasks_path = task_file(&a.tasks, &a.world);
-    let mut tasks = limit_per_kind(
-        load_tasks(&tasks_path).with_context(|| format!("task set `{}`", a.tasks))?,
-        per_kind,
-    );
+    let tasks_path = src.path.clone();
+    let mut tasks = limit_per_kind(src.load().with_context(|| format!("task set `{}`", a.tasks))?, per_kind);
     if let Some(n) = a.limit {
         tasks = spread(tasks, n);
     }
     anyhow::ensure!(!tasks.is_empty(), "no tasks to evaluate in {}", tasks_path.display());
     eprintln!(
         "evaluate: {} ({} stage, step {}) on {} questions of {}; answers up to {max_new_tokens} tokens ({max_new_tokens_from}){}",
-        a.checkpoint.display(),
+        ckpt.display(),
         loaded.meta.stage,
         loaded.meta.step,
         tasks.len(),
@@ -224,7 +466,7 @@ fn run(a: Args) -> Result<()> {
     };
     println!(
         "{} ({} stage, step {}) on {} ({} tasks)\n",
-        a.checkpoint.display(),
+        ckpt.display(),
         loaded.meta.stage,
         loaded.meta.step,
         tasks_path.display(),
@@ -241,7 +483,7 @@ fn run(a: Args) -> Result<()> {
             *per_kind_n.entry(t.kind.clone()).or_default() += 1;
         }
         let file = EvalFile {
-            checkpoint: a.checkpoint.display().to_string(),
+            checkpoint: ckpt.display().to_string(),
             stage: loaded.meta.stage.clone(),
             tasks: tasks_path.display().to_string(),
             greedy: greedy.clone(),

@@ -1,0 +1,248 @@
+//! Task files as the hub ships them, graded with no preprocessing: GSM8K (`question`, and an
+//! `answer` whose number follows `####`), HumanEval (`prompt`, `canonical_solution`, `test`,
+//! `entry_point`: graded by running the unit tests in the sandbox), and given completions
+//! re-graded without a model.
+use anyhow::Result;
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use testkit::{bin, stderr, tiny_checkpoint, tiny_world};
+
+/// A Parquet file of string columns.
+fn write_strings(path: &Path, cols: &[(&str, Vec<&str>)]) -> Result<()> {
+    let schema = Arc::new(Schema::new(
+        cols.iter()
+            .map(|(n, _)| Field::new(*n, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays: Vec<ArrayRef> = cols
+        .iter()
+        .map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef)
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema, None)?;
+    w.write(&batch)?;
+    w.close()?;
+    Ok(())
+}
+
+fn evaluate(args: &[&str]) -> Result<std::process::Output> {
+    Ok(bin(env!("CARGO_BIN_EXE_evaluate")).args(args).output()?)
+}
+
+const GSM8K_Q: [&str; 3] = [
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?",
+    "Betty has 1,200 stamps and gives away 250. How many are left?",
+];
+const GSM8K_A: [&str; 3] = [
+    "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72",
+    "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
+    "1,200 - 250 = <<1200-250=950>>950 stamps are left.\n#### 950",
+];
+
+#[test]
+fn gsm8k_layout_grades_its_gold_answers_at_100_percent_and_reads_completions_its_way() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("gsm8k-test.parquet");
+    write_strings(&file, &[("question", GSM8K_Q.to_vec()), ("answer", GSM8K_A.to_vec())])?;
+    let f = file.to_str().unwrap_or_default();
+    let mapped = ["--tasks", f, "--columns", "prompt=question", "--kind", "gsm8k"];
+
+    // With GSM8K's answer format, the reference answers grade themselves at 100%.
+    let o = evaluate(&[&mapped[..], &["--answers", "gsm8k", "--gold"]].concat())?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| gsm8k | 3 | 100.0%"), "{table}");
+
+    // Without it, the first number of the reference (48) is not the answer (72): a clear error
+    // naming the options, not a silent 2%.
+    let o = evaluate(&[&mapped[..], &["--gold"]].concat())?;
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("--answers") && e.contains("not all"), "{e}");
+
+    // Without the column mapping: the missing column and the flag that fixes it.
+    let o = evaluate(&["--tasks", f, "--kind", "gsm8k", "--gold"])?;
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("prompt") && e.contains("--columns"),
+        "{e}"
+    );
+
+    // A reference without the marker is named with its row and the option.
+    let odd = dir.path().join("odd.parquet");
+    write_strings(&odd, &[("question", vec!["What is 2 + 2?"]), ("answer", vec!["4"])])?;
+    let o = evaluate(&[
+        "--tasks",
+        odd.to_str().unwrap_or_default(),
+        "--columns",
+        "prompt=question",
+        "--kind",
+        "gsm8k",
+        "--answers",
+        "gsm8k",
+        "--gold",
+    ])?;
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("row 0") && e.contains("reference"),
+        "{e}"
+    );
+
+    // Given completions, read GSM8K's way; strict needs the marker and a finished answer.
+    let completions = dir.path().join("completions.jsonl");
+    let lines = [
+        serde_json::json!({"prompt": GSM8K_Q[0], "completion": "48 + 24 = 72\n#### 72"}),
+        serde_json::json!({"prompt": GSM8K_Q[1], "completion": "She earned 10 dollars.\n10"}),
+        serde_json::json!({"prompt": GSM8K_Q[2], "completion": "1200 - 250 = 950\n#### 950", "finished": false}),
+    ];
+    std::fs::write(&completions, lines.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    let c = completions.to_str().unwrap_or_default();
+    let grade = |extra: &[&str]| -> Result<Value> {
+        let out = dir.path().join("graded.json");
+        let o = evaluate(
+            &[
+                &mapped[..],
+                &["--answers", "gsm8k", "--responses", c, "--out"],
+                &[out.to_str().unwrap_or_default()],
+                extra,
+            ]
+            .concat(),
+        )?;
+        assert!(o.status.success(), "{}", stderr(&o));
+        Ok(serde_json::from_str(&std::fs::read_to_string(&out)?)?)
+    };
+    let lenient = grade(&[])?;
+    assert_eq!(lenient["per_kind"]["gsm8k"]["n"], 3);
+    // Lenient: the unmarked answer falls back to its last line (10, right); the cut-off one counts.
+    assert_eq!(lenient["per_kind"]["gsm8k"]["accuracy"], 1.0);
+    let strict = grade(&["--strict"])?;
+    // Strict: only the marked, finished completion is right.
+    let acc = strict["per_kind"]["gsm8k"]["accuracy"].as_f64().unwrap_or(-1.0);
+    assert!((acc - 1.0 / 3.0).abs() < 1e-9, "{strict}");
+    Ok(())
+}
+
+const HUMANEVAL_PROMPT: &str = "from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:\n    \"\"\" Check if in given list of numbers, are any two numbers closer to each other than\n    given threshold.\n    \"\"\"\n";
+const HUMANEVAL_SOLUTION: &str = "    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n            if idx != idx2:\n                distance = abs(elem - elem2)\n                if distance < threshold:\n                    return True\n\n    return False\n";
+const HUMANEVAL_TEST: &str = "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True\n    assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False\n    assert candidate([1.0, 2.0, 5.9, 4.0, 5.0], 0.95) == True\n";
+
+#[test]
+fn humaneval_layout_runs_the_unit_tests_in_the_sandbox() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("humaneval.parquet");
+    write_strings(
+        &file,
+        &[
+            ("task_id", vec!["HumanEval/0"]),
+            ("prompt", vec![HUMANEVAL_PROMPT]),
+            ("canonical_solution", vec![HUMANEVAL_SOLUTION]),
+            ("test", vec![HUMANEVAL_TEST]),
+            ("entry_point", vec!["has_close_elements"]),
+        ],
+    )?;
+    let f = file.to_str().unwrap_or_default();
+    let mapped = [
+        "--tasks",
+        f,
+        "--columns",
+        "answer=canonical_solution,test=test,entry_point=entry_point",
+        "--kind",
+        "humaneval",
+        "--allow-weak-sandbox",
+    ];
+    // The canonical solution passes its own tests.
+    let o = evaluate(&[&mapped[..], &["--gold"]].concat())?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| humaneval | 1 | 100.0%"));
+    // Completions: a stub fails; the body as a continuation passes; a whole function in a
+    // fenced block (without the prompt's import) passes; a wrong one fails.
+    let whole = format!("```python\ndef has_close_elements(numbers, threshold):\n{HUMANEVAL_SOLUTION}```");
+    let wrong = "```python\ndef has_close_elements(numbers, threshold):\n    return True\n```";
+    let mut graded = Vec::new();
+    for completion in ["    return None\n", HUMANEVAL_SOLUTION, whole.as_str(), wrong] {
+        let c = dir.path().join("c.jsonl");
+        std::fs::write(
+            &c,
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": HUMANEVAL_PROMPT, "completion": completion})
+            ),
+        )?;
+        let out = dir.path().join("g.json");
+        let o = evaluate(
+            &[
+                &mapped[..],
+                &[
+                    "--responses",
+                    c.to_str().unwrap_or_default(),
+                    "--out",
+                    out.to_str().unwrap_or_default(),
+                ],
+            ]
+            .concat(),
+        )?;
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+        graded.push(v["per_kind"]["humaneval"]["accuracy"].as_f64().unwrap_or(-1.0));
+    }
+    assert_eq!(
+        graded,
+        [0.0, 1.0, 1.0, 0.0],
+        "stub, continuation, whole function, wrong"
+    );
+    Ok(())
+}
+
+#[test]
+fn logged_samples_regrade_to_the_same_accuracy() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    tiny_checkpoint(d, &d.join("run/sft"), "sft")?;
+    let tasks = d.join("eval/tasks.parquet");
+    let (t, log, out) = (
+        tasks.to_str().unwrap_or_default(),
+        d.join("samples.jsonl"),
+        d.join("eval.json"),
+    );
+    let o = evaluate(&[
+        d.join("run/sft").to_str().unwrap_or_default(),
+        "--tasks",
+        t,
+        "--out",
+        out.to_str().unwrap_or_default(),
+        "--log-samples",
+        log.to_str().unwrap_or_default(),
+        "--allow-weak-sandbox",
+    ])?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let regraded = d.join("regraded.json");
+    let o = evaluate(&[
+        "--tasks",
+        t,
+        "--responses",
+        log.to_str().unwrap_or_default(),
+        "--out",
+        regraded.to_str().unwrap_or_default(),
+        "--allow-weak-sandbox",
+    ])?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let again: Value = serde_json::from_str(&std::fs::read_to_string(&regraded)?)?;
+    for kind in ["arithmetic", "facts", "program", "unanswerable"] {
+        assert_eq!(
+            first["greedy"]["per_kind"][kind]["accuracy"], again["per_kind"][kind]["accuracy"],
+            "{kind}"
+        );
+        assert_eq!(first["greedy"]["per_kind"][kind]["n"], again["per_kind"][kind]["n"]);
+    }
+    // The world's own task file checks out: every reference answer is accepted.
+    let o = evaluate(&["--tasks", t, "--gold", "--allow-weak-sandbox"])?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("| answerable (pooled) |"));
+    Ok(())
+}
