@@ -246,3 +246,122 @@ fn logged_samples_regrade_to_the_same_accuracy() -> Result<()> {
     assert!(String::from_utf8_lossy(&o.stdout).contains("| answerable (pooled) |"));
     Ok(())
 }
+
+/// `configs/examples/gsm8k` as a user runs it: GSM8K-layout files under data/gsm8k/, SFT on
+/// the training split, RL on its questions, then evaluate on the test split; nothing
+/// preprocessed. (A tiny random model and a few steps: this checks the path, not the skill.)
+#[test]
+fn gsm8k_example_configs_run_sft_rl_and_evaluate() -> Result<()> {
+    use common::model::GptConfig;
+    use common::tokenizer::Tok;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let row = |i: usize| -> (String, String) {
+        let (a, b) = (3 + i % 17, 5 + i % 11);
+        (
+            format!("Tom has {a} apples and buys {b} more. How many apples does he have now?"),
+            format!(
+                "Tom has {a} + {b} = <<{a}+{b}={}>>{} apples now.\n#### {}",
+                a + b,
+                a + b,
+                a + b
+            ),
+        )
+    };
+    std::fs::create_dir_all(d.join("data/gsm8k"))?;
+    for (name, range) in [("train", 0..600), ("test", 1000..1008)] {
+        let rows: Vec<(String, String)> = range.map(row).collect();
+        write_strings(
+            &d.join(format!("data/gsm8k/{name}.parquet")),
+            &[
+                ("question", rows.iter().map(|r| r.0.as_str()).collect()),
+                ("answer", rows.iter().map(|r| r.1.as_str()).collect()),
+            ],
+        )?;
+    }
+    let ex = d.join("configs/examples/gsm8k");
+    std::fs::create_dir_all(&ex)?;
+    for f in std::fs::read_dir(testkit::workspace_root().join("configs/examples/gsm8k"))? {
+        let f = f?;
+        std::fs::copy(f.path(), ex.join(f.file_name()))?;
+    }
+    // A tiny model with the examples' 256-token context, as the start of the ladder.
+    let tok = Tok::load(&d.join("tokenizer.json"))?;
+    let mut cfg = GptConfig::preset("tiny", tok.vocab_size() as i64)?;
+    cfg.max_seq_len = 256;
+    common::checkpoint::save_random(&d.join("runs/midtrain"), &cfg, &tok, "midtrain", 0)?;
+    let stage = |exe: &str, args: &[&str]| -> Result<()> {
+        let path = Path::new(env!("CARGO_BIN_EXE_evaluate")).with_file_name(exe);
+        let o = bin(path)
+            .current_dir(d)
+            .env("L2E_PROGRESS", "quiet")
+            .env("LIB2EXPERT_ALLOW_WEAK_SANDBOX", "1")
+            .args(args)
+            .output()?;
+        assert!(o.status.success(), "{exe} {args:?}: {}", stderr(&o));
+        Ok(())
+    };
+    stage(
+        "sft",
+        &[
+            "--config",
+            "configs/examples/gsm8k/sft.toml",
+            "--init",
+            "runs/midtrain",
+            "--out",
+            "runs/sft",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )?;
+    let sft: common::meta::Meta = serde_json::from_str(&std::fs::read_to_string(d.join("runs/sft/meta.json"))?)?;
+    let t = sft.metrics.tasks.as_ref().expect("SFT graded the GSM8K test split");
+    assert_eq!(t.per_kind["gsm8k"].n, 8);
+    assert!(sft.metrics.heldout.as_ref().is_some_and(|h| h.contains_key("gsm8k")));
+    stage(
+        "rl",
+        &[
+            "--config",
+            "configs/examples/gsm8k/rl.toml",
+            "--init",
+            "runs/sft",
+            "--out",
+            "runs/rl",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )?;
+    let rl: common::meta::Meta = serde_json::from_str(&std::fs::read_to_string(d.join("runs/rl/meta.json"))?)?;
+    assert_eq!(rl.metrics.tasks.as_ref().expect("RL graded").per_kind["gsm8k"].n, 8);
+    let log = common::metrics::read_jsonl(&d.join("runs/rl/metrics.jsonl"));
+    assert!(
+        log.iter().any(|l| l["curriculum"].to_string().contains("gsm8k")),
+        "RL drew its prompts from the GSM8K file"
+    );
+    let out = d.join("eval.json");
+    let o = bin(env!("CARGO_BIN_EXE_evaluate"))
+        .current_dir(d)
+        .args([
+            "runs/rl",
+            "--tasks",
+            "data/gsm8k/test.parquet",
+            "--columns",
+            "prompt=question",
+            "--kind",
+            "gsm8k",
+            "--answers",
+            "gsm8k",
+            "--out",
+            out.to_str().unwrap_or_default(),
+        ])
+        .output()?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    assert_eq!(v["greedy"]["per_kind"]["gsm8k"]["n"], 8);
+    Ok(())
+}
