@@ -357,6 +357,11 @@ pub struct KindReport {
     pub pass_at_k: BTreeMap<usize, f64>,
     /// Majority vote over the first k samples, for k = 1, 2, 4, …
     pub maj_at_k: BTreeMap<usize, f64>,
+    /// Greedy answers the verifier could not judge (a reference program that did not run, no
+    /// sandbox on this machine, ...): counted wrong, and named here so that a 0% is never a
+    /// broken grader in disguise.
+    #[serde(default)]
+    pub verifier_errors: usize,
 }
 
 /// A whole evaluation.
@@ -447,6 +452,7 @@ fn kind_report(items: &[&Graded], samples: usize) -> KindReport {
             .map(|g| g.truncated.iter().filter(|&&t| t).count() as f64 / g.truncated.len() as f64)
             .sum::<f64>()
             / n as f64,
+        verifier_errors: first(&|g| g.verdicts[0].errored),
         ..Default::default()
     };
     if items.iter().all(|g| g.kind == "unanswerable") {
@@ -692,6 +698,10 @@ pub fn summarize(r: &TaskReport) -> String {
         parts.push(format!("hallucination {:.0}%", 100.0 * h));
     }
     parts.push(format!("format {:.0}%", 100.0 * r.answerable.format_rate));
+    let errors: usize = r.per_kind.values().map(|k| k.verifier_errors).sum();
+    if errors > 0 {
+        parts.push(format!("{errors} NOT GRADED (verifier errors, counted wrong)"));
+    }
     if r.skipped_overlong > 0 {
         parts.push(format!("{} skipped (longer than the context)", r.skipped_overlong));
     }
@@ -701,6 +711,34 @@ pub fn summarize(r: &TaskReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn given_completions_are_graded_and_verifier_errors_are_counted() -> Result<()> {
+        let task = |answer: &str| Task {
+            prompt: format!("What is {answer}?"),
+            answer: answer.into(),
+            kind: "gsm8k".into(),
+            ..Task::default()
+        };
+        // The second reference is no number: the numeric verifier cannot judge it.
+        let tasks = [task("72"), task("seventy-two"), task("10")];
+        let given = Completions {
+            samples: vec![
+                vec![("#### 72\nAnswer: 72".into(), true)],
+                vec![("Answer: 72".into(), true)],
+                vec![("Answer: 11".into(), true)],
+            ],
+            lengths: vec![vec![3], vec![2], vec![2]],
+        };
+        let g = Grader::new(Default::default(), Default::default());
+        let r = grade_completions(&tasks, &given, &g)?;
+        let k = &r.per_kind["gsm8k"];
+        assert_eq!((k.n, k.verifier_errors), (3, 1));
+        assert!((k.accuracy - 1.0 / 3.0).abs() < 1e-12);
+        assert!(summarize(&r).contains("1 NOT GRADED"), "{}", summarize(&r));
+        assert!((k.mean_tokens - 7.0 / 3.0).abs() < 1e-12);
+        Ok(())
+    }
 
     #[test]
     fn pass_at_k_matches_hand_computation() {

@@ -230,9 +230,20 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         let meta = read_meta(&rl)?;
         let m = &meta.metrics;
         let log = read_jsonl(&rl.join("metrics.jsonl"));
-        let curve: Vec<(u64, f64, usize)> = lines_of::<EvalLine<TaskReport>>(&log)
-            .iter()
-            .map(|l| (l.step, l.eval.answerable.accuracy, l.eval.answerable.n))
+        let paired = (
+            correct(&sft, &answerable, &dir.join("grade-sft.json"), &device)?,
+            correct(&rl, &answerable, &dir.join("grade-rl.json"), &device)?,
+        );
+        // Step 0 is the SFT model as this experiment grades it (the paired baseline); later
+        // points are RL's own held-out grades, logged as it trained.
+        let share = |c: &[bool]| c.iter().filter(|x| **x).count() as f64 / c.len().max(1) as f64;
+        let curve: Vec<(u64, f64, usize)> = std::iter::once((0, share(&paired.0), paired.0.len()))
+            .chain(
+                lines_of::<EvalLine<TaskReport>>(&log)
+                    .iter()
+                    .filter(|l| l.step > 0)
+                    .map(|l| (l.step, l.eval.answerable.accuracy, l.eval.answerable.n)),
+            )
             .collect();
         let mut total = 0;
         let drawn: Vec<(u64, usize)> = lines_of::<RlStep>(&log)
@@ -247,10 +258,7 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         rows.push(Row {
             size: size.clone(),
             params: model_config(&sft)?.num_params(),
-            paired: (
-                correct(&sft, &answerable, &dir.join("grade-sft.json"), &device)?,
-                correct(&rl, &answerable, &dir.join("grade-rl.json"), &device)?,
-            ),
+            paired,
             start: m.tasks_start.clone().with_context(none)?,
             end: m.tasks.clone().with_context(none)?,
             seen: m.tasks_seen_start.clone().zip(m.tasks_seen.clone()),
@@ -329,7 +337,7 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
          (a gain there that held-out problems do not show is memorised). *Harder slice*: problems \
          with more operations than any SFT conversation shows.\n\n"
     ));
-    md.push_str("## The gain as RL goes on\n\nHeld-out answerable accuracy at each graded step (points gained over the SFT start), and the prompts RL had drawn by then (one group of samples each; fresh unless the run's metadata lists repeats).\n\n");
+    md.push_str("## The gain as RL goes on\n\nHeld-out answerable accuracy at each graded step (points gained over the SFT start), and the prompts RL had drawn by then (one group of samples each; fresh unless the run's metadata lists repeats). Step 0 is the SFT model graded by this experiment (the paired baseline above); later steps are RL's own greedy grades of the same problems, logged as it trained.\n\n");
     let steps: Vec<u64> = {
         let mut s: Vec<u64> = rows.iter().flat_map(|r| r.curve.iter().map(|c| c.0)).collect();
         s.sort_unstable();

@@ -274,12 +274,10 @@ fn experiments_run_from_real_checkpoints() -> Result<()> {
             .find(|l| l["step"] == 1 && l.get("groups_sampled").is_some())
             .and_then(|l| l["groups_sampled"].as_u64())
             .expect("step 1 logged");
+        // Step 0 is the paired SFT grade.
         let curve = cells(
             &report,
-            &format!("`{size}` | {}", {
-                let a = rl.metrics.tasks_start.as_ref().expect("graded").answerable.accuracy;
-                format!("{:.1}%", 100.0 * a)
-            }),
+            &format!("`{size}` | {:.1}%", 100.0 * right as f64 / c.len() as f64),
         );
         assert_eq!(curve.len(), 4, "{curve:?}");
         assert!(curve[2].ends_with(&format!("; {drawn} prompts)")), "{curve:?}");
