@@ -402,18 +402,24 @@ pub struct TasksSection {
     pub path: PathBuf,
     /// Column of each field where the file names it otherwise: prompt, answer, task, test,
     /// entry_point (e.g. `{ prompt = "question" }` for GSM8K).
-    #[serde(default)]
+    // Options left unset are left out of saved configs, so runs started before they existed
+    // resume with equal settings.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub columns: std::collections::BTreeMap<String, String>,
     /// Kind of every row when the file has no task column (e.g. `gsm8k`; picks the verifier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// How the file writes its answers: `gsm8k`, `boxed` or `answer-line`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answers: Option<String>,
     /// Where the reference column keeps the answer (overrides `answers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<crate::answers::Extract>,
     /// Where completions state their answer (overrides `answers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion: Option<crate::answers::Extract>,
     /// A completion without the answer marker, or cut off, is wrong.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
     /// Questions evaluated per task kind.
     #[serde(default = "default_per_kind")]

@@ -69,13 +69,16 @@ pub struct PromptSource {
     pub kind: Option<String>,
     /// How the file writes its answers (`gsm8k`, `boxed`, `answer-line`), for its reference
     /// answers and for the completions graded against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answers: Option<String>,
     /// Where the reference column keeps the answer (overrides `answers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<crate::answers::Extract>,
     /// Where completions state their answer (overrides `answers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion: Option<crate::answers::Extract>,
     /// A completion without the answer marker, or cut off, earns no reward for being right.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
     /// Share of prompts (relative to the other sources).
     #[serde(default = "one")]

@@ -58,7 +58,7 @@ pub const TASK_FIELDS: &str = "prompt, answer, task, test, entry_point";
 /// ```toml
 /// tasks = { path = "gsm8k/test.parquet", columns = { prompt = "question" }, kind = "gsm8k", answers = "gsm8k" }
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TaskSource {
     /// Parquet file.
     pub path: PathBuf,
@@ -93,6 +93,38 @@ struct TaskSourceTable {
     completion: Option<Extract>,
     #[serde(default)]
     strict: bool,
+}
+
+impl Serialize for TaskSource {
+    /// A plain file is written as its path (as configs wrote it before task sources had
+    /// options, so saved settings compare equal on resume); otherwise a table of the options set.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.is_plain() {
+            return self.path.serialize(s);
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("path", &self.path)?;
+        if !self.columns.is_empty() {
+            m.serialize_entry("columns", &self.columns)?;
+        }
+        if let Some(k) = &self.kind {
+            m.serialize_entry("kind", k)?;
+        }
+        if let Some(a) = &self.answers {
+            m.serialize_entry("answers", a)?;
+        }
+        if let Some(r) = &self.reference {
+            m.serialize_entry("reference", r)?;
+        }
+        if let Some(c) = &self.completion {
+            m.serialize_entry("completion", c)?;
+        }
+        if self.strict {
+            m.serialize_entry("strict", &true)?;
+        }
+        m.end()
+    }
 }
 
 impl<'de> Deserialize<'de> for TaskSource {
@@ -711,6 +743,36 @@ pub fn summarize(r: &TaskReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_task_source_saves_as_its_path_and_options_as_a_table() -> Result<()> {
+        // Saved settings of runs started before task sources had options compare equal.
+        let plain = TaskSource::file("data/default/eval/tasks.parquet");
+        assert_eq!(
+            serde_json::to_value(&plain)?,
+            serde_json::json!("data/default/eval/tasks.parquet")
+        );
+        let gsm = TaskSource {
+            columns: [("prompt".to_string(), "question".to_string())].into(),
+            kind: Some("gsm8k".into()),
+            answers: Some("gsm8k".into()),
+            strict: true,
+            ..TaskSource::file("gsm8k.parquet")
+        };
+        let v = serde_json::to_value(&gsm)?;
+        assert_eq!(
+            v,
+            serde_json::json!({"path": "gsm8k.parquet", "columns": {"prompt": "question"}, "kind": "gsm8k", "answers": "gsm8k", "strict": true})
+        );
+        assert_eq!(serde_json::from_value::<TaskSource>(v)?, gsm);
+        assert_eq!(
+            serde_json::from_value::<TaskSource>(serde_json::to_value(&plain)?)?,
+            plain
+        );
+        let bad = toml::from_str::<BTreeMap<String, TaskSource>>("t = { path = \"x\", colums = {} }");
+        assert!(format!("{:#}", bad.unwrap_err()).contains("colums"));
+        Ok(())
+    }
 
     #[test]
     fn given_completions_are_graded_and_verifier_errors_are_counted() -> Result<()> {
