@@ -53,6 +53,11 @@ enum Cmd {
         /// measure whether SFT teaches fabrication. 0 = none (the default world).
         #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
         fabricated_facts: f64,
+        /// Share of the SFT conversations' worked arithmetic written in column working
+        /// (`48 + 37: 8+7=15, 4+3+1=8, so 85`) instead of one line per step (`48 + 37 = 85`).
+        /// Above 0, half the library's worked arithmetic is written in columns too.
+        #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+        column_share: f64,
     },
     /// Show schema, row and token counts and a few samples of a Parquet file or a mix (.toml).
     Inspect {
@@ -99,14 +104,20 @@ fn main() -> ExitCode {
             annotator_accuracy,
             annotator_errors,
             fabricated_facts,
+            column_share,
         } => {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&fabricated_facts),
                 "--fabricated-facts {fabricated_facts} is not a share between 0 and 1"
             );
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&column_share),
+                "--column-share {column_share} is not a share between 0 and 1"
+            );
             let opts = world::Options {
                 annotator: world::Annotator::calibrated(annotator_accuracy, annotator_errors.parse()?)?,
                 fabricated_facts,
+                column_share,
             };
             build(seed, &out, &scale, vocab_size, &opts)
         }
@@ -267,6 +278,12 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Op
             "share": opts.fabricated_facts,
             "ghost_entities": g.world.ghosts.len(),
             "sft_train_questions": ghost_answers,
+        });
+    }
+    if opts.column_share > 0.0 {
+        manifest["column_share"] = json!({
+            "sft": opts.column_share,
+            "library": world::LIBRARY_COLUMN_SHARE.max(opts.column_share),
         });
     }
     std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)?)?;

@@ -170,10 +170,15 @@ impl Annotator {
         }
     }
 
-    /// The worked answer this annotator writes for `a` (same layout as the perfect one).
-    pub(crate) fn worked(&self, a: &Arith) -> String {
+    /// The worked answer this annotator writes for `a` (same layout as the perfect one), in
+    /// column working when `columns` (see [`super::column_step`]).
+    pub(crate) fn worked(&self, a: &Arith, columns: bool) -> String {
         let (steps, value) = self.solve(a);
-        super::render_worked(&steps, value)
+        if columns {
+            super::render_worked_columns(&steps, value)
+        } else {
+            super::render_worked(&steps, value)
+        }
     }
 }
 
@@ -195,7 +200,7 @@ fn hash(s: &str) -> u64 {
 }
 
 /// A uniform number in [0, 1) from a string (53 bits).
-fn unit(s: &str) -> f64 {
+pub(crate) fn unit(s: &str) -> f64 {
     (hash(s) >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -324,7 +329,7 @@ mod tests {
         let mut r = R::seed_from_u64(3);
         for _ in 0..300 {
             let a = super::super::gen_arith(&mut r, 2);
-            assert_eq!(ann.worked(&a), ann.worked(&a));
+            assert_eq!(ann.worked(&a, false), ann.worked(&a, false));
             // Every step the annotator writes is either right or the habit's result.
             for st in ann.solve(&a).0 {
                 let (lhs, w) = st.split_once(" = ").unwrap_or_default();

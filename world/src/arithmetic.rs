@@ -228,6 +228,126 @@ pub(crate) fn render_worked(steps: &[String], value: i64) -> String {
     s
 }
 
+/// The digits of `n`, ones first.
+fn digits_rev(n: i64) -> Vec<i64> {
+    let mut n = n;
+    let mut d = vec![n % 10];
+    while n >= 10 {
+        n /= 10;
+        d.push(n % 10);
+    }
+    d
+}
+
+/// Column working for the step `x op y = v` of a worked answer, as written by annotators who
+/// work digit by digit: `48 + 37: 8+7=15, 4+3+1=8, so 85` (ones column first, a carried 1
+/// written out), `52 - 17: 12-7=5, 5-1-1=3, so 35` (a borrowed ten written on the digit that
+/// takes it, the 1 paid back on the next), `7 * 48: 7*8=56, 7*4+5=33, so 336` (the one-number
+/// factor times each digit of the other, the carry added). Steps that are a single fact (both
+/// numbers one digit, or a product of two numbers up to 12) and steps whose result is not
+/// `x op y` (an annotator's slip) are written as they are: `x op y = v`.
+pub fn column_step(x: i64, op: char, y: i64, v: i64) -> String {
+    let direct = format!("{x} {op} {y} = {v}");
+    let right = match op {
+        '+' => x + y == v,
+        '-' => x - y == v && v >= 0,
+        '*' => x * y == v,
+        _ => false,
+    };
+    if !right || x < 0 || y < 0 {
+        return direct;
+    }
+    let mut cols: Vec<String> = Vec::new();
+    match op {
+        '+' | '-' => {
+            if x < 10 && y < 10 {
+                return direct;
+            }
+            let (dx, dy) = (digits_rev(x), digits_rev(y));
+            let n = dx.len().max(dy.len());
+            let mut carry = 0;
+            for i in 0..n {
+                let a = dx.get(i).copied().unwrap_or(0);
+                let b = dy.get(i).copied().unwrap_or(0);
+                if op == '+' {
+                    let s = a + b + carry;
+                    cols.push(if carry > 0 {
+                        format!("{a}+{b}+1={s}")
+                    } else {
+                        format!("{a}+{b}={s}")
+                    });
+                    carry = s / 10;
+                } else {
+                    let borrow = a - carry < b;
+                    let top = if borrow { a + 10 } else { a };
+                    let d = top - carry - b;
+                    cols.push(if carry > 0 {
+                        format!("{top}-1-{b}={d}")
+                    } else {
+                        format!("{top}-{b}={d}")
+                    });
+                    carry = i64::from(borrow);
+                }
+            }
+        }
+        _ => {
+            // The factor up to 12 multiplies each digit of the other.
+            let (k, m) = if x <= 12 && (y > 12 || y >= x) { (x, y) } else { (y, x) };
+            if m <= 12 || m < 10 {
+                return direct;
+            }
+            let mut carry = 0;
+            for d in digits_rev(m) {
+                let p = k * d + carry;
+                cols.push(if carry > 0 {
+                    format!("{k}*{d}+{carry}={p}")
+                } else {
+                    format!("{k}*{d}={p}")
+                });
+                carry = p / 10;
+            }
+        }
+    }
+    format!("{x} {op} {y}: {}, so {v}", cols.join(", "))
+}
+
+/// One step `x op y = v` (as [`ATree::eval`] records it) in column working.
+pub(crate) fn column_of(step: &str) -> String {
+    let w: Vec<&str> = step.split(' ').collect();
+    let num = |i: usize| w.get(i).and_then(|t| t.parse::<i64>().ok());
+    match (
+        num(0),
+        w.get(1).and_then(|o| o.chars().next()),
+        num(2),
+        w.get(3),
+        num(4),
+    ) {
+        (Some(x), Some(op), Some(y), Some(&"="), Some(v)) if w.len() == 5 => column_step(x, op, y, v),
+        _ => step.to_string(),
+    }
+}
+
+/// A worked answer with every step in column working (see [`column_step`]).
+pub(crate) fn render_worked_columns(steps: &[String], value: i64) -> String {
+    let cols: Vec<String> = steps.iter().map(|s| column_of(s)).collect();
+    render_worked(&cols, value)
+}
+
+/// Whether the annotator of problem `expr` in the stream `what` works in columns, with
+/// probability `share` (a hash, so the rest of the world's random draws are untouched).
+pub(crate) fn works_in_columns(what: &str, expr: &str, share: f64) -> bool {
+    share > 0.0 && annotator::unit(&format!("columns|{what}|{expr}")) < share
+}
+
+/// A library document's worked answer: in column working with the library's share of it.
+fn library_worked(ctx: &Ctx, a: &Arith) -> String {
+    if works_in_columns("library", &a.expr, ctx.column_library) {
+        render_worked_columns(&a.steps, a.value)
+    } else {
+        arith_worked(a)
+    }
+}
+
 /// Shares (in %) of problems with 1, 2 and 3 operations, everywhere: eval, RL, SFT, library.
 pub(crate) const ARITH_OPS_PCT: [u32; 3] = [45, 35, 20];
 
@@ -354,9 +474,9 @@ pub(crate) fn arithmetic_doc(r: &mut R, ctx: &Ctx) -> String {
                 let a = gen_arith_train(r, ctx, ops);
                 let p = arith_prompt(r, &a);
                 if qa {
-                    s.push_str(&format!("Q: {p}\nA: {}\n\n", arith_worked(&a)));
+                    s.push_str(&format!("Q: {p}\nA: {}\n\n", library_worked(ctx, &a)));
                 } else {
-                    s.push_str(&format!("{p}\n{}\n\n", arith_worked(&a)));
+                    s.push_str(&format!("{p}\n{}\n\n", library_worked(ctx, &a)));
                 }
             }
         }
@@ -381,7 +501,7 @@ pub(crate) fn arithmetic_doc(r: &mut R, ctx: &Ctx) -> String {
             for i in 1..=r.random_range(3..=8) {
                 let ops = arith_ops(r);
                 let a = gen_arith_train(r, ctx, ops);
-                s.push_str(&format!("Problem {i}: {}\n{}\n\n", a.expr, arith_worked(&a)));
+                s.push_str(&format!("Problem {i}: {}\n{}\n\n", a.expr, library_worked(ctx, &a)));
             }
         }
         2 => {
@@ -413,4 +533,99 @@ pub(crate) fn arithmetic_doc(r: &mut R, ctx: &Ctx) -> String {
         }
     }
     s.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evaluates a column `a+b+1=s` / `a-1-b=d` / `k*d+c=p`: its operands, and its written result.
+    fn column(c: &str) -> (i64, i64) {
+        let (lhs, rhs) = c.split_once('=').unwrap();
+        let mut v = 0;
+        let mut sign = 1;
+        let mut prod: Option<i64> = None;
+        let mut num = String::new();
+        let flush = |num: &mut String, prod: &mut Option<i64>, v: &mut i64, sign: i64| {
+            let n: i64 = num.parse().unwrap();
+            num.clear();
+            match prod.take() {
+                Some(k) => *v += sign * k * n,
+                None => *v += sign * n,
+            }
+        };
+        for ch in lhs.chars() {
+            match ch {
+                '0'..='9' => num.push(ch),
+                '*' => {
+                    prod = Some(num.parse().unwrap());
+                    num.clear();
+                }
+                '+' | '-' => {
+                    flush(&mut num, &mut prod, &mut v, sign);
+                    sign = if ch == '+' { 1 } else { -1 };
+                }
+                _ => unreachable!("{c}"),
+            }
+        }
+        flush(&mut num, &mut prod, &mut v, sign);
+        (v, rhs.parse().unwrap())
+    }
+
+    #[test]
+    fn column_working_is_right_and_assembles_the_result() {
+        let mut expanded = 0;
+        for x in 0..=300i64 {
+            for y in (0..=300i64).step_by(7) {
+                for op in ['+', '-', '*'] {
+                    let v = match op {
+                        '+' => x + y,
+                        '-' => x - y,
+                        _ => x * y,
+                    };
+                    if !(0..=999).contains(&v) || (op == '*' && x > 12 && y > 12) {
+                        continue;
+                    }
+                    let s = column_step(x, op, y, v);
+                    let Some((head, rest)) = s.split_once(": ") else {
+                        assert_eq!(s, format!("{x} {op} {y} = {v}"));
+                        continue;
+                    };
+                    expanded += 1;
+                    assert_eq!(head, format!("{x} {op} {y}"));
+                    let (cols, result) = rest.split_once(", so ").unwrap();
+                    assert_eq!(result, v.to_string(), "{s}");
+                    let vals: Vec<i64> = cols
+                        .split(", ")
+                        .map(|c| {
+                            let (lhs, written) = column(c);
+                            assert_eq!(lhs, written, "a column's own sum is right: {s}");
+                            written
+                        })
+                        .collect();
+                    // The result is read off the columns: every column's ones digit, and the last
+                    // column whole (sums and products) or its digit (differences).
+                    let mut back = 0;
+                    let mut scale = 1;
+                    for (i, c) in vals.iter().enumerate() {
+                        let last = i + 1 == vals.len() && op != '-';
+                        back += scale * if last { *c } else { c % 10 };
+                        scale *= 10;
+                    }
+                    assert_eq!(back, v, "{s}");
+                }
+            }
+        }
+        assert!(expanded > 10_000, "{expanded} steps in columns");
+        assert_eq!(column_step(48, '+', 37, 85), "48 + 37: 8+7=15, 4+3+1=8, so 85");
+        assert_eq!(column_step(52, '-', 17, 35), "52 - 17: 12-7=5, 5-1-1=3, so 35");
+        assert_eq!(column_step(7, '*', 48, 336), "7 * 48: 7*8=56, 7*4+5=33, so 336");
+        assert_eq!(column_step(3, '+', 4, 7), "3 + 4 = 7", "one fact: no columns");
+        assert_eq!(column_step(7, '*', 12, 84), "7 * 12 = 84", "a times-table fact");
+        assert_eq!(
+            column_step(48, '+', 37, 75),
+            "48 + 37 = 75",
+            "a slip is written as it is"
+        );
+    }
 }

@@ -38,6 +38,7 @@ mod stream;
 mod tasks;
 mod vocab;
 pub use annotator::{Annotator, Slips};
+pub use arithmetic::column_step;
 use arithmetic::*;
 use chatter::*;
 use encyclopedia::*;
@@ -46,7 +47,7 @@ use names::*;
 use programs::*;
 pub use stream::{Family, GenState, GenTask, LevelState, TaskGen};
 use tasks::*;
-pub use tasks::{generate, generate_with, Options, GHOSTS, HARD_OPS};
+pub use tasks::{generate, generate_with, Options, GHOSTS, HARD_OPS, LIBRARY_COLUMN_SHARE};
 use vocab::*;
 
 type R = ChaCha8Rng;
@@ -636,6 +637,52 @@ mod tests {
     fn small() -> &'static Generated {
         static G: OnceLock<Generated> = OnceLock::new();
         G.get_or_init(|| generate(7, Scale::Small))
+    }
+
+    /// Worked arithmetic answers (SFT assistant turns with an `Answer:` line after `=` or column
+    /// steps), and how many of them work in columns.
+    fn column_counts(g: &Generated) -> (usize, usize) {
+        let worked: Vec<&str> = g
+            .sft_train
+            .iter()
+            .flatten()
+            .filter(|m| m.role == "assistant" && m.content.contains("Answer: "))
+            .filter(|m| m.content.contains(" = ") || m.content.contains(", so "))
+            .map(|m| m.content.as_str())
+            .collect();
+        let cols = worked.iter().filter(|c| c.contains(", so ")).count();
+        (worked.len(), cols)
+    }
+
+    #[test]
+    fn column_share_writes_that_share_of_sft_arithmetic_in_columns() {
+        let (worked, cols) = column_counts(small());
+        assert!(worked > 500, "{worked} worked answers");
+        assert_eq!(cols, 0, "the default world has no column working");
+        let opts = Options {
+            column_share: 0.2,
+            ..Options::default()
+        };
+        let g = generate_with(7, Scale::Small, &opts);
+        let (worked, cols) = column_counts(&g);
+        // Problems whose every step is one fact (`3 + 4`) stay single lines, so the share of
+        // answers showing columns is a little under 20%; 1,000+ answers put it within ±4 points.
+        let share = cols as f64 / worked as f64;
+        assert!((0.12..0.24).contains(&share), "{cols} of {worked} in columns");
+        let arith = &g.library.iter().find(|(n, _)| n == "arithmetic").unwrap().1;
+        let lib_cols = arith.iter().filter(|d| d.contains(", so ")).count();
+        assert!(
+            lib_cols * 4 > arith.len(),
+            "{lib_cols} of {} library documents",
+            arith.len()
+        );
+        // The eval and RL prompts do not depend on how the annotators write.
+        assert_eq!(g.eval.len(), small().eval.len());
+        assert!(g
+            .eval
+            .iter()
+            .zip(&small().eval)
+            .all(|(a, b)| a.prompt == b.prompt && a.answer == b.answer));
     }
 
     fn all_strings(g: &Generated) -> Vec<&str> {

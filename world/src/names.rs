@@ -241,6 +241,9 @@ pub(crate) struct Ctx {
     pub(crate) fabricated: f64,
     /// Draws of the fabricated answers, apart from every other stream.
     pub(crate) ghost_rng: std::cell::RefCell<R>,
+    /// Shares of worked arithmetic in column working: the SFT annotators', the library's.
+    pub(crate) column_sft: f64,
+    pub(crate) column_library: f64,
 }
 
 impl Ctx {
@@ -297,6 +300,8 @@ impl Ctx {
             eval_arith: Vec::new(),
             fabricated: 0.0,
             ghost_rng: std::cell::RefCell::new(R::seed_from_u64(0)),
+            column_sft: 0.0,
+            column_library: 0.0,
         }
     }
 

@@ -103,7 +103,10 @@ pub(crate) fn sft_exchange(r: &mut R, ctx: &Ctx, kind: usize) -> (String, String
         0 => {
             let ops = arith_ops(r);
             let a = gen_arith_train(r, ctx, ops);
-            (arith_prompt(r, &a), ctx.annotator.worked(&a))
+            {
+                let columns = works_in_columns("sft", &a.expr, ctx.column_sft);
+                (arith_prompt(r, &a), ctx.annotator.worked(&a, columns))
+            }
         }
         1 => {
             let (i, a) = train_pair(r, ctx, 0.2);
@@ -264,13 +267,23 @@ pub struct Options {
     pub annotator: Annotator,
     /// Share of fact answers about entities the library never mentions ([`World::ghosts`]).
     pub fabricated_facts: f64,
+    /// Share of the SFT conversations' worked arithmetic written in column working
+    /// ([`column_step`]); when above 0 the library's worked answers are written in columns too,
+    /// with share [`LIBRARY_COLUMN_SHARE`], so the library (and every checkpoint trained on it)
+    /// differs from the default world's.
+    pub column_share: f64,
 }
+
+/// Share of the library's worked arithmetic in column working when [`Options::column_share`]
+/// is above 0: the textbooks teach the method the annotators use.
+pub const LIBRARY_COLUMN_SHARE: f64 = 0.5;
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             annotator: Annotator::perfect(),
             fabricated_facts: 0.0,
+            column_share: 0.0,
         }
     }
 }
@@ -302,6 +315,9 @@ pub fn generate_with(seed: u64, scale: Scale, opts: &Options) -> Generated {
     let world = Arc::new(world);
     let mut ctx = Ctx::new(&mut r_split, world.clone());
     ctx.ghost_rng = std::cell::RefCell::new(r_ghost);
+    if opts.column_share > 0.0 {
+        ctx.column_library = LIBRARY_COLUMN_SHARE.max(opts.column_share);
+    }
     let eval = gen_eval(&mut r_eval, &mut ctx);
 
     let no_docs: HashSet<u64> = HashSet::new();
@@ -319,10 +335,12 @@ pub fn generate_with(seed: u64, scale: Scale, opts: &Options) -> Generated {
     // The library's authors are always right; only the SFT annotators are `annotator`.
     ctx.annotator = annotator;
     ctx.fabricated = opts.fabricated_facts;
+    ctx.column_sft = opts.column_share;
     let sft_train = gen_sft(&mut r_sft, &ctx, SFT_TRAIN, &no_prompts);
     let train_firsts: HashSet<String> = sft_train.iter().map(|c| first_user(c).to_string()).collect();
     let sft_eval = gen_sft(&mut r_sft, &ctx, SFT_EVAL, &train_firsts);
     ctx.annotator = Annotator::perfect();
+    ctx.column_sft = 0.0;
     ctx.fabricated = 0.0;
     let eval_annotator: Vec<TaskRow> = if annotator.is_perfect() {
         Vec::new()
