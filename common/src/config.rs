@@ -167,6 +167,12 @@ pub struct DataSection {
     /// Tokens per training sequence.
     #[serde(default = "default_seq_len")]
     pub seq_len: i64,
+    /// SFT (document packing): a conversation longer than `seq_len + 1` tokens is dropped
+    /// (`drop`, the default: every conversation trained on keeps its final answer) or cut to
+    /// its first `seq_len + 1` tokens (`cut`). Both are counted, warned about and written to
+    /// `meta.json`. Pretraining and midtraining stream documents across rows and cut nothing.
+    #[serde(default)]
+    pub overlong: crate::data::Overlong,
 }
 
 fn default_seq_len() -> i64 {

@@ -137,6 +137,7 @@ fn one_train(
                 assistant_only: false,
                 seed: 0,
                 shuffle: true,
+                overlong: Default::default(),
             },
             None,
         )?),
@@ -272,6 +273,7 @@ fn one_data() -> Result<Value> {
             assistant_only: false,
             seed: 0,
             shuffle: true,
+            overlong: Default::default(),
         },
         None,
     )?;
