@@ -247,6 +247,19 @@ impl TaskSource {
     }
 }
 
+/// The mapping of `--columns` flags (`FIELD=COLUMN`, comma-separated or repeated, e.g.
+/// `prompt=question`), as every command that reads a task file takes it.
+pub fn parse_column_flags(flags: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut columns = BTreeMap::new();
+    for c in flags {
+        let (field, col) = c
+            .split_once('=')
+            .with_context(|| format!("--columns {c:?}: expected FIELD=COLUMN, e.g. prompt=question"))?;
+        columns.insert(field.trim().to_string(), col.trim().to_string());
+    }
+    Ok(columns)
+}
+
 /// Reads tasks from Parquet with string columns `prompt`, `answer` and `task` (the kind).
 pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
     load_tasks_mapped(path, &TaskColumns::default())

@@ -73,9 +73,14 @@ enum Cmd {
         /// Training mix (.toml).
         #[arg(long)]
         train: PathBuf,
-        /// Eval file (.parquet) with tasks (prompt/answer/task), text or messages.
+        /// Eval file (.parquet): a task file (its `prompt` column is checked), text or messages.
         #[arg(long)]
         eval: PathBuf,
+        /// Where a task file keeps its question, when it names it otherwise: FIELD=COLUMN as
+        /// `evaluate --columns` takes it (e.g. `prompt=question` for GSM8K); only the prompt is
+        /// checked, other fields are accepted and ignored.
+        #[arg(long, value_delimiter = ',', value_name = "FIELD=COLUMN")]
+        columns: Vec<String>,
         /// n-gram length in words.
         #[arg(long, default_value_t = 13)]
         n: usize,
@@ -119,10 +124,18 @@ fn main() -> ExitCode {
         Cmd::Decontaminate {
             train,
             eval,
+            columns,
             n,
             write_clean,
             report,
-        } => decontaminate::run(&train, &eval, n, write_clean.as_deref(), report.as_deref()),
+        } => decontaminate::run(&decontaminate::Options {
+            train: &train,
+            eval: &eval,
+            columns: common::tasks::parse_column_flags(&columns)?,
+            n,
+            write_clean: write_clean.as_deref(),
+            report: report.as_deref(),
+        }),
     })
 }
 

@@ -205,16 +205,9 @@ fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
 
 /// The task file of `--tasks` and how the flags say to read it.
 fn task_source(a: &Args) -> Result<TaskSource> {
-    let mut columns = BTreeMap::new();
-    for c in &a.columns {
-        let (field, col) = c
-            .split_once('=')
-            .with_context(|| format!("--columns {c:?}: expected FIELD=COLUMN, e.g. prompt=question"))?;
-        columns.insert(field.trim().to_string(), col.trim().to_string());
-    }
     let src = TaskSource {
         path: task_file(&a.tasks, &a.world),
-        columns,
+        columns: common::tasks::parse_column_flags(&a.columns)?,
         kind: a.kind.clone(),
         answers: a.answers.clone(),
         reference: a.reference.clone(),
