@@ -212,7 +212,7 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
         Opened::Complete(meta) => return Ok(*meta),
         Opened::Run { stage, resumed } => (stage, resumed),
     };
-    let mix = load_mix(&cfg.data.mix)?;
+    let mix = load_mix(&cfg.data.mix, cfg.root())?;
     check_fits(&stage, cfg)?;
     let cursor = resumed.as_ref().map(|s| s.cursor.clone());
     let mut data = LmData::new(spec, cfg, &stage.tok, &mix, cursor)?;
@@ -356,7 +356,7 @@ impl LmData {
         )?;
         let eval_sets = match &cfg.eval.mix {
             Some(p) => build_eval_sets(
-                &load_mix(p)?,
+                &load_mix(p, cfg.root())?,
                 tok,
                 &EvalSetOptions {
                     seq_len,
@@ -370,7 +370,7 @@ impl LmData {
             None => Vec::new(),
         };
         let tasks = match &cfg.tasks {
-            Some(t) => Some(limit_per_kind(t.source().load()?, t.per_kind)),
+            Some(t) => Some(limit_per_kind(t.source(cfg.root()).load()?, t.per_kind)),
             None => None,
         };
         Ok(LmData {

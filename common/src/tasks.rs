@@ -166,6 +166,14 @@ impl TaskSource {
         }
     }
 
+    /// The same source with a relative path found under the data root `root`.
+    pub fn under(&self, root: Option<&Path>) -> TaskSource {
+        TaskSource {
+            path: crate::data::mix::in_root(root, &self.path),
+            ..self.clone()
+        }
+    }
+
     /// Whether the file is read in this project's layout (columns, kind and answers as is).
     pub fn is_plain(&self) -> bool {
         *self == TaskSource::file(&self.path)

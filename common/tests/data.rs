@@ -50,7 +50,7 @@ fn weights_3_to_1_hold_within_2_percent_over_1m_tokens() -> Result<()> {
         "[[source]]\nname = \"a\"\npath = \"{0}/a.parquet\"\nformat = \"text\"\nweight = 3\n\n[[source]]\nname = \"b\"\npath = \"{0}/b.parquet\"\nformat = \"text\"\nweight = 1\n",
         d.display()
     ))?;
-    let mix = load_mix(&mix)?;
+    let mix = load_mix(&mix, None)?;
     let mut s = LmSampler::new(
         &mix,
         &tok,
@@ -112,7 +112,7 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
                 d.display()
             ),
         )?;
-        let mix = load_mix(&mix)?;
+        let mix = load_mix(&mix, None)?;
         let mut full = LmSampler::new(
             &mix,
             &tok,
@@ -192,13 +192,16 @@ fn document_packing_confines_attention_and_masks_users() -> Result<()> {
         })
         .collect();
     write_chat(&d.join("c.parquet"), &convs)?;
-    let mix = load_mix(&write_mix(
-        d,
-        &format!(
-            "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
-            d.display()
-        ),
-    )?)?;
+    let mix = load_mix(
+        &write_mix(
+            d,
+            &format!(
+                "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
+                d.display()
+            ),
+        )?,
+        None,
+    )?;
     let mut s = LmSampler::new(
         &mix,
         &tok,
@@ -261,13 +264,16 @@ fn overlong_conversations_are_dropped_or_cut_and_counted_exactly() -> Result<()>
         })
         .collect();
     write_chat(&d.join("c.parquet"), &convs)?;
-    let mix = load_mix(&write_mix(
-        d,
-        &format!(
-            "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
-            d.display()
-        ),
-    )?)?;
+    let mix = load_mix(
+        &write_mix(
+            d,
+            &format!(
+                "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
+                d.display()
+            ),
+        )?,
+        None,
+    )?;
     let opts = |overlong| SamplerOptions {
         seq_len: 32,
         mode: PackMode::Documents,
@@ -335,7 +341,7 @@ fn overlong_conversations_are_dropped_or_cut_and_counted_exactly() -> Result<()>
     // Every conversation too long to keep: an error naming both fixes, not a silent spin.
     let only_long: Vec<Vec<Message>> = long.iter().map(|&i| convs[i].clone()).collect();
     write_chat(&d.join("c.parquet"), &only_long)?;
-    let mix = load_mix(&d.join("mix.toml"))?;
+    let mix = load_mix(&d.join("mix.toml"), None)?;
     let e = err_of(LmSampler::new(&mix, &tok, opts(Overlong::Drop), None).and_then(|mut s| s.next_batch(1)));
     assert!(e.contains("data.seq_len") && e.contains("overlong = \"cut\""), "{e}");
     Ok(())
@@ -439,7 +445,7 @@ weight = 1
             d.display()
         ),
     )?;
-    let mix = load_mix(&mix)?;
+    let mix = load_mix(&mix, None)?;
     let all: Vec<Vec<Doc>> = mix.sources.iter().map(|s| read_all(s, None)).collect::<Result<_>>()?;
     assert_eq!(
         all[0],
@@ -518,10 +524,12 @@ fn bad_inputs_are_named_with_their_fix() -> Result<()> {
                 d.display()
             ),
         )?;
-        Ok(match load_mix(&m).and_then(|mix| read_all(&mix.sources[0], None)) {
-            Ok(_) => String::new(),
-            Err(e) => format!("{e:#}"),
-        })
+        Ok(
+            match load_mix(&m, None).and_then(|mix| read_all(&mix.sources[0], None)) {
+                Ok(_) => String::new(),
+                Err(e) => format!("{e:#}"),
+            },
+        )
     };
     let e = one("missing.parquet", "")?;
     assert!(
@@ -552,7 +560,7 @@ fn bad_inputs_are_named_with_their_fix() -> Result<()> {
             d.display()
         ),
     )?;
-    assert!(err_of(load_mix(&m)).contains("weight -1"));
+    assert!(err_of(load_mix(&m, None)).contains("weight -1"));
     let m = write_mix(
         d,
         &format!(
@@ -560,7 +568,7 @@ fn bad_inputs_are_named_with_their_fix() -> Result<()> {
             d.display()
         ),
     )?;
-    assert!(err_of(load_mix(&m)).contains("all weights are zero"));
+    assert!(err_of(load_mix(&m, None)).contains("all weights are zero"));
     let m = write_mix(
         d,
         "[[source]]\nname = \"s\"\npath = \"x\"\nformat = \"texty\"\nweight = 1\n",
@@ -581,7 +589,7 @@ fn exhausted_source_is_an_error_not_a_silent_repeat() -> Result<()> {
     )?;
     let m = write_mix(d, &format!("[[source]]\nname = \"small\"\npath = \"{}/small.parquet\"\nformat = \"text\"\nweight = 1\nmax_epochs = 2\n", d.display()))?;
     let mut s = LmSampler::new(
-        &load_mix(&m)?,
+        &load_mix(&m, None)?,
         &tok,
         SamplerOptions {
             seq_len: 32,
@@ -609,13 +617,16 @@ fn masked_user_tokens_contribute_no_gradient() -> Result<()> {
         Message::new("assistant", "Answer: 12"),
     ]];
     write_chat(&d.join("c.parquet"), &convs)?;
-    let mix = load_mix(&write_mix(
-        d,
-        &format!(
-            "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
-            d.display()
-        ),
-    )?)?;
+    let mix = load_mix(
+        &write_mix(
+            d,
+            &format!(
+                "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
+                d.display()
+            ),
+        )?,
+        None,
+    )?;
     let mut s = LmSampler::new(
         &mix,
         &tok,
@@ -695,7 +706,7 @@ fn empty_sources_and_blank_columns_are_named_instead_of_looping() -> Result<()> 
     };
     let sampler = |body: String| -> Result<LmSampler> {
         let m = write_mix(d, &body)?;
-        LmSampler::new(&load_mix(&m)?, &t, opts, None)
+        LmSampler::new(&load_mix(&m, None)?, &t, opts, None)
     };
     // A 0-row source alone used to loop forever reading it; now: an error naming the file.
     let e = err_of(sampler(source("empty", "empty.parquet")));

@@ -54,9 +54,9 @@ pub struct TrainIndex {
 }
 
 impl TrainIndex {
-    /// Indexes every document of every source of the mix.
-    pub fn build(mix_path: &Path, n: usize) -> Result<Self> {
-        let mix = load_mix(mix_path)?;
+    /// Indexes every document of every source of the mix (relative data paths under `root`).
+    pub fn build(mix_path: &Path, n: usize, root: Option<&Path>) -> Result<Self> {
+        let mix = load_mix(mix_path, root)?;
         let mut idx = TrainIndex {
             n,
             grams: HashSet::new(),
@@ -195,6 +195,8 @@ pub struct Options<'a> {
     pub write_clean: Option<&'a Path>,
     /// Write the JSON report here.
     pub report: Option<&'a Path>,
+    /// Data root the mix's relative data paths are found under.
+    pub root: Option<&'a Path>,
 }
 
 /// `datasets decontaminate`.
@@ -203,7 +205,7 @@ pub fn run(o: &Options<'_>) -> Result<()> {
     anyhow::ensure!(n >= 1, "--n must be at least 1");
     // The eval side's layout first: a wrong mapping fails before the training mix is indexed.
     let (texts, batches) = eval_texts(eval, &o.columns)?;
-    let idx = TrainIndex::build(train, n)?;
+    let idx = TrainIndex::build(train, n, o.root)?;
     let verdicts: Vec<Option<bool>> = texts.iter().map(|t| idx.check(t)).collect();
     let contaminated: Vec<usize> = verdicts
         .iter()

@@ -210,7 +210,7 @@ fn overlong_conversations_are_dropped_by_default_counted_in_meta_or_cut() -> Res
         shuffle: true,
         overlong: Overlong::Drop,
     };
-    let mut s = LmSampler::new(&load_mix(&mix)?, &tok, opts, None)?;
+    let mut s = LmSampler::new(&load_mix(&mix, None)?, &tok, opts, None)?;
     let mut trained = String::new();
     for _ in 0..12 {
         let t: Vec<i64> = Vec::try_from(s.next_batch(2)?.target.flatten(0, -1))?;
@@ -234,6 +234,63 @@ fn overlong_conversations_are_dropped_by_default_counted_in_meta_or_cut() -> Res
     assert!(
         !o.status.success() && err.contains("`drop`") && err.contains("`cut`"),
         "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn relative_data_paths_resolve_under_the_data_root_flag_over_the_config_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let init = d.join("runs/x/midtrain");
+    tiny_checkpoint(d, &init, "midtrain")?;
+    // A mix and a task file named relative to the data root (the tiny world's directory); the
+    // held-out mix keeps its absolute paths, which the root leaves alone.
+    let mix = d.join("configs/mixes/relative.toml");
+    std::fs::write(
+        &mix,
+        "[[source]]\nname = \"conversations\"\npath = \"sft/train.parquet\"\nformat = \"chat\"\nweight = 1.0\n",
+    )?;
+    let base = std::fs::read_to_string(d.join("configs/sft.toml"))?;
+    let cfg = d.join("configs/sft-relative.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_root = \"nowhere\"\n{}",
+            base.replace(
+                &format!("{}/configs/mixes/sft.toml", d.display()),
+                &mix.display().to_string()
+            )
+            .replace(&format!("{}/eval/tasks.parquet", d.display()), "eval/tasks.parquet")
+        ),
+    )?;
+    let run = |out: &str, extra: &[&std::ffi::OsStr]| -> Result<std::process::Output> {
+        Ok(bin(env!("CARGO_BIN_EXE_sft"))
+            .current_dir(d.join("runs"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--init")
+            .arg(&init)
+            .arg("--out")
+            .arg(d.join(out))
+            .args(["--steps", "1"])
+            .args(extra)
+            .output()?)
+    };
+    // The config's root does not hold the data: the error names the path it looked for.
+    let o = run("runs/a/sft", &[])?;
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("nowhere/sft/train.parquet"), "{e}");
+    // --data-root overrides it; the run reads the world's files, from another directory.
+    let o = run("runs/b/sft", &["--data-root".as_ref(), d.as_os_str()])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(d.join("runs/b/sft/meta.json"))?)?;
+    assert_eq!(meta["config"]["data_root"], d.display().to_string());
+    assert_eq!(meta["metrics"]["tasks"]["per_kind"]["arithmetic"]["n"], 3);
+    assert_eq!(
+        meta["mix"]["sources"][0]["files"][0],
+        d.join("sft/train.parquet").display().to_string()
     );
     Ok(())
 }
