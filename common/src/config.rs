@@ -60,6 +60,12 @@ pub struct CommonArgs {
     /// Data mix file (overrides `mix` in the config's [data] section).
     #[arg(long, value_name = "TOML")]
     pub mix: Option<PathBuf>,
+    /// Directory that relative data paths (Parquet files and globs in the config and its mixes,
+    /// task files, the tokenizer, a prompt mix's world) are found under; overrides `data_root`
+    /// in the config (default: the current directory). Config and mix files themselves are
+    /// found from the current directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
     /// Save a resumable checkpoint every N steps (overrides train.save_every).
     #[arg(long, value_name = "N")]
     pub save_every: Option<u64>,
@@ -167,6 +173,12 @@ pub struct DataSection {
     /// Tokens per training sequence.
     #[serde(default = "default_seq_len")]
     pub seq_len: i64,
+    /// SFT (document packing): a conversation longer than `seq_len + 1` tokens is dropped
+    /// (`drop`, the default: every conversation trained on keeps its final answer) or cut to
+    /// its first `seq_len + 1` tokens (`cut`). Both are counted, warned about and written to
+    /// `meta.json`. Pretraining and midtraining stream documents across rows and cut nothing.
+    #[serde(default)]
+    pub overlong: crate::data::Overlong,
 }
 
 fn default_seq_len() -> i64 {
@@ -436,10 +448,10 @@ pub struct TasksSection {
 }
 
 impl TasksSection {
-    /// The task file and how to read it.
-    pub fn source(&self) -> crate::tasks::TaskSource {
+    /// The task file (a relative path under the data root `root`) and how to read it.
+    pub fn source(&self, root: Option<&Path>) -> crate::tasks::TaskSource {
         crate::tasks::TaskSource {
-            path: self.path.clone(),
+            path: crate::data::mix::in_root(root, &self.path),
             columns: self.columns.clone(),
             kind: self.kind.clone(),
             answers: self.answers.clone(),
@@ -464,6 +476,10 @@ fn default_task_batch() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LmConfig {
+    /// Directory that relative data paths are found under (Parquet files of the mixes, task
+    /// files, the tokenizer); default: the current directory. `--data-root` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_root: Option<PathBuf>,
     /// Checkpoint to start from (required by midtrain and SFT; pretrain starts from scratch without it).
     pub init: Option<PathBuf>,
     /// Where the checkpoint goes.
@@ -499,6 +515,14 @@ impl LmConfig {
         if let Some(v) = &args.mix {
             self.data.mix = v.clone();
         }
+        if let Some(v) = &args.data_root {
+            self.data_root = Some(v.clone());
+        }
+    }
+
+    /// The data root relative data paths are found under (`None`: the current directory).
+    pub fn root(&self) -> Option<&Path> {
+        self.data_root.as_deref()
     }
 
     /// Checks everything that can be checked before reading data.

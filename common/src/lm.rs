@@ -5,9 +5,9 @@
 use crate::checkpoint::Meta;
 use crate::config::{CommonArgs, LmConfig};
 use crate::data::mix::{load_mix, ResolvedMix};
-use crate::data::sampler::{Cursor, LmSampler, PackMode, PackedBatch, SamplerOptions, IGNORE};
+use crate::data::sampler::{Cursor, DocCounts, LmSampler, Overlong, PackMode, PackedBatch, SamplerOptions, IGNORE};
 use crate::device::device_name;
-use crate::metrics::{EvalLine, HeldOut, HeldOutBySource, LmStep, LmTrainMetrics, TrainMetrics};
+use crate::metrics::{EvalLine, HeldOut, HeldOutBySource, LmStep, LmTrainMetrics, OverlongDocs, TrainMetrics};
 use crate::model::{Gpt, Positions};
 use crate::optim::AdamW;
 use crate::progress::{format_count, format_secs, Progress};
@@ -83,6 +83,8 @@ pub struct EvalSetOptions {
     pub tokens: u64,
     /// Rows per batch.
     pub rows_per_batch: usize,
+    /// Document packing: what to do with a document longer than a row.
+    pub overlong: Overlong,
 }
 
 /// Builds the held-out sets of a mix: up to `opts.tokens` trained targets per source.
@@ -106,6 +108,7 @@ pub fn build_eval_sets(mix: &ResolvedMix, tok: &Tok, opts: &EvalSetOptions) -> R
                 assistant_only: opts.assistant_only,
                 seed: 0,
                 shuffle: false,
+                overlong: opts.overlong,
             },
             None,
         )?;
@@ -120,6 +123,9 @@ pub fn build_eval_sets(mix: &ResolvedMix, tok: &Tok, opts: &EvalSetOptions) -> R
                 *counts.entry(x).or_default() += 1;
             }
             batches.push(b);
+        }
+        for line in overlong_warnings("held-out set", &sampler) {
+            eprintln!("{line}");
         }
         let total: u64 = counts.values().sum();
         let unigram_loss = counts
@@ -206,7 +212,7 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
         Opened::Complete(meta) => return Ok(*meta),
         Opened::Run { stage, resumed } => (stage, resumed),
     };
-    let mix = load_mix(&cfg.data.mix)?;
+    let mix = load_mix(&cfg.data.mix, cfg.root())?;
     check_fits(&stage, cfg)?;
     let cursor = resumed.as_ref().map(|s| s.cursor.clone());
     let mut data = LmData::new(spec, cfg, &stage.tok, &mix, cursor)?;
@@ -229,6 +235,7 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
     let mut progress = Progress::new(stage_name, cfg.train.steps);
     progress.update(st.step, "");
     let (mut last_loss, mut data_secs) = (None, 0.0);
+    let mut warned_overlong = overlong_total(&data.sampler) > 0;
     while st.step < cfg.train.steps {
         st.cursor = data.sampler.cursor();
         stage.check_interrupt(&st)?;
@@ -238,6 +245,15 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
         st.tokens_seen += s.tokens;
         data_secs += s.data_secs;
         last_loss = Some(s.loss).filter(|l| l.is_finite());
+        if !warned_overlong && overlong_total(&data.sampler) > 0 {
+            warned_overlong = true;
+            progress.println(format!(
+                "{stage_name}: warning: some conversations are longer than a row of {} tokens (data.seq_len + 1) and are {} (data.overlong = \"{}\"); counted per source at the end and in meta.json",
+                data.sampler.row_tokens(),
+                past_tense(data.sampler.overlong()),
+                data.sampler.overlong().name()
+            ));
+        }
         let tps = speed.step_tokens / s.secs;
         let mfu = speed.mfu(tps);
         stage.log.push(&LmStep {
@@ -278,6 +294,9 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
         }
     }
     progress.finish();
+    for line in overlong_warnings("training set", &data.sampler) {
+        eprintln!("{stage_name}: {line}");
+    }
 
     // Save before evaluating: an evaluation crash must not lose the run.
     st.cursor = data.sampler.cursor();
@@ -293,6 +312,11 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
         peak_gflops: speed.peak,
         data_fraction: data_secs / st.train_secs.max(1e-9),
         consumed_per_source: data.sampler.consumed().into_iter().collect(),
+        overlong: (spec.pack == PackMode::Documents).then(|| OverlongDocs {
+            policy: data.sampler.overlong(),
+            row_tokens: data.sampler.row_tokens() as u64,
+            per_source: data.sampler.doc_counts().into_iter().collect(),
+        }),
     }));
     let out = stage.out.clone();
     let meta = stage.finish(&st)?;
@@ -326,12 +350,13 @@ impl LmData {
                 assistant_only: spec.assistant_only,
                 seed: cfg.train.seed,
                 shuffle: true,
+                overlong: cfg.data.overlong,
             },
             cursor,
         )?;
         let eval_sets = match &cfg.eval.mix {
             Some(p) => build_eval_sets(
-                &load_mix(p)?,
+                &load_mix(p, cfg.root())?,
                 tok,
                 &EvalSetOptions {
                     seq_len,
@@ -339,12 +364,13 @@ impl LmData {
                     assistant_only: spec.assistant_only,
                     tokens: cfg.eval.tokens,
                     rows_per_batch: cfg.train.micro_batch_size as usize,
+                    overlong: cfg.data.overlong,
                 },
             )?,
             None => Vec::new(),
         };
         let tasks = match &cfg.tasks {
-            Some(t) => Some(limit_per_kind(t.source().load()?, t.per_kind)),
+            Some(t) => Some(limit_per_kind(t.source(cfg.root()).load()?, t.per_kind)),
             None => None,
         };
         Ok(LmData {
@@ -353,6 +379,44 @@ impl LmData {
             tasks,
         })
     }
+}
+
+/// Documents cut or dropped so far, over all sources.
+fn overlong_total(sampler: &LmSampler) -> u64 {
+    sampler.doc_counts().iter().map(|(_, c)| c.cut + c.dropped).sum()
+}
+
+fn past_tense(p: Overlong) -> &'static str {
+    match p {
+        Overlong::Drop => "dropped",
+        Overlong::Cut => "cut",
+    }
+}
+
+/// One warning per source of `sampler` with documents longer than a row: how many of those
+/// read, their share, and the setting that changes it. `what`: "training set", "held-out set".
+pub fn overlong_warnings(what: &str, sampler: &LmSampler) -> Vec<String> {
+    let (policy, row) = (sampler.overlong(), sampler.row_tokens());
+    sampler
+        .doc_counts()
+        .into_iter()
+        .filter(|(_, c)| c.cut + c.dropped > 0)
+        .map(|(name, c): (String, DocCounts)| {
+            let n = c.cut + c.dropped;
+            let fix = match policy {
+                Overlong::Drop => format!(
+                    "none of them was trained on; raise data.seq_len to keep them, or set data.overlong = \"cut\" to train on their first {row} tokens"
+                ),
+                Overlong::Cut => "their ends (often the final answer) were not trained on; raise data.seq_len, or set data.overlong = \"drop\" to skip them".to_string(),
+            };
+            format!(
+                "warning: {what} source `{name}`: {n} of {} conversations read ({:.1}%) were longer than a row of {row} tokens (data.seq_len + 1) and were {}: {fix}",
+                c.documents,
+                100.0 * n as f64 / c.documents.max(1) as f64,
+                past_tense(policy),
+            )
+        })
+        .collect()
 }
 
 /// The checks a model and tokenizer must pass before training on `cfg`'s data.

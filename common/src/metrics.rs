@@ -117,6 +117,33 @@ pub struct LmTrainMetrics {
     pub data_fraction: f64,
     /// Tokens drawn from each source.
     pub consumed_per_source: BTreeMap<String, u64>,
+    /// Document packing (SFT): conversations longer than a row, per source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlong: Option<OverlongDocs>,
+}
+
+/// `meta.metrics.train.overlong`: the documents of an SFT run longer than one packed row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OverlongDocs {
+    /// What was done with them (`data.overlong`).
+    pub policy: crate::data::Overlong,
+    /// Tokens of a row (`data.seq_len + 1`): longer documents were dropped or cut.
+    pub row_tokens: u64,
+    /// Documents read, cut and dropped, by source.
+    pub per_source: BTreeMap<String, crate::data::DocCounts>,
+}
+
+impl OverlongDocs {
+    /// Documents read, cut and dropped over all sources.
+    pub fn total(&self) -> crate::data::DocCounts {
+        let mut t = crate::data::DocCounts::default();
+        for c in self.per_source.values() {
+            t.documents += c.documents;
+            t.cut += c.cut;
+            t.dropped += c.dropped;
+        }
+        t
+    }
 }
 
 /// `meta.metrics.train` of the RL stage.

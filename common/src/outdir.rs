@@ -158,6 +158,7 @@ const RESTART: &[&str] = &[
     "tokenizer",
     "init",
     "data",
+    "data_root",
     "train.lora_rank",
     "train.lora_alpha",
 ];

@@ -128,13 +128,20 @@ impl PromptMix {
         }
     }
 
-    /// A prompt mix file (`.toml`) or a single Parquet file.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// A prompt mix file (`.toml`, found from the current directory) or a single Parquet
+    /// file; relative data paths (the Parquet file, a mix's `world` and source files) are found
+    /// under the data root `root`.
+    pub fn open(path: &Path, root: Option<&Path>) -> Result<Self> {
+        use crate::data::mix::{glob_in_root, in_root};
         if path.extension().is_some_and(|e| e == "toml") {
-            Self::load(path)
-        } else {
-            Ok(Self::single_file(path))
+            let mut m = Self::load(path)?;
+            m.world = m.world.map(|w| in_root(root, w));
+            for s in &mut m.source {
+                s.path = s.path.as_deref().map(|p| glob_in_root(root, p));
+            }
+            return Ok(m);
         }
+        Ok(Self::single_file(&in_root(root, path)))
     }
 }
 

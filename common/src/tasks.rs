@@ -166,6 +166,14 @@ impl TaskSource {
         }
     }
 
+    /// The same source with a relative path found under the data root `root`.
+    pub fn under(&self, root: Option<&Path>) -> TaskSource {
+        TaskSource {
+            path: crate::data::mix::in_root(root, &self.path),
+            ..self.clone()
+        }
+    }
+
     /// Whether the file is read in this project's layout (columns, kind and answers as is).
     pub fn is_plain(&self) -> bool {
         *self == TaskSource::file(&self.path)
@@ -245,6 +253,19 @@ impl TaskSource {
         }
         Ok(tasks)
     }
+}
+
+/// The mapping of `--columns` flags (`FIELD=COLUMN`, comma-separated or repeated, e.g.
+/// `prompt=question`), as every command that reads a task file takes it.
+pub fn parse_column_flags(flags: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut columns = BTreeMap::new();
+    for c in flags {
+        let (field, col) = c
+            .split_once('=')
+            .with_context(|| format!("--columns {c:?}: expected FIELD=COLUMN, e.g. prompt=question"))?;
+        columns.insert(field.trim().to_string(), col.trim().to_string());
+    }
+    Ok(columns)
 }
 
 /// Reads tasks from Parquet with string columns `prompt`, `answer` and `task` (the kind).

@@ -318,6 +318,16 @@ impl Tok {
         special_ids(&self.inner)
     }
 
+    /// Trains a BPE of `vocab_size` tokens on up to `mb` megabytes of `mix`'s text, each source
+    /// by its share: pretrain's `[tokenizer] train = true` and `datasets tokenizer` alike.
+    pub fn train_on_mix(mix: &crate::data::ResolvedMix, vocab_size: usize, mb: usize) -> Result<Self> {
+        let corpus = mix_corpus(mix, mb)?;
+        if corpus.iter().all(|t| t.trim().is_empty()) {
+            bail!("mix {} has no text to train a tokenizer on", mix.path.display());
+        }
+        Tok::train(corpus.iter(), vocab_size)
+    }
+
     /// Writes `tokenizer.json` (and, for a Hugging Face chat template, its
     /// `tokenizer_config.json` and `generation_config.json` beside it).
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -556,6 +566,25 @@ fn token_bytes(inner: &Tokenizer) -> Vec<u32> {
             }
         })
         .collect()
+}
+
+/// Up to `mb` megabytes of text from `mix`, each source by its share (at most 200,000 documents
+/// per source), to train a tokenizer on.
+pub fn mix_corpus(mix: &crate::data::ResolvedMix, mb: usize) -> Result<Vec<String>> {
+    let mut texts = Vec::new();
+    for src in &mix.sources {
+        let budget = (src.share * (mb * 1_000_000) as f64) as usize;
+        let mut bytes = 0;
+        for d in crate::data::parquet::read_all(src, Some(200_000))? {
+            let t = d.full_text();
+            bytes += t.len();
+            texts.push(t);
+            if bytes >= budget {
+                break;
+            }
+        }
+    }
+    Ok(texts)
 }
 
 #[cfg(test)]

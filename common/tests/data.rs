@@ -4,7 +4,7 @@ use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::data::mix::{load_mix, MixConfig};
 use common::data::parquet::{read_all, Doc};
-use common::data::sampler::{LmSampler, PackMode, SamplerOptions, IGNORE};
+use common::data::sampler::{Cursor, DocCounts, LmSampler, Overlong, PackMode, SamplerOptions, IGNORE};
 use common::data::writer::{write_chat, write_tasks, write_text};
 use common::tokenizer::{Message, Tok};
 use common::verify::Task;
@@ -50,7 +50,7 @@ fn weights_3_to_1_hold_within_2_percent_over_1m_tokens() -> Result<()> {
         "[[source]]\nname = \"a\"\npath = \"{0}/a.parquet\"\nformat = \"text\"\nweight = 3\n\n[[source]]\nname = \"b\"\npath = \"{0}/b.parquet\"\nformat = \"text\"\nweight = 1\n",
         d.display()
     ))?;
-    let mix = load_mix(&mix)?;
+    let mix = load_mix(&mix, None)?;
     let mut s = LmSampler::new(
         &mix,
         &tok,
@@ -60,6 +60,7 @@ fn weights_3_to_1_hold_within_2_percent_over_1m_tokens() -> Result<()> {
             assistant_only: false,
             seed: 7,
             shuffle: true,
+            overlong: Default::default(),
         },
         None,
     )?;
@@ -84,18 +85,25 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
     let docs: Vec<String> = (0..3000).map(|i| format!("alpha {i} beta {}", i * 7)).collect();
     write_text(&d.join("t-0.parquet"), &docs[..1500])?;
     write_text(&d.join("t-1.parquet"), &docs[1500..])?;
+    // Every seventh conversation is longer than a row: dropped or cut, and counted.
     let convs: Vec<Vec<Message>> = (0..300)
         .map(|i| {
+            let answer = if i % 7 == 0 {
+                format!("{}Answer: {i}", "alpha beta gamma delta. ".repeat(8))
+            } else {
+                format!("Answer: {i}")
+            };
             vec![
                 Message::new("user", format!("What is {i}?")),
-                Message::new("assistant", format!("Answer: {i}")),
+                Message::new("assistant", answer),
             ]
         })
         .collect();
     write_chat(&d.join("c.parquet"), &convs)?;
-    for (mode, format, path, only) in [
-        (PackMode::Stream, "text", "t-*.parquet", false),
-        (PackMode::Documents, "chat", "c.parquet", true),
+    for (mode, format, path, only, overlong) in [
+        (PackMode::Stream, "text", "t-*.parquet", false, Overlong::Drop),
+        (PackMode::Documents, "chat", "c.parquet", true, Overlong::Drop),
+        (PackMode::Documents, "chat", "c.parquet", true, Overlong::Cut),
     ] {
         let mix = write_mix(
             d,
@@ -104,7 +112,7 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
                 d.display()
             ),
         )?;
-        let mix = load_mix(&mix)?;
+        let mix = load_mix(&mix, None)?;
         let mut full = LmSampler::new(
             &mix,
             &tok,
@@ -114,6 +122,7 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
                 assistant_only: only,
                 seed: 11,
                 shuffle: true,
+                overlong,
             },
             None,
         )?;
@@ -126,6 +135,7 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
                 assistant_only: only,
                 seed: 11,
                 shuffle: true,
+                overlong,
             },
             None,
         )?;
@@ -147,14 +157,23 @@ fn resumed_sampler_yields_exactly_the_uninterrupted_sequence() -> Result<()> {
                 assistant_only: only,
                 seed: 11,
                 shuffle: true,
+                overlong,
             },
             Some(serde_json::from_str(&cursor)?),
         )?;
         for (i, e) in expected.iter().enumerate().skip(137) {
             let got = Vec::<i64>::try_from(resumed.next_batch(4)?.target.flatten(0, -1))?;
-            assert_eq!(&got, e, "{mode:?}: batch {i} differs after resume");
+            assert_eq!(&got, e, "{mode:?} {overlong:?}: batch {i} differs after resume");
         }
         assert!(resumed.epochs(0) >= 1, "the test crossed an epoch");
+        // The counts resume too: the resumed run read, cut and dropped what the uninterrupted one did.
+        assert_eq!(resumed.doc_counts(), full.doc_counts(), "{mode:?} {overlong:?}");
+        let c = full.doc_counts()[0].1;
+        match (mode, overlong) {
+            (PackMode::Stream, _) => assert_eq!((c.cut, c.dropped), (0, 0), "streams cut nothing"),
+            (_, Overlong::Drop) => assert!(c.dropped > 0 && c.cut == 0, "{c:?}"),
+            (_, Overlong::Cut) => assert!(c.cut > 0 && c.dropped == 0, "{c:?}"),
+        }
     }
     Ok(())
 }
@@ -173,13 +192,16 @@ fn document_packing_confines_attention_and_masks_users() -> Result<()> {
         })
         .collect();
     write_chat(&d.join("c.parquet"), &convs)?;
-    let mix = load_mix(&write_mix(
-        d,
-        &format!(
-            "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
-            d.display()
-        ),
-    )?)?;
+    let mix = load_mix(
+        &write_mix(
+            d,
+            &format!(
+                "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
+                d.display()
+            ),
+        )?,
+        None,
+    )?;
     let mut s = LmSampler::new(
         &mix,
         &tok,
@@ -189,6 +211,7 @@ fn document_packing_confines_attention_and_masks_users() -> Result<()> {
             assistant_only: true,
             seed: 0,
             shuffle: false,
+            overlong: Default::default(),
         },
         None,
     )?;
@@ -216,6 +239,111 @@ fn document_packing_confines_attention_and_masks_users() -> Result<()> {
     let trained: Vec<u32> = target.iter().filter(|&&t| t != IGNORE).map(|&t| t as u32).collect();
     let text = tok.decode(&trained)?;
     assert!(text.starts_with("Answer: 0") && !text.contains("What is"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn overlong_conversations_are_dropped_or_cut_and_counted_exactly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let tok = tok(d)?;
+    // Ten conversations, read in file order; numbers 2, 5 and 8 are longer than a row of 33
+    // tokens, and only they say "zebra".
+    let long = [2usize, 5, 8];
+    let convs: Vec<Vec<Message>> = (0..10usize)
+        .map(|i| {
+            let answer = if long.contains(&i) {
+                format!("zebra {}Answer: {i}", "alpha beta gamma delta. ".repeat(8))
+            } else {
+                format!("Answer: {i}")
+            };
+            vec![
+                Message::new("user", format!("What is {i}?")),
+                Message::new("assistant", answer),
+            ]
+        })
+        .collect();
+    write_chat(&d.join("c.parquet"), &convs)?;
+    let mix = load_mix(
+        &write_mix(
+            d,
+            &format!(
+                "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
+                d.display()
+            ),
+        )?,
+        None,
+    )?;
+    let opts = |overlong| SamplerOptions {
+        seq_len: 32,
+        mode: PackMode::Documents,
+        assistant_only: true,
+        seed: 0,
+        shuffle: false,
+        overlong,
+    };
+    for overlong in [Overlong::Drop, Overlong::Cut] {
+        let mut s = LmSampler::new(&mix, &tok, opts(overlong), None)?;
+        let mut trained = String::new();
+        for _ in 0..12 {
+            let b = s.next_batch(1)?;
+            let t: Vec<i64> = Vec::try_from(b.target.flatten(0, -1))?;
+            let ids: Vec<u32> = t.iter().filter(|&&x| x != IGNORE).map(|&x| x as u32).collect();
+            trained.push_str(&tok.decode(&ids)?);
+        }
+        // Read in file order, epoch after epoch: the j-th document read is conversation j % 10.
+        let c = s.doc_counts()[0].1;
+        let long_read = (0..c.documents).filter(|j| long.contains(&((j % 10) as usize))).count() as u64;
+        assert!(c.documents > 10, "read more than an epoch: {c:?}");
+        match overlong {
+            Overlong::Drop => {
+                assert_eq!(
+                    c,
+                    DocCounts {
+                        documents: c.documents,
+                        cut: 0,
+                        dropped: long_read
+                    }
+                );
+                assert!(
+                    !trained.contains("zebra"),
+                    "a dropped conversation was trained on: {trained}"
+                );
+                assert!(trained.contains("Answer: 9"), "{trained}");
+            }
+            Overlong::Cut => {
+                assert_eq!(
+                    c,
+                    DocCounts {
+                        documents: c.documents,
+                        cut: long_read,
+                        dropped: 0
+                    }
+                );
+                // The start of a cut answer is trained on, never its final answer line.
+                assert!(trained.contains("zebra"), "{trained}");
+                assert!(
+                    !trained.contains("Answer: 2") && !trained.contains("Answer: 5"),
+                    "{trained}"
+                );
+            }
+        }
+    }
+    // A cursor saved before the policy existed resumes as those runs ran: cutting.
+    let s = LmSampler::new(&mix, &tok, opts(Overlong::Drop), None)?;
+    let mut old = serde_json::to_value(s.cursor())?;
+    for k in ["counts", "overlong"] {
+        old.as_object_mut().map(|o| o.remove(k));
+    }
+    let old: Cursor = serde_json::from_value(old)?;
+    let resumed = LmSampler::new(&mix, &tok, opts(Overlong::Drop), Some(old))?;
+    assert_eq!(resumed.overlong(), Overlong::Cut);
+    // Every conversation too long to keep: an error naming both fixes, not a silent spin.
+    let only_long: Vec<Vec<Message>> = long.iter().map(|&i| convs[i].clone()).collect();
+    write_chat(&d.join("c.parquet"), &only_long)?;
+    let mix = load_mix(&d.join("mix.toml"), None)?;
+    let e = err_of(LmSampler::new(&mix, &tok, opts(Overlong::Drop), None).and_then(|mut s| s.next_batch(1)));
+    assert!(e.contains("data.seq_len") && e.contains("overlong = \"cut\""), "{e}");
     Ok(())
 }
 
@@ -317,7 +445,7 @@ weight = 1
             d.display()
         ),
     )?;
-    let mix = load_mix(&mix)?;
+    let mix = load_mix(&mix, None)?;
     let all: Vec<Vec<Doc>> = mix.sources.iter().map(|s| read_all(s, None)).collect::<Result<_>>()?;
     assert_eq!(
         all[0],
@@ -348,21 +476,23 @@ weight = 1
             Message::new("assistant", "chat")
         ])
     );
-    // And the sampler packs them all.
+    // And the sampler packs them all, whole.
     let tok = tok(d)?;
     let mut s = LmSampler::new(
         &mix,
         &tok,
         SamplerOptions {
-            seq_len: 16,
+            seq_len: 64,
             mode: PackMode::Documents,
             assistant_only: true,
             seed: 0,
             shuffle: true,
+            overlong: Default::default(),
         },
         None,
     )?;
     assert!(s.next_batch(8)?.trained_tokens > 0);
+    assert!(s.doc_counts().iter().all(|(_, c)| c.documents > 0 && c.dropped == 0));
     Ok(())
 }
 
@@ -394,10 +524,12 @@ fn bad_inputs_are_named_with_their_fix() -> Result<()> {
                 d.display()
             ),
         )?;
-        Ok(match load_mix(&m).and_then(|mix| read_all(&mix.sources[0], None)) {
-            Ok(_) => String::new(),
-            Err(e) => format!("{e:#}"),
-        })
+        Ok(
+            match load_mix(&m, None).and_then(|mix| read_all(&mix.sources[0], None)) {
+                Ok(_) => String::new(),
+                Err(e) => format!("{e:#}"),
+            },
+        )
     };
     let e = one("missing.parquet", "")?;
     assert!(
@@ -428,7 +560,7 @@ fn bad_inputs_are_named_with_their_fix() -> Result<()> {
             d.display()
         ),
     )?;
-    assert!(err_of(load_mix(&m)).contains("weight -1"));
+    assert!(err_of(load_mix(&m, None)).contains("weight -1"));
     let m = write_mix(
         d,
         &format!(
@@ -436,7 +568,7 @@ fn bad_inputs_are_named_with_their_fix() -> Result<()> {
             d.display()
         ),
     )?;
-    assert!(err_of(load_mix(&m)).contains("all weights are zero"));
+    assert!(err_of(load_mix(&m, None)).contains("all weights are zero"));
     let m = write_mix(
         d,
         "[[source]]\nname = \"s\"\npath = \"x\"\nformat = \"texty\"\nweight = 1\n",
@@ -457,7 +589,7 @@ fn exhausted_source_is_an_error_not_a_silent_repeat() -> Result<()> {
     )?;
     let m = write_mix(d, &format!("[[source]]\nname = \"small\"\npath = \"{}/small.parquet\"\nformat = \"text\"\nweight = 1\nmax_epochs = 2\n", d.display()))?;
     let mut s = LmSampler::new(
-        &load_mix(&m)?,
+        &load_mix(&m, None)?,
         &tok,
         SamplerOptions {
             seq_len: 32,
@@ -465,6 +597,7 @@ fn exhausted_source_is_an_error_not_a_silent_repeat() -> Result<()> {
             assistant_only: false,
             seed: 0,
             shuffle: true,
+            overlong: Default::default(),
         },
         None,
     )?;
@@ -484,13 +617,16 @@ fn masked_user_tokens_contribute_no_gradient() -> Result<()> {
         Message::new("assistant", "Answer: 12"),
     ]];
     write_chat(&d.join("c.parquet"), &convs)?;
-    let mix = load_mix(&write_mix(
-        d,
-        &format!(
-            "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
-            d.display()
-        ),
-    )?)?;
+    let mix = load_mix(
+        &write_mix(
+            d,
+            &format!(
+                "[[source]]\nname = \"c\"\npath = \"{}/c.parquet\"\nformat = \"chat\"\nweight = 1\n",
+                d.display()
+            ),
+        )?,
+        None,
+    )?;
     let mut s = LmSampler::new(
         &mix,
         &tok,
@@ -500,6 +636,7 @@ fn masked_user_tokens_contribute_no_gradient() -> Result<()> {
             assistant_only: true,
             seed: 0,
             shuffle: false,
+            overlong: Default::default(),
         },
         None,
     )?;
@@ -559,6 +696,7 @@ fn empty_sources_and_blank_columns_are_named_instead_of_looping() -> Result<()> 
         assistant_only: false,
         seed: 0,
         shuffle: true,
+        overlong: Default::default(),
     };
     let source = |name: &str, path: &str| {
         format!(
@@ -568,7 +706,7 @@ fn empty_sources_and_blank_columns_are_named_instead_of_looping() -> Result<()> 
     };
     let sampler = |body: String| -> Result<LmSampler> {
         let m = write_mix(d, &body)?;
-        LmSampler::new(&load_mix(&m)?, &t, opts, None)
+        LmSampler::new(&load_mix(&m, None)?, &t, opts, None)
     };
     // A 0-row source alone used to loop forever reading it; now: an error naming the file.
     let e = err_of(sampler(source("empty", "empty.parquet")));

@@ -1,13 +1,16 @@
 //! n-gram decontamination: which eval rows share a word n-gram (or their whole text) with
 //! the training sources of a mix.
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use arrow::array::{BooleanArray, RecordBatch};
 use common::data::mix::load_mix;
 use common::data::parquet::{read_all, Doc};
+use common::data::Format;
+use common::tasks::TaskSource;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde_json::json;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -51,9 +54,9 @@ pub struct TrainIndex {
 }
 
 impl TrainIndex {
-    /// Indexes every document of every source of the mix.
-    pub fn build(mix_path: &Path, n: usize) -> Result<Self> {
-        let mix = load_mix(mix_path)?;
+    /// Indexes every document of every source of the mix (relative data paths under `root`).
+    pub fn build(mix_path: &Path, n: usize, root: Option<&Path>) -> Result<Self> {
+        let mix = load_mix(mix_path, root)?;
         let mut idx = TrainIndex {
             n,
             grams: HashSet::new(),
@@ -93,33 +96,75 @@ impl TrainIndex {
     }
 }
 
-fn eval_texts(path: &Path) -> Result<(Vec<String>, Vec<RecordBatch>)> {
+/// Which column of an eval file holds the text that could leak.
+enum Leaks {
+    /// A task file's question column (`prompt`, or the column `--columns prompt=...` names).
+    Prompt(String),
+    /// The user turns of a `messages` column.
+    Messages,
+    /// A `text` column.
+    Text,
+}
+
+/// Where `schema` keeps what could leak, by the task-source column mapping (`--columns`, as
+/// the graders take it): a mapped prompt column, else `messages`, `prompt` or `text`.
+fn leaks(path: &Path, schema: &arrow::datatypes::Schema, columns: &BTreeMap<String, String>) -> Result<Leaks> {
+    let source = TaskSource {
+        path: path.to_path_buf(),
+        columns: columns.clone(),
+        ..TaskSource::default()
+    };
+    let prompt = source.task_columns()?.prompt;
+    let has = |c: &str| schema.column_with_name(c).is_some();
+    let names = || {
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Ok(if columns.contains_key("prompt") {
+        if !has(&prompt) {
+            bail!(
+                "{}: column `{prompt}` (--columns prompt={prompt}) not found; the file has columns: {}",
+                path.display(),
+                names()
+            );
+        }
+        Leaks::Prompt(prompt)
+    } else if has("messages") {
+        Leaks::Messages
+    } else if has("prompt") {
+        Leaks::Prompt("prompt".into())
+    } else if has("text") {
+        Leaks::Text
+    } else {
+        bail!(
+            "{}: no prompt, messages or text column (the file has columns: {}); name its question column with --columns prompt=<column> (GSM8K: --columns prompt=question)",
+            path.display(),
+            names()
+        )
+    })
+}
+
+/// The text of each row of the eval file that could leak, and the file's record batches.
+fn eval_texts(path: &Path, columns: &BTreeMap<String, String>) -> Result<(Vec<String>, Vec<RecordBatch>)> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(|e| anyhow::anyhow!("{} is not a readable Parquet file ({e})", path.display()))?
-        .build()?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(|e| anyhow::anyhow!("{} is not a readable Parquet file ({e})", path.display()))?;
+    let (format, cols) = match leaks(path, builder.schema(), columns)? {
+        Leaks::Prompt(c) => (Format::Text, BTreeMap::from([("text".to_string(), c)])),
+        Leaks::Messages => (Format::Chat, BTreeMap::from([("messages".into(), "messages".into())])),
+        Leaks::Text => (Format::Text, BTreeMap::from([("text".into(), "text".into())])),
+    };
     let mut texts = Vec::new();
     let mut batches = Vec::new();
-    for b in reader {
+    for b in builder.build()? {
         let b = b.with_context(|| format!("decoding {}", path.display()))?;
-        let schema = b.schema();
-        let has = |c: &str| schema.column_with_name(c).is_some();
-        let format = if has("messages") {
-            common::data::Format::Chat
-        } else if has("prompt") {
-            common::data::Format::PromptAnswer
-        } else if has("text") {
-            common::data::Format::Text
-        } else {
-            anyhow::bail!("{}: needs a prompt, messages or text column", path.display());
-        };
-        let mut cols = std::collections::BTreeMap::new();
-        for (c, req) in format.columns() {
-            if *req {
-                cols.insert(c.to_string(), c.to_string());
-            }
-        }
-        for d in common::data::parquet::batch_docs(&b, format, &cols)? {
+        let docs = common::data::parquet::batch_docs(&b, format, &cols)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for d in docs {
             // For question/answer rows the question is what leaks; conversations: the user turns.
             texts.push(match d {
                 Doc::Text(t) => t,
@@ -136,11 +181,31 @@ fn eval_texts(path: &Path) -> Result<(Vec<String>, Vec<RecordBatch>)> {
     Ok((texts, batches))
 }
 
+/// What `datasets decontaminate` checks, and where it writes.
+pub struct Options<'a> {
+    /// Training mix.
+    pub train: &'a Path,
+    /// Eval file.
+    pub eval: &'a Path,
+    /// Its column mapping (`--columns FIELD=COLUMN`, as the graders take it).
+    pub columns: BTreeMap<String, String>,
+    /// n-gram length in words.
+    pub n: usize,
+    /// Write the clean rows here.
+    pub write_clean: Option<&'a Path>,
+    /// Write the JSON report here.
+    pub report: Option<&'a Path>,
+    /// Data root the mix's relative data paths are found under.
+    pub root: Option<&'a Path>,
+}
+
 /// `datasets decontaminate`.
-pub fn run(train: &Path, eval: &Path, n: usize, write_clean: Option<&Path>, report: Option<&Path>) -> Result<()> {
+pub fn run(o: &Options<'_>) -> Result<()> {
+    let (train, eval, n, write_clean, report) = (o.train, o.eval, o.n, o.write_clean, o.report);
     anyhow::ensure!(n >= 1, "--n must be at least 1");
-    let idx = TrainIndex::build(train, n)?;
-    let (texts, batches) = eval_texts(eval)?;
+    // The eval side's layout first: a wrong mapping fails before the training mix is indexed.
+    let (texts, batches) = eval_texts(eval, &o.columns)?;
+    let idx = TrainIndex::build(train, n, o.root)?;
     let verdicts: Vec<Option<bool>> = texts.iter().map(|t| idx.check(t)).collect();
     let contaminated: Vec<usize> = verdicts
         .iter()

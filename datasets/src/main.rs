@@ -1,10 +1,12 @@
 //! `datasets`: builds the embedded default world as Parquet, inspects files and mixes,
-//! and checks eval sets for contamination by training data.
+//! checks eval sets for contamination by training data, splits a corpus into train and
+//! held-out files, and trains a tokenizer on a mix.
 mod decontaminate;
+mod split;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use common::data::mix::{expand, load_mix, Format, ResolvedSource, SourceConfig};
+use common::data::mix::{expand, glob_in_root, in_root, load_mix, Format, ResolvedSource, SourceConfig};
 use common::data::parquet::{read_all, Doc};
 use common::data::writer::{write_chat, write_tasks, write_text};
 use common::tokenizer::{Message, Tok};
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-/// Build, inspect and decontaminate lib2expert's datasets.
+/// Build, inspect, decontaminate and split lib2expert's datasets, and train tokenizers.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -72,15 +74,24 @@ enum Cmd {
         /// Format of a bare Parquet file: text, chat or prompt_answer (guessed from columns when omitted).
         #[arg(long)]
         format: Option<String>,
+        /// Directory that the mix's relative data paths (or a relative TARGET file) are found
+        /// under, as a stage's --data-root (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        data_root: Option<PathBuf>,
     },
     /// Report eval rows that share an n-gram with any training source of a mix.
     Decontaminate {
         /// Training mix (.toml).
         #[arg(long)]
         train: PathBuf,
-        /// Eval file (.parquet) with tasks (prompt/answer/task), text or messages.
+        /// Eval file (.parquet): a task file (its `prompt` column is checked), text or messages.
         #[arg(long)]
         eval: PathBuf,
+        /// Where a task file keeps its question, when it names it otherwise: FIELD=COLUMN as
+        /// `evaluate --columns` takes it (e.g. `prompt=question` for GSM8K); only the prompt is
+        /// checked, other fields are accepted and ignored.
+        #[arg(long, value_delimiter = ',', value_name = "FIELD=COLUMN")]
+        columns: Vec<String>,
         /// n-gram length in words.
         #[arg(long, default_value_t = 13)]
         n: usize,
@@ -90,6 +101,55 @@ enum Cmd {
         /// Write the report (JSON) here.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Directory that the mix's relative data paths and a relative --eval file are found
+        /// under, as a stage's --data-root (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        data_root: Option<PathBuf>,
+    },
+    /// Train a byte-level BPE tokenizer on a mix alone (what pretrain's `[tokenizer] train =
+    /// true` does before it trains), e.g. for several runs or stages to share.
+    Tokenizer {
+        /// Mix (.toml) whose sources the tokenizer learns from, each by its share.
+        #[arg(long, value_name = "TOML")]
+        mix: PathBuf,
+        /// Vocabulary size, special tokens included.
+        #[arg(long, default_value_t = 4096, value_name = "N")]
+        vocab: usize,
+        /// Megabytes of text to train on.
+        #[arg(long, default_value_t = 8, value_name = "MB")]
+        train_mb: usize,
+        /// The tokenizer.json to write (its directory is created).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing --out file.
+        #[arg(long)]
+        force: bool,
+        /// Directory that the mix's relative data paths are found under, as a stage's
+        /// --data-root (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        data_root: Option<PathBuf>,
+    },
+    /// Split a Parquet file into train.parquet and heldout.parquet without overlap: by
+    /// document (identical rows, or rows equal in the --by columns, land on one side),
+    /// deterministic for a seed. Files in --out that this command did not write are never
+    /// replaced.
+    Split {
+        /// Parquet file to split (a glob of files with one schema is allowed).
+        #[arg(long, value_name = "FILE")]
+        input: String,
+        /// Share of the distinct documents held out (e.g. 0.05).
+        #[arg(long, value_name = "SHARE")]
+        heldout: f64,
+        /// Directory for train.parquet and heldout.parquet.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Seed of which documents are held out.
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// Columns that identify a document, comma-separated (default: all columns), e.g.
+        /// `question` so that one question with two answers stays on one side.
+        #[arg(long, value_delimiter = ',', value_name = "COLUMN")]
+        by: Vec<String>,
     },
 }
 
@@ -126,14 +186,63 @@ fn main() -> ExitCode {
             tokenizer,
             samples,
             format,
-        } => inspect(&target, &tokenizer, samples, format.as_deref()),
+            data_root,
+        } => inspect(&target, &tokenizer, samples, format.as_deref(), data_root.as_deref()),
         Cmd::Decontaminate {
             train,
             eval,
+            columns,
             n,
             write_clean,
             report,
-        } => decontaminate::run(&train, &eval, n, write_clean.as_deref(), report.as_deref()),
+            data_root,
+        } => decontaminate::run(&decontaminate::Options {
+            train: &train,
+            eval: &in_root(data_root.as_deref(), &eval),
+            columns: common::tasks::parse_column_flags(&columns)?,
+            n,
+            write_clean: write_clean.as_deref(),
+            report: report.as_deref(),
+            root: data_root.as_deref(),
+        }),
+        Cmd::Tokenizer {
+            mix,
+            vocab,
+            train_mb,
+            out,
+            force,
+            data_root,
+        } => tokenizer(&mix, vocab, train_mb, &out, force, data_root.as_deref()),
+        Cmd::Split {
+            input,
+            heldout,
+            out,
+            seed,
+            by,
+        } => {
+            let t0 = Instant::now();
+            let c = split::run(&split::Options {
+                input: &input,
+                heldout,
+                out: &out,
+                seed,
+                by,
+            })?;
+            println!(
+                "split: {} rows, {} distinct documents ({} rows repeat another); held out {} documents in {} rows ({:.2}% of rows), train {} rows; wrote {} and {} in {:.1}s",
+                c.rows,
+                c.documents,
+                c.rows - c.documents,
+                c.heldout_documents,
+                c.heldout_rows,
+                100.0 * c.heldout_rows as f64 / c.rows.max(1) as f64,
+                c.train_rows,
+                out.join("train.parquet").display(),
+                out.join("heldout.parquet").display(),
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
     })
 }
 
@@ -437,16 +546,47 @@ fn guess_format(path: &Path) -> Result<Format> {
     })
 }
 
-fn inspect(target: &str, tokenizer: &Path, samples: usize, format: Option<&str>) -> Result<()> {
+/// `datasets tokenizer`: a BPE trained on a mix, written to `out`.
+fn tokenizer(mix: &Path, vocab: usize, train_mb: usize, out: &Path, force: bool, root: Option<&Path>) -> Result<()> {
+    let out = if out.is_dir() {
+        out.join("tokenizer.json")
+    } else {
+        out.to_path_buf()
+    };
+    if out.exists() && !force {
+        bail!(
+            "{} exists: pass --force to replace it, or choose another --out",
+            out.display()
+        );
+    }
+    let t0 = Instant::now();
+    let mix = load_mix(mix, root)?;
+    let tok = Tok::train_on_mix(&mix, vocab, train_mb)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    tok.save(&out)?;
+    eprintln!(
+        "datasets: trained a {}-token BPE on up to {train_mb} MB of {} ({} sources) in {:.1}s; wrote {}",
+        tok.vocab_size(),
+        mix.path.display(),
+        mix.sources.len(),
+        t0.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn inspect(target: &str, tokenizer: &Path, samples: usize, format: Option<&str>, root: Option<&Path>) -> Result<()> {
     let tok = if tokenizer.exists() {
         Some(Tok::load(tokenizer)?)
     } else {
         None
     };
     let sources: Vec<ResolvedSource> = if target.ends_with(".toml") {
-        load_mix(Path::new(target))?.sources
+        load_mix(Path::new(target), root)?.sources
     } else {
-        let files = expand(target)?;
+        let files = expand(&glob_in_root(root, target))?;
         let format = match format {
             Some(f) => {
                 common::config::parse_toml::<BTreeMap<String, Format>>(&format!("f = \"{f}\""), "--format")?["f"]

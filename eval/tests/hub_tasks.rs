@@ -247,9 +247,62 @@ fn logged_samples_regrade_to_the_same_accuracy() -> Result<()> {
     Ok(())
 }
 
-/// `configs/examples/gsm8k` as a user runs it: GSM8K-layout files under data/gsm8k/, SFT on
-/// the training split, RL on its questions, then evaluate on the test split; nothing
-/// preprocessed. (A tiny random model and a few steps: this checks the path, not the skill.)
+/// A SmolTalk-layout file (`messages: list<struct<content, role>>` beside a `source` column, as
+/// the hub ships it): 24 conversations, every third longer than 257 tokens.
+fn write_smoltalk(path: &Path) -> Result<()> {
+    use arrow::array::{ListArray, StructArray};
+    use arrow::buffer::OffsetBuffer;
+    use arrow::datatypes::Fields;
+    let (mut roles, mut contents, mut offsets) = (Vec::new(), Vec::new(), vec![0i32]);
+    for i in 0..24usize {
+        let answer = if i % 3 == 0 {
+            format!(
+                "Sure. {}",
+                "The town of Velmora trades salt with Tarsk in the north. ".repeat(30)
+            )
+        } else {
+            format!("{i} + 2 = {}.", i + 2)
+        };
+        roles.extend(["user", "assistant"]);
+        contents.extend([format!("What is {i} + 2?"), answer]);
+        offsets.push(roles.len() as i32);
+    }
+    let fields = Fields::from(vec![
+        Field::new("content", DataType::Utf8, true),
+        Field::new("role", DataType::Utf8, true),
+    ]);
+    let structs = StructArray::new(
+        fields.clone(),
+        vec![
+            Arc::new(StringArray::from(contents)) as ArrayRef,
+            Arc::new(StringArray::from(roles)) as ArrayRef,
+        ],
+        None,
+    );
+    let item = Arc::new(Field::new("element", DataType::Struct(fields), true));
+    let messages = ListArray::new(item.clone(), OffsetBuffer::new(offsets.into()), Arc::new(structs), None);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("messages", DataType::List(item), true),
+        Field::new("source", DataType::Utf8, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(messages),
+            Arc::new(StringArray::from(vec!["smol-magpie-ultra"; 24])),
+        ],
+    )?;
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema, None)?;
+    w.write(&batch)?;
+    w.close()?;
+    Ok(())
+}
+
+/// `configs/examples/gsm8k` as a user runs it: GSM8K-layout files under data/gsm8k/ (the
+/// examples' data root), SFT on the training split mixed with a SmolTalk-layout file, RL on
+/// its questions, then evaluate on the test split and write the report; nothing preprocessed.
+/// (A tiny random model and a few steps: this checks the path, not the skill.)
 #[test]
 fn gsm8k_example_configs_run_sft_rl_and_evaluate() -> Result<()> {
     use common::model::GptConfig;
@@ -286,6 +339,14 @@ fn gsm8k_example_configs_run_sft_rl_and_evaluate() -> Result<()> {
         let f = f?;
         std::fs::copy(f.path(), ex.join(f.file_name()))?;
     }
+    // SmolTalk-style conversations join the SFT mix, as the mix's commented example shows.
+    write_smoltalk(&d.join("data/smoltalk/train-00000.parquet"))?;
+    let mix = ex.join("sft-mix.toml");
+    let text = std::fs::read_to_string(&mix)?;
+    std::fs::write(
+        &mix,
+        format!("{text}\n[[source]]\nname = \"smoltalk\"\npath = \"smoltalk/train-*.parquet\"\nformat = \"chat\"\nweight = 0.5\n"),
+    )?;
     // A tiny model with the examples' 256-token context, as the start of the ladder.
     let tok = Tok::load(&d.join("tokenizer.json"))?;
     let mut cfg = GptConfig::preset("tiny", tok.vocab_size() as i64)?;
@@ -321,6 +382,15 @@ fn gsm8k_example_configs_run_sft_rl_and_evaluate() -> Result<()> {
     let t = sft.metrics.tasks.as_ref().expect("SFT graded the GSM8K test split");
     assert_eq!(t.per_kind["gsm8k"].n, 8);
     assert!(sft.metrics.heldout.as_ref().is_some_and(|h| h.contains_key("gsm8k")));
+    // The over-long SmolTalk conversations were dropped and counted; every GSM8K row fits.
+    let Some(common::metrics::TrainMetrics::Lm(train)) = &sft.metrics.train else {
+        panic!("SFT recorded its training metrics");
+    };
+    let overlong = train.overlong.as_ref().expect("SFT counts over-long conversations");
+    assert_eq!(overlong.row_tokens, 257);
+    let (smol, gsm) = (overlong.per_source["smoltalk"], overlong.per_source["gsm8k"]);
+    assert!(smol.dropped > 0 && smol.dropped < smol.documents, "{smol:?}");
+    assert_eq!((gsm.dropped, gsm.cut), (0, 0));
     stage(
         "rl",
         &[
@@ -348,8 +418,10 @@ fn gsm8k_example_configs_run_sft_rl_and_evaluate() -> Result<()> {
         .current_dir(d)
         .args([
             "runs/rl",
+            "--data-root",
+            "data",
             "--tasks",
-            "data/gsm8k/test.parquet",
+            "gsm8k/test.parquet",
             "--columns",
             "prompt=question",
             "--kind",
@@ -363,5 +435,19 @@ fn gsm8k_example_configs_run_sft_rl_and_evaluate() -> Result<()> {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
     assert_eq!(v["greedy"]["per_kind"]["gsm8k"]["n"], 8);
+    // The report shows what SFT dropped.
+    let o = bin(Path::new(env!("CARGO_BIN_EXE_report")))
+        .arg(d.join("runs"))
+        .output()?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(d.join("runs/report.md"))?;
+    let line = md
+        .lines()
+        .find(|l| l.contains("conversations longer than a row of 257 tokens"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("smoltalk {} of {}", smol.dropped, smol.documents)) && !line.contains("gsm8k"),
+        "{md}"
+    );
     Ok(())
 }

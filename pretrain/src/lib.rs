@@ -4,8 +4,7 @@
 //! ([`common::lm`]).
 use anyhow::{bail, Context, Result};
 use common::config::LmConfig;
-use common::data::mix::{load_mix, ResolvedMix};
-use common::data::parquet::read_all;
+use common::data::mix::{in_root, load_mix};
 use common::data::PackMode;
 use common::lm::StageSpec;
 use common::stage::Scratch;
@@ -31,10 +30,12 @@ pub fn from_scratch(cfg: &LmConfig) -> Result<Scratch> {
                 "pretrain: training a {}-token BPE on {} MB of the mix",
                 t.vocab_size, t.train_mb
             );
-            let corpus = tokenizer_corpus(&load_mix(&cfg.data.mix)?, t.train_mb)?;
-            Tok::train(corpus.iter(), t.vocab_size)?
+            Tok::train_on_mix(&load_mix(&cfg.data.mix, cfg.root())?, t.vocab_size, t.train_mb)?
         }
-        Some(t) => Tok::load(t.path.as_deref().unwrap_or(Path::new("tokenizer.json")))?,
+        Some(t) => Tok::load(&in_root(
+            cfg.root(),
+            t.path.as_deref().unwrap_or(Path::new("tokenizer.json")),
+        ))?,
         None => bail!("a run from scratch needs a [tokenizer] section (a path, or train = true)"),
     };
     let section = cfg
@@ -43,22 +44,4 @@ pub fn from_scratch(cfg: &LmConfig) -> Result<Scratch> {
         .context("a run from scratch needs a [model] section")?;
     let mcfg = section.resolve(tok.vocab_size() as i64)?;
     Ok((tok, mcfg))
-}
-
-/// Reads up to `mb` megabytes of text from the mix, by share, to train a tokenizer.
-pub fn tokenizer_corpus(mix: &ResolvedMix, mb: usize) -> Result<Vec<String>> {
-    let mut texts = Vec::new();
-    for src in &mix.sources {
-        let budget = (src.share * (mb * 1_000_000) as f64) as usize;
-        let mut bytes = 0;
-        for d in read_all(src, Some(200_000))? {
-            let t = d.full_text();
-            bytes += t.len();
-            texts.push(t);
-            if bytes >= budget {
-                break;
-            }
-        }
-    }
-    Ok(texts)
 }

@@ -176,6 +176,11 @@ fn default_eval_batch() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RlConfig {
+    /// Directory that relative data paths are found under (a Parquet prompt file, the files
+    /// and world of a prompt mix, the eval task files); default: the current directory.
+    /// `--data-root` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_root: Option<PathBuf>,
     /// Checkpoint to start from (the SFT model).
     pub init: Option<PathBuf>,
     /// Output checkpoint.
@@ -208,6 +213,9 @@ impl RlConfig {
         if let Some(p) = &args.mix {
             // RL's data is its prompts: a prompt mix, or one Parquet file of tasks.
             c.data.prompts = p.clone();
+        }
+        if let Some(r) = &args.data_root {
+            c.data_root = Some(r.clone());
         }
         c.validate()
             .with_context(|| format!("invalid configuration {}", path.display()))?;
@@ -245,6 +253,11 @@ impl RlConfig {
     /// The checkpoint directory.
     pub fn out_dir(&self) -> PathBuf {
         self.out.clone().unwrap_or_else(|| common::config::default_out("rl"))
+    }
+
+    /// The data root relative data paths are found under (`None`: the current directory).
+    pub fn root(&self) -> Option<&Path> {
+        self.data_root.as_deref()
     }
 
     /// ε_high.

@@ -29,7 +29,7 @@ use common::progress::{format_count, format_secs, Progress};
 use common::prompts::{PromptMix, PromptStream, StreamState};
 use common::sampling::SamplingConfig;
 use common::stage::{Opened, Stage, StageOptions, TrainerState};
-use common::tasks::{evaluate_tasks, limit_per_kind, summarize, EvalOptions, TaskReport, TaskSource};
+use common::tasks::{evaluate_tasks, limit_per_kind, summarize, EvalOptions, TaskReport};
 use common::verify::{Grader, Task};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -86,7 +86,7 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     };
     let reference = reference_model(cfg, stage.device)?;
     // The prompt source: generators and prompt sets, drawn by the curriculum.
-    let mix = PromptMix::open(&cfg.data.prompts)?;
+    let mix = PromptMix::open(&cfg.data.prompts, cfg.root())?;
     let mut prompts = PromptStream::open(&mix, cfg.train.seed)
         .with_context(|| format!("opening the RL prompts {}", cfg.data.prompts.display()))?;
     stage.meta.mix =
@@ -238,8 +238,8 @@ impl Grading {
             });
         };
         Ok(Grading {
-            held_out: Some(limit_per_kind(e.tasks.load()?, e.per_kind)),
-            hard: e.hard_tasks.as_ref().map(TaskSource::load).transpose()?,
+            held_out: Some(limit_per_kind(e.tasks.under(cfg.root()).load()?, e.per_kind)),
+            hard: e.hard_tasks.as_ref().map(|t| t.under(cfg.root()).load()).transpose()?,
             opts: Some(EvalOptions {
                 sampling: SamplingConfig::greedy(e.max_new_tokens),
                 samples: 1,

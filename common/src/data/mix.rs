@@ -11,7 +11,8 @@
 //! max_epochs = 4                  # optional: error if the source would repeat more often
 //! ```
 //!
-//! Paths are relative to the current directory (run from the repository root).
+//! Relative paths are relative to the data root: `--data-root`, else `data_root` in the stage
+//! config, else the current directory (run from the repository root).
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -105,9 +106,9 @@ impl MixConfig {
         crate::config::load_toml(path)
     }
 
-    /// Expands globs, fills default columns and normalises shares; every problem names
-    /// the source and the fix.
-    pub fn resolve(&self, origin: &Path) -> Result<ResolvedMix> {
+    /// Expands globs (relative ones under `root`, see [`in_root`]), fills default columns and
+    /// normalises shares; every problem names the source and the fix.
+    pub fn resolve(&self, origin: &Path, root: Option<&Path>) -> Result<ResolvedMix> {
         if self.source.is_empty() {
             bail!("mix {} has no [[source]] entries", origin.display());
         }
@@ -171,7 +172,8 @@ impl MixConfig {
                     );
                 }
             }
-            let files = expand(&s.path).with_context(|| format!("mix {}: source `{}`", origin.display(), s.name))?;
+            let files = expand(&glob_in_root(root, &s.path))
+                .with_context(|| format!("mix {}: source `{}`", origin.display(), s.name))?;
             raw.push((s.clone(), files, w, columns));
         }
         let total: f64 = raw.iter().map(|r| r.2).sum();
@@ -198,9 +200,31 @@ impl MixConfig {
     }
 }
 
-/// Loads and resolves a mix file.
-pub fn load_mix(path: &Path) -> Result<ResolvedMix> {
-    MixConfig::load(path)?.resolve(path)
+/// Loads and resolves a mix file; its relative data paths are found under `root` (`None`: the
+/// current directory).
+pub fn load_mix(path: &Path, root: Option<&Path>) -> Result<ResolvedMix> {
+    MixConfig::load(path)?.resolve(path, root)
+}
+
+/// `path` under the data root: a relative path joined to `root`; an absolute one, or any path
+/// without a root, as it is.
+pub fn in_root(root: Option<&Path>, path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    match root {
+        Some(r) if path.is_relative() => r.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// A glob pattern under the data root (the root's own glob characters escaped).
+pub fn glob_in_root(root: Option<&Path>, pattern: &str) -> String {
+    match root {
+        Some(r) if Path::new(pattern).is_relative() => {
+            let r = glob::Pattern::escape(&r.display().to_string());
+            format!("{}/{pattern}", r.trim_end_matches('/'))
+        }
+        _ => pattern.to_string(),
+    }
 }
 
 /// Files matching `pattern`, sorted; an error when nothing matches.

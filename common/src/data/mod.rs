@@ -6,4 +6,4 @@ pub mod writer;
 
 pub use mix::{Format, MixConfig, ResolvedMix, ResolvedSource, SourceConfig};
 pub use parquet::{Doc, SourceReader};
-pub use sampler::{Cursor, LmSampler, PackMode, PackedBatch, SamplerOptions};
+pub use sampler::{Cursor, DocCounts, LmSampler, Overlong, PackMode, PackedBatch, SamplerOptions};

@@ -265,6 +265,8 @@ pub struct SourceReader {
     docs: Vec<Doc>,
     /// Name of the source (for messages).
     pub name: String,
+    /// Rows of all its files (from their footers).
+    pub rows: u64,
 }
 
 impl SourceReader {
@@ -280,6 +282,7 @@ impl SourceReader {
             reader: None,
             docs: Vec::new(),
             name: src.config.name.clone(),
+            rows: 0,
         };
         // Check every file's schema up front, so a bad file fails at start-up. A file without
         // rows is skipped with a warning; a source without any row is an error (reading it
@@ -287,9 +290,11 @@ impl SourceReader {
         let mut empty = Vec::new();
         for f in &r.files {
             let b = open_checked(f, r.format, &r.columns).with_context(|| format!("source `{}`", r.name))?;
-            if row_count(&b) == 0 {
+            let rows = row_count(&b);
+            if rows == 0 {
                 empty.push(f.display().to_string());
             }
+            r.rows += rows.max(0) as u64;
         }
         if empty.len() == r.files.len() {
             bail!(

@@ -28,6 +28,40 @@ pub enum PackMode {
     Documents,
 }
 
+/// What document packing does with a document longer than one row (`seq_len + 1` tokens).
+/// Stream packing never cuts: a long document continues in the next row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlong {
+    /// Skip it (counted): every conversation trained on is whole, its final answer included.
+    #[default]
+    Drop,
+    /// Keep its first `seq_len + 1` tokens (counted): the end of the conversation, often its
+    /// answer, is never trained on.
+    Cut,
+}
+
+impl Overlong {
+    /// `drop` or `cut`, as the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Overlong::Drop => "drop",
+            Overlong::Cut => "cut",
+        }
+    }
+}
+
+/// Documents of one source read so far, and how many were longer than a row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocCounts {
+    /// Documents read (cut and dropped ones included).
+    pub documents: u64,
+    /// Documents cut to one row ([`Overlong::Cut`]).
+    pub cut: u64,
+    /// Documents skipped ([`Overlong::Drop`]).
+    pub dropped: u64,
+}
+
 /// A batch of packed rows.
 pub struct PackedBatch {
     /// Inputs `[B, T]`.
@@ -76,6 +110,14 @@ pub struct Cursor {
     pub buffer: Vec<Slot>,
     /// Documents started so far (for document ids).
     pub docs: u64,
+    /// Documents read, cut and dropped, per source (empty in cursors saved before they were
+    /// counted: counting starts from zero).
+    #[serde(default)]
+    pub counts: Vec<DocCounts>,
+    /// The over-long policy the run started with (`None` in cursors saved before the policy
+    /// existed, when over-long documents were cut).
+    #[serde(default)]
+    pub overlong: Option<Overlong>,
 }
 
 struct SourceState {
@@ -85,6 +127,9 @@ struct SourceState {
     files: usize,
     cache_pos: Option<(u64, usize, usize)>,
     cache: Vec<(Vec<u32>, Vec<bool>)>,
+    /// Documents dropped in a row (not saved: only to stop a source whose every document is
+    /// too long from spinning forever).
+    drop_run: u64,
 }
 
 /// The sampler over a mix.
@@ -93,12 +138,14 @@ pub struct LmSampler {
     seq_len: usize,
     mode: PackMode,
     assistant_only: bool,
+    overlong: Overlong,
     sources: Vec<SourceState>,
     shares: Vec<f64>,
     names: Vec<String>,
     consumed: Vec<u64>,
     buffer: Vec<Slot>,
     docs: u64,
+    counts: Vec<DocCounts>,
 }
 
 /// How an [`LmSampler`] reads and packs.
@@ -114,6 +161,8 @@ pub struct SamplerOptions {
     pub seed: u64,
     /// Shuffle files per epoch and rows per record batch (false: read in order).
     pub shuffle: bool,
+    /// Document packing: what to do with a document longer than one row.
+    pub overlong: Overlong,
 }
 
 impl LmSampler {
@@ -126,20 +175,35 @@ impl LmSampler {
             assistant_only,
             seed,
             shuffle,
+            overlong,
         } = opts;
         let n = mix.sources.len();
-        let cursor = cursor.unwrap_or_else(|| Cursor {
+        let mut cursor = cursor.unwrap_or_else(|| Cursor {
             readers: vec![ReaderPos::default(); n],
             consumed: vec![0; n],
             buffer: Vec::new(),
             docs: 0,
+            counts: vec![DocCounts::default(); n],
+            overlong: Some(overlong),
         });
-        if cursor.readers.len() != n || cursor.consumed.len() != n {
+        if cursor.counts.is_empty() {
+            cursor.counts = vec![DocCounts::default(); n];
+        }
+        if cursor.readers.len() != n || cursor.consumed.len() != n || cursor.counts.len() != n {
             bail!(
                 "the saved data cursor has {} sources but the mix has {n}: resume with the mix the run started with",
                 cursor.readers.len()
             );
         }
+        let overlong = match cursor.overlong {
+            Some(saved) if saved != overlong => bail!(
+                "the run started with data.overlong = \"{}\"; resume it with that setting",
+                saved.name()
+            ),
+            Some(_) => overlong,
+            // A run from before the policy existed cut over-long documents: it goes on as it began.
+            None => Overlong::Cut,
+        };
         let mut sources = Vec::with_capacity(n);
         for (i, (src, pos)) in mix.sources.iter().zip(cursor.readers).enumerate() {
             let reader = SourceReader::new(src, seed.wrapping_add(1_000_003 * i as u64), shuffle, pos)?;
@@ -150,6 +214,7 @@ impl LmSampler {
                 files: src.files.len(),
                 cache_pos: None,
                 cache: Vec::new(),
+                drop_run: 0,
             });
         }
         Ok(LmSampler {
@@ -157,12 +222,14 @@ impl LmSampler {
             seq_len,
             mode,
             assistant_only,
+            overlong,
             sources,
             shares: mix.sources.iter().map(|s| s.share).collect(),
             names: mix.sources.iter().map(|s| s.config.name.clone()).collect(),
             consumed: cursor.consumed,
             buffer: cursor.buffer,
             docs: cursor.docs,
+            counts: cursor.counts,
         })
     }
 
@@ -173,7 +240,24 @@ impl LmSampler {
             consumed: self.consumed.clone(),
             buffer: self.buffer.clone(),
             docs: self.docs,
+            counts: self.counts.clone(),
+            overlong: Some(self.overlong),
         }
+    }
+
+    /// Documents read, cut and dropped per source so far, with the source names.
+    pub fn doc_counts(&self) -> Vec<(String, DocCounts)> {
+        self.names.iter().cloned().zip(self.counts.iter().copied()).collect()
+    }
+
+    /// What happens to a document longer than [`Self::row_tokens`].
+    pub fn overlong(&self) -> Overlong {
+        self.overlong
+    }
+
+    /// Tokens of one packed row (`seq_len + 1`): the longest document packed whole.
+    pub fn row_tokens(&self) -> usize {
+        self.seq_len + 1
     }
 
     /// Tokens taken from each source so far, with the source names.
@@ -242,9 +326,8 @@ impl LmSampler {
         }
     }
 
-    /// Takes the next document of the mix as slots.
-    fn next_doc(&mut self) -> Result<Vec<Slot>> {
-        let i = self.pick_source();
+    /// Reads the next document of source `i` (tokenized), counting it.
+    fn take_doc(&mut self, i: usize) -> Result<(Vec<u32>, Vec<bool>)> {
         let s = &self.sources[i];
         let p = s.reader.pos();
         let key = (p.epoch, p.file, p.batch);
@@ -260,7 +343,7 @@ impl LmSampler {
         }
         let s = &mut self.sources[i];
         let row = s.reader.pos().row;
-        let (ids, mask) = std::mem::take(&mut s.cache[row]);
+        let doc = std::mem::take(&mut s.cache[row]);
         s.reader.advance(1)?;
         if let Some(max) = s.max_epochs {
             let p = s.reader.pos();
@@ -272,6 +355,41 @@ impl LmSampler {
                 );
             }
         }
+        self.counts[i].documents += 1;
+        Ok(doc)
+    }
+
+    /// Takes the next document of the mix as slots. In document packing, a document longer
+    /// than a row is dropped (and the next one taken) or cut, by the over-long policy.
+    fn next_doc(&mut self) -> Result<Vec<Slot>> {
+        let limit = (self.mode == PackMode::Documents).then_some(self.seq_len + 1);
+        let (i, ids, mask) = loop {
+            let i = self.pick_source();
+            let (mut ids, mut mask) = self.take_doc(i)?;
+            if let Some(limit) = limit.filter(|&l| ids.len() > l) {
+                match self.overlong {
+                    Overlong::Cut => {
+                        ids.truncate(limit);
+                        mask.truncate(limit);
+                        self.counts[i].cut += 1;
+                    }
+                    Overlong::Drop => {
+                        self.counts[i].dropped += 1;
+                        let s = &mut self.sources[i];
+                        s.drop_run += 1;
+                        if s.drop_run >= s.reader.rows {
+                            bail!(
+                                "source `{}`: every document is longer than a row of {limit} tokens (data.seq_len + 1), so data.overlong = \"drop\" skips them all: raise data.seq_len, or set data.overlong = \"cut\" to train on their first {limit} tokens",
+                                self.names[i]
+                            );
+                        }
+                        continue;
+                    }
+                }
+            }
+            self.sources[i].drop_run = 0;
+            break (i, ids, mask);
+        };
         self.consumed[i] += ids.len() as u64;
         let doc = self.docs as u32;
         self.docs += 1;
@@ -300,8 +418,8 @@ impl LmSampler {
                 let mut row: Vec<Slot> = Vec::with_capacity(need);
                 loop {
                     if self.buffer.is_empty() {
+                        // At most `need` slots: longer documents were dropped or cut.
                         self.buffer = self.next_doc()?;
-                        self.buffer.truncate(need);
                     }
                     if row.len() + self.buffer.len() <= need {
                         row.append(&mut self.buffer);
@@ -309,7 +427,7 @@ impl LmSampler {
                             return Ok(row);
                         }
                     } else if row.is_empty() {
-                        unreachable!("documents are truncated to one row");
+                        unreachable!("documents longer than a row are dropped or cut");
                     } else {
                         let pad = Slot(self.tok.pad, false, u32::MAX, u16::MAX);
                         row.resize(need, pad);

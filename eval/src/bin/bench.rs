@@ -126,7 +126,7 @@ fn one_train(
     // Real data when the default world exists (so the data path is part of the step), else random tokens.
     let mut sampler = match (
         tokenizer(),
-        load_mix(std::path::Path::new("configs/mixes/pretrain.toml")),
+        load_mix(std::path::Path::new("configs/mixes/pretrain.toml"), None),
     ) {
         (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Some(LmSampler::new(
             &mix,
@@ -137,6 +137,7 @@ fn one_train(
                 assistant_only: false,
                 seed: 0,
                 shuffle: true,
+                overlong: Default::default(),
             },
             None,
         )?),
@@ -261,7 +262,7 @@ fn one_sample(device: Device, cache_only: bool) -> Result<Value> {
 
 fn one_data() -> Result<Value> {
     let tok = tokenizer().context("data/default/tokenizer.json is missing: run `just datasets` first")?;
-    let mix = load_mix(std::path::Path::new("configs/mixes/pretrain.toml"))?;
+    let mix = load_mix(std::path::Path::new("configs/mixes/pretrain.toml"), None)?;
     let t0 = Instant::now();
     let mut s = LmSampler::new(
         &mix,
@@ -272,6 +273,7 @@ fn one_data() -> Result<Value> {
             assistant_only: false,
             seed: 0,
             shuffle: true,
+            overlong: Default::default(),
         },
         None,
     )?;

@@ -3,6 +3,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use common::answers::Extract;
 use common::checkpoint;
+use common::data::mix::in_root;
 use common::device::{configure_threads, device_name, seed_everything, DeviceChoice};
 use common::metrics::{EvalCounts, EvalFile, EvalSettings};
 use common::provenance::Provenance;
@@ -84,6 +85,10 @@ struct Args {
     /// The world whose named task sets --tasks picks.
     #[arg(long, default_value = "data/default", value_name = "DIR")]
     world: PathBuf,
+    /// Directory that a relative --tasks file and --world are found under (default: the
+    /// current directory), as a stage's --data-root.
+    #[arg(long, value_name = "DIR")]
+    data_root: Option<PathBuf>,
     /// Questions per task kind (default: what the checkpoint's stage evaluated, else 125).
     #[arg(long)]
     per_kind: Option<usize>,
@@ -122,11 +127,12 @@ struct Args {
 }
 
 /// The Parquet file of a task set: a named set of `world`, or a path.
-fn task_file(name: &str, world: &Path) -> PathBuf {
+fn task_file(name: &str, world: &Path, root: Option<&Path>) -> PathBuf {
+    let world = in_root(root, world);
     match name {
         "default" => world.join("eval/tasks.parquet"),
         "hard" => world.join("eval/hard.parquet"),
-        path => PathBuf::from(path),
+        path => in_root(root, path),
     }
 }
 
@@ -205,16 +211,9 @@ fn table(r: &TaskReport, sampled: Option<&TaskReport>) -> String {
 
 /// The task file of `--tasks` and how the flags say to read it.
 fn task_source(a: &Args) -> Result<TaskSource> {
-    let mut columns = BTreeMap::new();
-    for c in &a.columns {
-        let (field, col) = c
-            .split_once('=')
-            .with_context(|| format!("--columns {c:?}: expected FIELD=COLUMN, e.g. prompt=question"))?;
-        columns.insert(field.trim().to_string(), col.trim().to_string());
-    }
     let src = TaskSource {
-        path: task_file(&a.tasks, &a.world),
-        columns,
+        path: task_file(&a.tasks, &a.world, a.data_root.as_deref()),
+        columns: common::tasks::parse_column_flags(&a.columns)?,
         kind: a.kind.clone(),
         answers: a.answers.clone(),
         reference: a.reference.clone(),

@@ -2,8 +2,10 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use common::checkpoint::Meta;
+use common::data::Overlong;
 use common::metrics::{
-    lines_of, read_jsonl, EvalFile, HeldOut, HeldOutBySource, LmStep, RlStep, StageMetrics, TrainMetrics,
+    lines_of, read_jsonl, EvalFile, HeldOut, HeldOutBySource, LmStep, LmTrainMetrics, OverlongDocs, RlStep,
+    StageMetrics, TrainMetrics,
 };
 use common::progress::{format_count, format_secs};
 use common::provenance::Provenance;
@@ -934,7 +936,43 @@ fn data_section(md: &mut String, stages: &[Stage]) -> Result<()> {
                 mix["prompts"].as_str().unwrap_or("?")
             )?,
         }
+        if let Some(TrainMetrics::Lm(LmTrainMetrics { overlong: Some(o), .. })) = &s.meta.metrics.train {
+            overlong_line(md, o)?;
+        }
     }
+    Ok(())
+}
+
+/// The conversations an SFT run dropped or cut for being longer than a row, when there were any.
+fn overlong_line(md: &mut String, o: &OverlongDocs) -> Result<()> {
+    let total = o.total();
+    if total.cut + total.dropped == 0 {
+        return Ok(());
+    }
+    let what = match o.policy {
+        Overlong::Drop => "dropped, never trained on",
+        Overlong::Cut => "cut to their first tokens, their ends never trained on",
+    };
+    let parts: Vec<String> = o
+        .per_source
+        .iter()
+        .filter(|(_, c)| c.cut + c.dropped > 0)
+        .map(|(name, c)| {
+            let n = c.cut + c.dropped;
+            format!(
+                "{name} {n} of {} ({:.1}%)",
+                c.documents,
+                100.0 * n as f64 / c.documents.max(1) as f64
+            )
+        })
+        .collect();
+    writeln!(
+        md,
+        "  - conversations longer than a row of {} tokens ({what}; `data.overlong = \"{}\"`): {}",
+        o.row_tokens,
+        o.policy.name(),
+        parts.join(", ")
+    )?;
     Ok(())
 }
 
