@@ -7,9 +7,9 @@
 //! base run's midtrain checkpoint, then RL with the base run's RL config. Hallucination is
 //! measured on the held-out unanswerable questions (entities that exist nowhere) after SFT and
 //! after RL; the base run is the share-0 row.
-use crate::{pct, read_meta, write_atomic, Ctx};
+use crate::{count_of, pct, read_meta, share_ci, write_atomic, Ctx};
 use anyhow::{Context, Result};
-use common::tasks::{wilson, TaskReport};
+use common::tasks::TaskReport;
 use std::path::PathBuf;
 
 struct Row {
@@ -22,15 +22,12 @@ struct Row {
 fn hallucination(r: &TaskReport) -> Option<(usize, usize)> {
     let u = r.per_kind.get("unanswerable")?;
     let h = u.hallucination_rate?;
-    Some(((h * u.n as f64).round() as usize, u.n))
+    Some((count_of(h, u.n), u.n))
 }
 
 fn hal_cell(r: &TaskReport) -> String {
     match hallucination(r) {
-        Some((h, n)) => {
-            let (lo, hi) = wilson(h, n);
-            format!("{} ({:.1}–{:.1})", pct(h as f64 / n as f64), 100.0 * lo, 100.0 * hi)
-        }
+        Some((h, n)) => share_ci(h as f64 / n as f64, n),
         None => "–".into(),
     }
 }

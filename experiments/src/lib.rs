@@ -312,6 +312,16 @@ pub fn pct_ci(x: f64, ci: (f64, f64)) -> String {
     format!("{:.1}% ({:.1}–{:.1})", 100.0 * x, 100.0 * ci.0, 100.0 * ci.1)
 }
 
+/// A share `rate` of `n` questions back as a count (rates in meta.json are counts over `n`).
+pub fn count_of(rate: f64, n: usize) -> usize {
+    (rate * n as f64).round() as usize
+}
+
+/// `x% (lo–hi)` for a share `rate` of `n` questions and its 95% Wilson interval.
+pub fn share_ci(rate: f64, n: usize) -> String {
+    pct_ci(rate, common::tasks::wilson(count_of(rate, n), n))
+}
+
 /// Writes `text` to `path` through a temporary file and a rename (never half a report).
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     if let Some(d) = path.parent() {

@@ -1,6 +1,6 @@
 //! straight-to-rl: RL from the midtrain checkpoint (no SFT) against RL from the SFT checkpoint,
 //! the same RL config and budget: reward curve, held-out accuracy, format compliance.
-use crate::{pct, pct_ci, read_meta, write_atomic, Ctx};
+use crate::{read_meta, share_ci, write_atomic, Ctx};
 use anyhow::{Context, Result};
 use common::metrics::{lines_of, read_jsonl, RlStep};
 use common::tasks::TaskReport;
@@ -56,19 +56,20 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         let hal = |r: &TaskReport| {
             r.per_kind
                 .get("unanswerable")
-                .and_then(|u| u.hallucination_rate)
-                .map(pct)
+                .and_then(|u| u.hallucination_rate.map(|h| share_ci(h, u.n)))
                 .unwrap_or("–".into())
         };
+        let acc = |r: &TaskReport| share_ci(r.answerable.accuracy, r.answerable.n);
+        let formatted = |r: &TaskReport| share_ci(r.answerable.format_rate, r.answerable.n);
         let curve = rewards(dir);
         let first = &curve[..curve.len().min(5)];
         let last = &curve[curve.len().saturating_sub(5)..];
         md.push_str(&format!(
             "| {name} | {} → {} | {} → {} | {} → {} | {:.3} | {:.3} |\n",
-            pct_ci(a.answerable.accuracy, a.answerable.ci95),
-            pct_ci(b.answerable.accuracy, b.answerable.ci95),
-            pct(a.answerable.format_rate),
-            pct(b.answerable.format_rate),
+            acc(a),
+            acc(b),
+            formatted(a),
+            formatted(b),
             hal(a),
             hal(b),
             mean(first),
@@ -76,7 +77,10 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         ));
         series.push((name.to_string(), curve));
     }
-    md.push_str("\n![mean reward per RL step](straight-to-rl.svg)\n");
+    md.push_str(
+        "\n95% Wilson intervals (answerable questions for accuracy and format, unanswerable ones for \
+         hallucination).\n\n![mean reward per RL step](straight-to-rl.svg)\n",
+    );
     crate::plot::lines(
         &ctx.out.join("straight-to-rl.svg"),
         "Mean reward of the sampled answers per RL step",

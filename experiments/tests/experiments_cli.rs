@@ -229,14 +229,51 @@ fn experiments_run_from_real_checkpoints() -> Result<()> {
 
     // straight-to-rl: RL from the midtrain checkpoint beside the base run's.
     let report = experiment(root, "straight-to-rl", &[])?;
-    assert!(cells(&report, "midtrain → RL").len() == 6, "{report}");
-    let straight: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        root.join("runs/experiments/straight-to-rl/rl-from-midtrain/meta.json"),
-    )?)?;
+    let straight_dir = root.join("runs/experiments/straight-to-rl/rl-from-midtrain");
+    let straight: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(straight_dir.join("meta.json"))?)?;
     assert!(straight["parent"]["path"]
         .as_str()
         .unwrap_or_default()
         .ends_with("runs/base/midtrain"));
+    // Every share cell is the run's own graded count over its questions with its 95% Wilson
+    // interval, recomputed here from the meta.json (start → end).
+    let share = |rate: f64, n: usize| {
+        let (lo, hi) = common::tasks::wilson((rate * n as f64).round() as usize, n);
+        format!("{:.1}% ({:.1}–{:.1})", 100.0 * rate, 100.0 * lo, 100.0 * hi)
+    };
+    for (row_start, dir) in [
+        ("midtrain → RL (no SFT)", straight_dir),
+        ("midtrain → SFT → RL", root.join("runs/base/rl")),
+    ] {
+        let m: common::meta::Meta = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)?;
+        let (a, b) = (
+            m.metrics.tasks_start.as_ref().expect("graded at the start"),
+            m.metrics.tasks.as_ref().expect("graded at the end"),
+        );
+        let hal = |r: &common::tasks::TaskReport| {
+            let u = &r.per_kind["unanswerable"];
+            share(u.hallucination_rate.expect("unanswerable questions"), u.n)
+        };
+        let row = cells(&report, row_start);
+        assert_eq!(row.len(), 6, "{report}");
+        let (x, y) = (&a.answerable, &b.answerable);
+        assert_eq!(
+            row[1],
+            format!("{} → {}", share(x.accuracy, x.n), share(y.accuracy, y.n))
+        );
+        assert_eq!(
+            row[2],
+            format!("{} → {}", share(x.format_rate, x.n), share(y.format_rate, y.n))
+        );
+        assert_eq!(row[3], format!("{} → {}", hal(a), hal(b)));
+        // The accuracy interval is the one the stage itself recorded.
+        assert!(row[1].ends_with(&format!("({:.1}–{:.1})", 100.0 * y.ci95.0, 100.0 * y.ci95.1)));
+        let steps = common::metrics::lines_of::<common::metrics::RlStep>(&common::metrics::read_jsonl(
+            &dir.join("metrics.jsonl"),
+        ));
+        let first = steps.iter().take(5).map(|s| s.reward_mean).sum::<f64>() / steps.len().clamp(1, 5) as f64;
+        assert_eq!(row[4], format!("{first:.3}"), "{row:?}");
+    }
 
     // rl-scaling: `tiny` is the base run's model (its SFT checkpoint is reused); `d8` trains
     // its own ladder with the base configs, only the preset changed.
