@@ -572,13 +572,9 @@ impl Tally {
         }
     }
 
-    /// Grades the samples of one task: their texts, whether each finished, their lengths.
-    fn add(&mut self, grader: &Grader, t: &Task, texts: &[String], finished: &[bool], lengths: Vec<usize>) {
-        let verdicts: Vec<Verdict> = texts
-            .iter()
-            .zip(finished)
-            .map(|(c, f)| grader.grade_completion(t, c, *f))
-            .collect();
+    /// Records the graded samples of one task: their texts, whether each finished, their
+    /// lengths and their verdicts (see [`grade_tasks`]).
+    fn add(&mut self, t: &Task, texts: &[String], finished: &[bool], lengths: Vec<usize>, verdicts: Vec<Verdict>) {
         if self.examples.len() < 12 && self.graded.iter().filter(|g| g.kind == t.kind).count() < 3 {
             self.examples
                 .push((t.prompt.clone(), texts[0].clone(), verdicts[0].correct));
@@ -634,6 +630,19 @@ impl Tally {
     }
 }
 
+/// Grades the samples of `tasks` (the same number each, task after task, as `texts` and
+/// `finished` hold them) side by side on the verification pool; verdicts in the same order.
+fn grade_tasks(grader: &Grader, tasks: &[&Task], texts: &[String], finished: &[bool]) -> Vec<Verdict> {
+    let samples = texts.len() / tasks.len().max(1);
+    let items: Vec<(&Task, &str, bool)> = texts
+        .iter()
+        .zip(finished)
+        .enumerate()
+        .map(|(i, (c, &f))| (tasks[i / samples.max(1)], c.as_str(), f))
+        .collect();
+    grader.grade_all(&items)
+}
+
 /// Generates `opts.samples` answers per task (greedy when `samples == 1` and temperature 0),
 /// grades them and summarises.
 pub fn evaluate_tasks(
@@ -680,14 +689,14 @@ pub fn evaluate_tasks(
         let gen = generate(model, &prompts, sampling, tok.stops(), tok.pad, device)?;
         gen_tokens += gen.tokens.iter().map(Vec::len).sum::<usize>();
         gen_secs += gen.secs;
-        for (i, &(t, _)) in chunk.iter().enumerate() {
+        let texts: Vec<String> = gen.tokens.iter().map(|ids| tok.decode(ids)).collect::<Result<_>>()?;
+        let tasks: Vec<&Task> = chunk.iter().map(|&(t, _)| t).collect();
+        let mut verdicts = grade_tasks(grader, &tasks, &texts, &gen.finished).into_iter();
+        for (i, t) in tasks.into_iter().enumerate() {
             let rows = i * samples..(i + 1) * samples;
-            let texts: Vec<String> = gen.tokens[rows.clone()]
-                .iter()
-                .map(|ids| tok.decode(ids))
-                .collect::<Result<_>>()?;
             let lengths = gen.tokens[rows.clone()].iter().map(Vec::len).collect();
-            tally.add(grader, t, &texts, &gen.finished[rows], lengths);
+            let v = verdicts.by_ref().take(samples).collect();
+            tally.add(t, &texts[rows.clone()], &gen.finished[rows], lengths, v);
         }
         if let Some(p) = progress.as_mut() {
             p.update(
@@ -732,10 +741,13 @@ pub fn grade_completions(tasks: &[Task], given: &Completions, grader: &Grader) -
         "every task needs the same number of completions (the first has {samples})"
     );
     let mut tally = Tally::new(samples);
-    for ((t, s), lengths) in tasks.iter().zip(&given.samples).zip(&given.lengths) {
-        let texts: Vec<String> = s.iter().map(|x| x.0.clone()).collect();
-        let finished: Vec<bool> = s.iter().map(|x| x.1).collect();
-        tally.add(grader, t, &texts, &finished, lengths.clone());
+    let texts: Vec<String> = given.samples.iter().flatten().map(|x| x.0.clone()).collect();
+    let finished: Vec<bool> = given.samples.iter().flatten().map(|x| x.1).collect();
+    let mut verdicts = grade_tasks(grader, &tasks.iter().collect::<Vec<_>>(), &texts, &finished).into_iter();
+    for (i, (t, lengths)) in tasks.iter().zip(&given.lengths).enumerate() {
+        let rows = i * samples..(i + 1) * samples;
+        let v = verdicts.by_ref().take(samples).collect();
+        tally.add(t, &texts[rows.clone()], &finished[rows], lengths.clone(), v);
     }
     Ok(tally.report(0.0, 0))
 }

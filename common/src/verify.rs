@@ -376,6 +376,26 @@ pub fn tested_program(prompt: &str, completion: &str, tests: &UnitTests) -> Stri
     format!("{program}\n\n{}{check}", tests.code)
 }
 
+/// The threads that grade completions ([`Grader::grade_all`]): one per core, and at least two
+/// so that a program waiting out its deadline never holds up the rest on a one-core machine.
+/// Built on first use and kept for the process; grading calls from any thread share it.
+/// `None` where the threads could not be started (grading then uses rayon's global pool).
+pub fn verify_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cores.max(2))
+            .thread_name(|i| format!("verify-{i}"))
+            .build();
+        if let Err(e) = &pool {
+            eprintln!("warning: no verification threads ({e}): grading on the shared pool");
+        }
+        pool.ok()
+    })
+    .as_ref()
+}
+
 /// Reward weights of the [`Grader`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -451,6 +471,26 @@ impl Grader {
     /// Judges one finished completion.
     pub fn grade(&self, task: &Task, completion: &str) -> Verdict {
         self.grade_completion(task, completion, true)
+    }
+
+    /// Judges many completions at once, `(task, completion, finished)` each, on the
+    /// verification pool (see [`verify_pool`]): programs run side by side, each in its own
+    /// sandbox with its own deadline, so a step's grading takes about as long as its slowest
+    /// programs rather than all of them one after another. Verdicts come back in the order of
+    /// `items` and do not depend on the order the runs finish in.
+    pub fn grade_all(&self, items: &[(&Task, &str, bool)]) -> Vec<Verdict> {
+        use rayon::prelude::*;
+        let grade = || -> Vec<Verdict> {
+            items
+                .par_iter()
+                .with_max_len(1)
+                .map(|&(task, completion, finished)| self.grade_completion(task, completion, finished))
+                .collect()
+        };
+        match verify_pool() {
+            Some(pool) => pool.install(grade),
+            None => grade(),
+        }
     }
 
     /// Judges one completion; `finished`: it ended with a stop token rather than being cut at
@@ -576,6 +616,40 @@ mod tests {
         // A memory hog hits the address-space limit and fails instead of taking the machine.
         assert!(matches!(slow.run("x = bytearray(2 * 1024**3)")?, RunOutcome::Failed(_)));
         assert!(matches!(slow.run("raise SystemExit(3)")?, RunOutcome::Failed(_)));
+        Ok(())
+    }
+
+    #[test]
+    fn programs_are_graded_side_by_side_in_order() -> Result<()> {
+        let g = Grader::new(
+            RewardWeights::default(),
+            ProgramExec {
+                python: testkit::venv_python().display().to_string(),
+                ..Default::default()
+            },
+        );
+        // Four programs that each sleep 1 s and print their index; odd tasks expect another
+        // output, so the verdicts alternate right/wrong and show whether they kept their order.
+        let n = 4;
+        let tasks: Vec<Task> = (0..n)
+            .map(|i| task("program", "Print your index.", &(i + 100 * (i % 2)).to_string()))
+            .collect();
+        let answers: Vec<String> = (0..n)
+            .map(|i| format!("```python\nimport time\ntime.sleep(1.0)\nprint({i})\n```"))
+            .collect();
+        let items: Vec<(&Task, &str, bool)> = tasks.iter().zip(&answers).map(|(t, a)| (t, a.as_str(), true)).collect();
+        let t0 = Instant::now();
+        let verdicts = g.grade_all(&items);
+        let took = t0.elapsed();
+        let right: Vec<bool> = verdicts.iter().map(|v| v.correct).collect();
+        assert_eq!(right, [true, false, true, false], "{verdicts:?}");
+        assert!(verdicts.iter().all(|v| !v.errored), "{verdicts:?}");
+        // One after another they cannot take less than n × 1 s of sleep; the pool has at least
+        // two threads, so side by side they take about n / 2 × (1 s + start-up).
+        assert!(
+            took < Duration::from_secs(n as u64),
+            "graded in {took:?}: not side by side"
+        );
         Ok(())
     }
 

@@ -9,7 +9,6 @@ use common::sampling::{fits_context, generate};
 use common::stage::Stage;
 use common::tokenizer::Message;
 use common::verify::{Grader, Task, Verdict};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -100,11 +99,12 @@ pub fn rollout(
         )?;
         out.gen_secs += gen.secs;
         let texts: Vec<String> = gen.tokens.iter().map(|t| tok.decode(t)).collect::<Result<_>>()?;
-        let verdicts: Vec<Verdict> = texts
-            .par_iter()
+        let items: Vec<(&Task, &str, bool)> = texts
+            .iter()
             .enumerate()
-            .map(|(i, c)| grader.grade_completion(&drawn[i / g].task, c, gen.finished[i]))
+            .map(|(i, c)| (&drawn[i / g].task, c.as_str(), gen.finished[i]))
             .collect();
+        let verdicts = grader.grade_all(&items);
         let rewards: Vec<f64> = verdicts
             .iter()
             .zip(&gen.finished)
