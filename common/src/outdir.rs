@@ -8,7 +8,11 @@
 //!   ends however it ends (a SIGKILLed run leaves no stale lock); the file names the holder.
 //! - [`config_changes`]: what differs between the resolved configuration saved with a
 //!   checkpoint and the one requested now.
-use crate::checkpoint::{sibling, CHECKPOINT_ENTRIES};
+//! - [`prepare_out`]: all of the above, then fresh, resume or complete.
+//!
+//! This module builds on [`crate::checkpoint`] (how a checkpoint is laid out, saved and
+//! recovered); the checkpoint module knows nothing of it.
+use crate::checkpoint::{load_state, read_meta, recover, resolve_dir, sibling, Meta, TrainState, CHECKPOINT_ENTRIES};
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -143,6 +147,120 @@ fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// What a stage's `--out` holds when the stage starts.
+pub enum OutState {
+    /// No checkpoint: start a new run.
+    Fresh,
+    /// A complete checkpoint of this stage: nothing to do.
+    Complete(Box<Meta>),
+    /// A partial run of this stage to continue.
+    Resume {
+        /// Directory holding it (may be the `.prev` fallback).
+        dir: PathBuf,
+        /// Its resumable state.
+        state: TrainState,
+        /// Its metrics log.
+        log: Vec<serde_json::Value>,
+    },
+}
+
+/// What a stage asks of its `--out`.
+pub struct OutRequest<'a> {
+    /// Stage name.
+    pub stage: &'a str,
+    /// `--resume`: continue the checkpoint there.
+    pub resume: bool,
+    /// `--force`: accept a checkpoint made with other settings (see [`prepare_out`]).
+    pub force: bool,
+    /// The resolved configuration requested now.
+    pub config: &'a serde_json::Value,
+    /// Steps requested now.
+    pub steps: u64,
+}
+
+/// Decides what to do with `out` (the caller holds its [`lock`]): refuses a
+/// file, foreign files, a checkpoint of another stage, or an existing checkpoint without
+/// `--resume` / `--force`; finishes an interrupted save ([`recover`]); compares the saved
+/// configuration with the requested one. Then:
+/// - same settings: a complete checkpoint is reported (nothing to do), a partial one resumed;
+/// - other settings: an error naming every difference (`key: old → new`), unless `--force`:
+///   the run then continues from the saved step under the new settings (more steps, another
+///   lr, ...), or restarts from step 0 when the architecture, tokenizer, data, `--init` or
+///   LoRA shape changed or fewer steps than already taken are asked for;
+/// - `--force` without `--resume`: restart from step 0 (the checkpoint is replaced by the
+///   new run's first save).
+pub fn prepare_out(out: &Path, req: &OutRequest<'_>) -> Result<OutState> {
+    check(out)?;
+    recover(out)?;
+    let stage = req.stage;
+    let Ok(dir) = resolve_dir(out) else {
+        return Ok(OutState::Fresh);
+    };
+    let meta = read_meta(&dir)?;
+    if meta.stage != stage {
+        bail!(
+            "{} holds a {} checkpoint, not {stage}: choose another --out",
+            out.display(),
+            meta.stage
+        );
+    }
+    if !req.resume {
+        if req.force {
+            eprintln!(
+                "{stage}: --force: starting over; the {} checkpoint in {} (step {}) is replaced at the first save",
+                if meta.complete { "complete" } else { "partial" },
+                out.display(),
+                meta.step
+            );
+            return Ok(OutState::Fresh);
+        }
+        bail!(
+            "{} already holds a {} checkpoint (step {}); pass --resume to continue it, --force to replace it, or choose another --out",
+            out.display(),
+            meta.stage,
+            meta.step
+        );
+    }
+    let changes = config_changes(&meta.config, req.config);
+    if !changes.is_empty() {
+        let list: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
+        let what = if meta.complete { "complete" } else { "partial" };
+        if !req.force {
+            bail!(
+                "{} holds a {what} {stage} checkpoint (step {}) made with other settings:\n{}\nchoose a new --out for a run with these settings, or pass --force to continue this one under them (it restarts from step 0 when the model, tokenizer, data, init or LoRA shape changed)",
+                out.display(),
+                meta.step,
+                list.join("\n")
+            );
+        }
+        if changes.iter().any(Change::restarts) || req.steps < meta.step {
+            eprintln!(
+                "{stage}: --force: the settings changed in a way the saved state cannot continue; starting over from step 0 (the checkpoint in {} is replaced at the first save):\n{}",
+                out.display(),
+                list.join("\n")
+            );
+            return Ok(OutState::Fresh);
+        }
+        eprintln!(
+            "{stage}: --force: continuing the {what} checkpoint in {} from step {} under the new settings:\n{}",
+            out.display(),
+            meta.step,
+            list.join("\n")
+        );
+    } else if meta.complete {
+        eprintln!(
+            "{stage}: {} is complete (step {}/{}); nothing to do",
+            out.display(),
+            meta.step,
+            meta.total_steps
+        );
+        return Ok(OutState::Complete(Box::new(meta)));
+    }
+    let state = load_state(&dir)?;
+    let log = crate::metrics::read_jsonl(&dir.join("metrics.jsonl"));
+    Ok(OutState::Resume { dir, state, log })
 }
 
 /// Keys of a stage's resolved configuration that do not change what the run computes, so a

@@ -13,13 +13,14 @@
 //!
 //! What a stage keeps to resume (step, data cursor, prompt order, …) is its own
 //! [`TrainerState`]; the harness writes it to `state/trainer.json` beside the optimiser.
-use crate::checkpoint::{self, Contents, Meta, OutRequest, OutState, TrainState};
+use crate::checkpoint::{self, Contents, Meta, TrainState};
 use crate::config::TrainSection;
 use crate::device::{configure_threads, device_name, seed_everything};
 use crate::lora::Adapters;
 use crate::metrics::MetricsLog;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::AdamW;
+use crate::outdir::{OutRequest, OutState};
 use crate::tokenizer::Tok;
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
@@ -56,7 +57,7 @@ pub struct StageOptions<'a> {
     /// `--resume`: continue a partial run in `out` (a complete one is left as is).
     pub resume: bool,
     /// `--force`: accept a checkpoint in `out` made with other settings (see
-    /// [`checkpoint::prepare_out`]).
+    /// [`crate::outdir::prepare_out`]).
     pub force: bool,
     /// What the run holds besides the model, for the memory check before the model is built
     /// (`lora` is filled in from `train`).
@@ -157,7 +158,7 @@ impl Stage {
             config: &opts.config,
             steps: opts.train.steps,
         };
-        let (resume_dir, resumed) = match checkpoint::prepare_out(&opts.out, &request)? {
+        let (resume_dir, resumed) = match crate::outdir::prepare_out(&opts.out, &request)? {
             OutState::Fresh => (None, None),
             OutState::Complete(meta) => return Ok(Opened::Complete(meta)),
             OutState::Resume { dir, state, log } => {
