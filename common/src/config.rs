@@ -462,6 +462,49 @@ impl TasksSection {
     }
 }
 
+/// How a stage graded tasks by generation, as its resolved config saves it: `[tasks]` in the LM
+/// stages' ([`TasksSection`]), `[eval]` in RL's. `evaluate` reads it back to grade a checkpoint
+/// as its stage did. Each section converts into this type (`From`), so renaming a field on
+/// either side fails to compile; tests check that the saved keys read back equal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GradingKnobs {
+    /// Questions per task kind.
+    pub per_kind: Option<usize>,
+    /// Longest answer generated.
+    pub max_new_tokens: Option<i64>,
+    /// Rows generated together.
+    pub batch_size: Option<usize>,
+}
+
+impl GradingKnobs {
+    /// What a checkpoint's saved configuration says, key by key from `[tasks]` then `[eval]`;
+    /// `None` where neither says (a pretrain checkpoint, or a section of another shape).
+    pub fn saved_in(config: &serde_json::Value) -> Self {
+        let section = |name: &str| {
+            config
+                .get(name)
+                .and_then(|v| GradingKnobs::deserialize(v).ok())
+                .unwrap_or_default()
+        };
+        let (tasks, eval) = (section("tasks"), section("eval"));
+        GradingKnobs {
+            per_kind: tasks.per_kind.or(eval.per_kind),
+            max_new_tokens: tasks.max_new_tokens.or(eval.max_new_tokens),
+            batch_size: tasks.batch_size.or(eval.batch_size),
+        }
+    }
+}
+
+impl From<&TasksSection> for GradingKnobs {
+    fn from(t: &TasksSection) -> Self {
+        GradingKnobs {
+            per_kind: Some(t.per_kind),
+            max_new_tokens: Some(t.max_new_tokens),
+            batch_size: Some(t.batch_size),
+        }
+    }
+}
+
 fn default_per_kind() -> usize {
     100
 }
@@ -593,6 +636,26 @@ lr = 1e-3
 batch_size = 8
 micro_batch_size = 4
 "#;
+
+    #[test]
+    fn grading_reads_back_from_a_saved_config() -> Result<()> {
+        // Pretraining grades no tasks: its `[eval]` (held-out loss) says nothing about grading.
+        let cfg: LmConfig = parse_toml(GOOD, "good.toml")?;
+        assert_eq!(
+            GradingKnobs::saved_in(&serde_json::to_value(&cfg)?),
+            GradingKnobs::default()
+        );
+        let text = format!("{GOOD}[tasks]\npath = \"t.parquet\"\nper_kind = 3\nmax_new_tokens = 8\n");
+        let cfg: LmConfig = parse_toml(&text, "sft.toml")?;
+        let tasks = cfg.tasks.as_ref().expect("a [tasks] section");
+        let saved = GradingKnobs::saved_in(&serde_json::to_value(&cfg)?);
+        assert_eq!(saved, GradingKnobs::from(tasks));
+        assert_eq!(
+            (saved.per_kind, saved.max_new_tokens, saved.batch_size),
+            (Some(3), Some(8), Some(default_task_batch()))
+        );
+        Ok(())
+    }
 
     #[test]
     fn good_config_parses_and_cli_overrides_apply() -> Result<()> {

@@ -7,6 +7,7 @@ use crate::config::{CommonArgs, LmConfig};
 use crate::data::mix::{load_mix, ResolvedMix};
 use crate::data::sampler::{Cursor, DocCounts, LmSampler, Overlong, PackMode, PackedBatch, SamplerOptions, IGNORE};
 use crate::device::device_name;
+use crate::meta::DataRecord;
 use crate::metrics::{EvalLine, HeldOut, HeldOutBySource, LmStep, LmTrainMetrics, OverlongDocs, TrainMetrics};
 use crate::model::{Gpt, Positions};
 use crate::optim::AdamW;
@@ -216,7 +217,7 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
     check_fits(&stage, cfg)?;
     let cursor = resumed.as_ref().map(|s| s.cursor.clone());
     let mut data = LmData::new(spec, cfg, &stage.tok, &mix, cursor)?;
-    stage.meta.mix = serde_json::to_value(&mix)?;
+    stage.meta.mix = Some(DataRecord::Mix(mix));
     let mut st = resumed.unwrap_or_else(|| SavedState {
         step: 0,
         tokens_seen: 0,

@@ -1,6 +1,7 @@
 //! What a checkpoint is, as data: its `meta.json` ([`Meta`]) and a checkpoint once loaded
 //! ([`Loaded`]). Both readers of checkpoints build these — [`crate::checkpoint`] for this
 //! project's directories, [`crate::hf`] for Hugging Face ones — so neither imports the other.
+use crate::data::mix::ResolvedMix;
 use crate::model::GptConfig;
 use crate::tokenizer::Tok;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,33 @@ pub struct ParentRef {
     pub stage: String,
     /// SHA-256 of its `model.safetensors`.
     pub weights_sha256: String,
+}
+
+/// The data a stage read, as `meta.json` records it (`mix`). The stages write these types and
+/// the report reads them, so a renamed field fails to compile; a record of any other shape
+/// (an older version's) still loads, as [`DataRecord::Other`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DataRecord {
+    /// An LM stage: its mix, resolved (files, shares).
+    Mix(ResolvedMix),
+    /// RL: its prompts.
+    Prompts(PromptsRecord),
+    /// A record this version does not know, kept as written.
+    Other(serde_json::Value),
+}
+
+/// The prompts an RL run drew from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptsRecord {
+    /// The prompt mix file (`[data] prompts`).
+    pub prompts: String,
+    /// The prompt mix as resolved (`null` in records written before it was kept).
+    #[serde(default)]
+    pub mix: serde_json::Value,
+    /// The curriculum's slots, in the order its state lists them.
+    #[serde(default)]
+    pub slots: Vec<String>,
 }
 
 /// Contents of `meta.json`.
@@ -44,8 +72,9 @@ pub struct Meta {
     pub weights_sha256: String,
     /// The resolved stage configuration.
     pub config: serde_json::Value,
-    /// The resolved data mix.
-    pub mix: serde_json::Value,
+    /// The data the stage read (`null` where it read none: a random or imported checkpoint).
+    #[serde(default)]
+    pub mix: Option<DataRecord>,
     /// What the stage measured (held-out loss, tasks, training cost).
     #[serde(default)]
     pub metrics: crate::metrics::StageMetrics,
@@ -69,7 +98,7 @@ impl Meta {
             parent: None,
             weights_sha256: String::new(),
             config: serde_json::Value::Null,
-            mix: serde_json::Value::Null,
+            mix: None,
             metrics: Default::default(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             format: FORMAT_VERSION,
@@ -89,4 +118,46 @@ pub struct Loaded {
     pub meta: Meta,
     /// Weights, by name, on the CPU.
     pub weights: Vec<(String, Tensor)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `mix` as each version of the stages wrote it.
+    #[test]
+    fn data_records_of_every_version_load() -> anyhow::Result<()> {
+        let meta = |mix: serde_json::Value| -> anyhow::Result<Meta> {
+            let mut m = serde_json::to_value(Meta::new("sft"))?;
+            m["mix"] = mix;
+            Ok(serde_json::from_value(m)?)
+        };
+        assert!(meta(serde_json::Value::Null)?.mix.is_none());
+        let lm = json!({"path": "configs/mixes/sft.toml", "description": "", "sources": [{
+            "config": {"name": "conversations", "path": "data/sft/*.parquet", "format": "chat",
+                       "columns": {}, "weight": 1.0, "tokens": null, "max_epochs": null},
+            "files": ["data/sft/train.parquet"], "share": 1.0, "columns": {"messages": "messages"}}]});
+        let Some(DataRecord::Mix(m)) = meta(lm.clone())?.mix else {
+            panic!("an LM stage's mix reads as a mix");
+        };
+        assert_eq!(
+            (m.sources[0].config.name.as_str(), m.sources[0].share),
+            ("conversations", 1.0)
+        );
+        // Written back unchanged.
+        assert_eq!(serde_json::to_value(DataRecord::Mix(m))?, lm);
+        let rl = json!({"prompts": "configs/mixes/rl.toml", "mix": {"source": []}, "slots": ["arithmetic/1"]});
+        let Some(DataRecord::Prompts(p)) = meta(rl.clone())?.mix else {
+            panic!("RL's prompts read as prompts");
+        };
+        assert_eq!(p.slots, ["arithmetic/1"]);
+        assert_eq!(serde_json::to_value(DataRecord::Prompts(p))?, rl);
+        // RL before the curriculum: the prompt file and its row count.
+        let old = json!({"prompts": "data/rl/prompts.parquet", "rows": 500});
+        assert!(matches!(meta(old)?.mix, Some(DataRecord::Prompts(p)) if p.prompts == "data/rl/prompts.parquet"));
+        let odd = json!({"something": "else"});
+        assert!(matches!(meta(odd.clone())?.mix, Some(DataRecord::Other(v)) if v == odd));
+        Ok(())
+    }
 }

@@ -198,6 +198,30 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     }
     // One curriculum row per task kind of the prompt file, with its prompts drawn.
     assert!(md.contains("| train/arithmetic |"), "{md}");
+    // The data each stage read, as its meta.json records it (typed on both sides).
+    let meta = |stage: &str| -> Result<common::meta::Meta> {
+        Ok(serde_json::from_str(&std::fs::read_to_string(
+            d.join("run").join(stage).join("meta.json"),
+        )?)?)
+    };
+    let Some(common::meta::DataRecord::Mix(mix)) = meta("sft")?.mix else {
+        panic!("SFT records its mix");
+    };
+    let src = &mix.sources[0];
+    assert!(
+        md.contains(&format!(
+            "- **sft** ({}): {} {:.0}% (",
+            mix.path.display(),
+            src.config.name,
+            100.0 * src.share
+        )),
+        "{md}"
+    );
+    let Some(common::meta::DataRecord::Prompts(p)) = meta("rl")?.mix else {
+        panic!("RL records its prompts");
+    };
+    assert!(!p.slots.is_empty());
+    assert!(md.contains(&format!("- **rl**: prompts from {}\n", p.prompts)), "{md}");
     for svg in [
         "accuracy.svg",
         "hallucination.svg",

@@ -162,6 +162,16 @@ pub struct RlEval {
     pub seen_per_kind: usize,
 }
 
+impl From<&RlEval> for common::config::GradingKnobs {
+    fn from(e: &RlEval) -> Self {
+        common::config::GradingKnobs {
+            per_kind: Some(e.per_kind),
+            max_new_tokens: Some(e.max_new_tokens),
+            batch_size: Some(e.batch_size),
+        }
+    }
+}
+
 fn default_rl_per_kind() -> usize {
     250
 }
@@ -327,6 +337,18 @@ mod tests {
         let exec = cfg.verifier.program_exec();
         assert!(exec.allow_weak, "the key opts the verifier in");
         assert_eq!(exec.timeout, std::time::Duration::from_millis(2000));
+        Ok(())
+    }
+
+    #[test]
+    fn grading_reads_back_from_the_saved_config() -> Result<()> {
+        // `evaluate` grades an RL checkpoint as its `[eval]` did: what a run saves in meta.json.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/rl.toml");
+        let cfg = RlConfig::load(&path, &CommonArgs::default())?;
+        let eval = cfg.eval.as_ref().expect("the shipped config grades held-out tasks");
+        let saved = common::config::GradingKnobs::saved_in(&serde_json::to_value(&cfg)?);
+        assert_eq!(saved, common::config::GradingKnobs::from(eval));
+        assert!(saved.per_kind.is_some() && saved.max_new_tokens.is_some() && saved.batch_size.is_some());
         Ok(())
     }
 

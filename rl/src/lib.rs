@@ -23,6 +23,7 @@ use common::checkpoint::{self, Meta};
 use common::config::CommonArgs;
 use common::curriculum::Curriculum;
 use common::device::device_name;
+use common::meta::{DataRecord, PromptsRecord};
 use common::metrics::{lines_of, EvalLine, RlStep, RlTrainMetrics, SlotLog, TrainMetrics};
 use common::model::{Gpt, Positions};
 use common::progress::{format_count, format_secs, Progress};
@@ -32,7 +33,7 @@ use common::stage::{Opened, Stage, StageOptions, TrainerState};
 use common::tasks::{evaluate_tasks, limit_per_kind, summarize, EvalOptions, TaskReport};
 use common::verify::{Grader, Task};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
@@ -89,8 +90,11 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
     let mix = PromptMix::open(&cfg.data.prompts, cfg.root())?;
     let mut prompts = PromptStream::open(&mix, cfg.train.seed)
         .with_context(|| format!("opening the RL prompts {}", cfg.data.prompts.display()))?;
-    stage.meta.mix =
-        json!({"prompts": cfg.data.prompts.display().to_string(), "mix": mix, "slots": prompts.slot_names()});
+    stage.meta.mix = Some(DataRecord::Prompts(PromptsRecord {
+        prompts: cfg.data.prompts.display().to_string(),
+        mix: serde_json::to_value(&mix)?,
+        slots: prompts.slot_names(),
+    }));
     let is_resumed = resumed.is_some();
     let mut st = match resumed {
         Some(st) => {

@@ -77,7 +77,7 @@ pub struct MixConfig {
 }
 
 /// A source whose files exist and whose share is known.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResolvedSource {
     /// The configuration as written.
     pub config: SourceConfig,
@@ -90,7 +90,7 @@ pub struct ResolvedSource {
 }
 
 /// A mix whose sources are resolved.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResolvedMix {
     /// File it came from.
     pub path: PathBuf,

@@ -3,6 +3,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use common::answers::Extract;
 use common::checkpoint;
+use common::config::GradingKnobs;
 use common::data::mix::in_root;
 use common::device::{configure_threads, device_name, seed_everything, DeviceChoice};
 use common::metrics::{EvalCounts, EvalFile, EvalSettings};
@@ -404,15 +405,10 @@ fn run(a: Args) -> Result<()> {
     let device = a.device.resolve()?;
     let (_vs, model, loaded) = checkpoint::load_model(&ckpt, device)?;
     // A knob not given on the command line is what the checkpoint's stage evaluated with.
-    let c = &loaded.meta.config;
-    let stage_knob = |key: &str| c["tasks"][key].as_i64().or(c["eval"][key].as_i64());
-    let per_kind = a
-        .per_kind
-        .unwrap_or_else(|| stage_knob("per_kind").unwrap_or(125) as usize);
-    let batch_size = a
-        .batch_size
-        .unwrap_or_else(|| stage_knob("batch_size").unwrap_or(128) as usize);
-    let (max_new_tokens, max_new_tokens_from) = match (a.max_new_tokens, stage_knob("max_new_tokens")) {
+    let saved = GradingKnobs::saved_in(&loaded.meta.config);
+    let per_kind = a.per_kind.unwrap_or_else(|| saved.per_kind.unwrap_or(125));
+    let batch_size = a.batch_size.unwrap_or_else(|| saved.batch_size.unwrap_or(128));
+    let (max_new_tokens, max_new_tokens_from) = match (a.max_new_tokens, saved.max_new_tokens) {
         (Some(n), _) => (n, "flag"),
         (None, Some(n)) => (n, "checkpoint config"),
         (None, None) => (64, "default"),

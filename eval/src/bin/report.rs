@@ -3,6 +3,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use common::checkpoint::Meta;
 use common::data::Overlong;
+use common::meta::DataRecord;
 use common::metrics::{
     lines_of, read_jsonl, EvalFile, HeldOut, HeldOutBySource, LmStep, LmTrainMetrics, OverlongDocs, RlStep,
     StageMetrics, TrainMetrics,
@@ -907,34 +908,25 @@ fn data_section(md: &mut String, stages: &[Stage]) -> Result<()> {
             Some(TrainMetrics::Lm(m)) => Some(&m.consumed_per_source),
             _ => None,
         };
-        match mix["sources"].as_array() {
-            Some(srcs) => {
-                let parts: Vec<String> = srcs
+        match mix {
+            Some(DataRecord::Mix(mix)) => {
+                let parts: Vec<String> = mix
+                    .sources
                     .iter()
                     .map(|x| {
-                        let name = x["config"]["name"].as_str().unwrap_or("?");
+                        let name = &x.config.name;
                         let tokens = consumed.and_then(|c| c.get(name)).copied().unwrap_or(0);
                         format!(
                             "{name} {:.0}% ({} tokens)",
-                            100.0 * x["share"].as_f64().unwrap_or(0.0),
+                            100.0 * x.share,
                             format_count(tokens as f64)
                         )
                     })
                     .collect();
-                writeln!(
-                    md,
-                    "- **{}** ({}): {}",
-                    s.name,
-                    mix["path"].as_str().unwrap_or("?"),
-                    parts.join(", ")
-                )?;
+                writeln!(md, "- **{}** ({}): {}", s.name, mix.path.display(), parts.join(", "))?;
             }
-            None => writeln!(
-                md,
-                "- **{}**: prompts from {}",
-                s.name,
-                mix["prompts"].as_str().unwrap_or("?")
-            )?,
+            Some(DataRecord::Prompts(p)) => writeln!(md, "- **{}**: prompts from {}", s.name, p.prompts)?,
+            Some(DataRecord::Other(_)) | None => writeln!(md, "- **{}**: prompts from ?", s.name)?,
         }
         if let Some(TrainMetrics::Lm(LmTrainMetrics { overlong: Some(o), .. })) = &s.meta.metrics.train {
             overlong_line(md, o)?;
