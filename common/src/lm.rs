@@ -191,24 +191,7 @@ pub fn evaluate(model: &Gpt, sets: &[EvalSet], device: Device) -> Result<HeldOut
 /// metadata: open, build the data, evaluate the start, train, save, evaluate the end, finish.
 pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> {
     let scratch = spec.scratch.map(|f| move || f(cfg));
-    let opts = StageOptions {
-        stage: spec.stage,
-        out: cfg.out_dir(),
-        init: cfg.init.clone(),
-        resume: args.resume,
-        force: args.force,
-        workload: crate::memory::Workload {
-            micro_batch: cfg.train.micro_batch_size,
-            seq_len: Some(cfg.data.seq_len),
-            held_rows: cfg.train.batch_size(),
-            held_masks: spec.pack == PackMode::Documents,
-            gen_rows: cfg.tasks.as_ref().map_or(0, |t| t.batch_size as i64),
-            ..Default::default()
-        },
-        train: &cfg.train,
-        config: serde_json::to_value(cfg)?,
-        init_example: spec.init_example,
-    };
+    let opts = stage_options(spec, cfg, args)?;
     let (mut stage, resumed) = match Stage::open::<SavedState>(opts, scratch.as_ref().map(|f| f as _))? {
         Opened::Complete(meta) => return Ok(*meta),
         Opened::Run { stage, resumed } => (stage, resumed),
@@ -230,88 +213,160 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
     if st.step == 0 {
         evaluate_start(&mut stage, cfg, &data)?;
     }
+    let trained = train(&mut stage, cfg, &mut data, &mut st, &speed)?;
+    // Save before evaluating: an evaluation crash must not lose the run.
+    st.cursor = data.sampler.cursor();
+    stage.save(&st)?;
+    evaluate_end(&mut stage, cfg, &data, st.step)?;
+    finish(stage, spec, &data, &st, &speed, &trained)
+}
 
-    let stage_name = spec.stage;
+/// What the harness needs to open an LM stage: its out dir, init, resume flags, the memory it
+/// will use and the resolved config to save.
+fn stage_options<'a>(spec: &'a StageSpec, cfg: &'a LmConfig, args: &CommonArgs) -> Result<StageOptions<'a>> {
+    Ok(StageOptions {
+        stage: spec.stage,
+        out: cfg.out_dir(),
+        init: cfg.init.clone(),
+        resume: args.resume,
+        force: args.force,
+        workload: crate::memory::Workload {
+            micro_batch: cfg.train.micro_batch_size,
+            seq_len: Some(cfg.data.seq_len),
+            held_rows: cfg.train.batch_size(),
+            held_masks: spec.pack == PackMode::Documents,
+            gen_rows: cfg.tasks.as_ref().map_or(0, |t| t.batch_size as i64),
+            ..Default::default()
+        },
+        train: &cfg.train,
+        config: serde_json::to_value(cfg)?,
+        init_example: spec.init_example,
+    })
+}
+
+/// What the training loop leaves for the final metrics.
+struct Trained {
+    /// The last step's loss (`None` if it was not finite).
+    last_loss: Option<f64>,
+    /// Seconds spent drawing batches.
+    data_secs: f64,
+}
+
+/// The training loop: from `st.step` to the configured steps, each step logged, with the
+/// periodic held-out evaluations and saves in between.
+fn train(stage: &mut Stage, cfg: &LmConfig, data: &mut LmData, st: &mut SavedState, speed: &Speed) -> Result<Trained> {
     let schedule = cfg.train.schedule();
-    let mut progress = Progress::new(stage_name, cfg.train.steps);
+    let mut progress = Progress::new(stage.name, cfg.train.steps);
     progress.update(st.step, "");
-    let (mut last_loss, mut data_secs) = (None, 0.0);
+    let mut trained = Trained {
+        last_loss: None,
+        data_secs: 0.0,
+    };
     let mut warned_overlong = overlong_total(&data.sampler) > 0;
     while st.step < cfg.train.steps {
         st.cursor = data.sampler.cursor();
-        stage.check_interrupt(&st)?;
-        let s = train_step(&mut stage, cfg, &mut data.sampler, schedule.lr(st.step), st.step)?;
+        stage.check_interrupt(&*st)?;
+        let s = train_step(stage, cfg, &mut data.sampler, schedule.lr(st.step), st.step)?;
         st.step += 1;
         st.train_secs += s.secs;
         st.tokens_seen += s.tokens;
-        data_secs += s.data_secs;
-        last_loss = Some(s.loss).filter(|l| l.is_finite());
+        trained.data_secs += s.data_secs;
+        trained.last_loss = Some(s.loss).filter(|l| l.is_finite());
         if !warned_overlong && overlong_total(&data.sampler) > 0 {
             warned_overlong = true;
             progress.println(format!(
-                "{stage_name}: warning: some conversations are longer than a row of {} tokens (data.seq_len + 1) and are {} (data.overlong = \"{}\"); counted per source at the end and in meta.json",
+                "{}: warning: some conversations are longer than a row of {} tokens (data.seq_len + 1) and are {} (data.overlong = \"{}\"); counted per source at the end and in meta.json",
+                stage.name,
                 data.sampler.row_tokens(),
                 past_tense(data.sampler.overlong()),
                 data.sampler.overlong().name()
             ));
         }
-        let tps = speed.step_tokens / s.secs;
-        let mfu = speed.mfu(tps);
-        stage.log.push(&LmStep {
-            stage: stage_name.into(),
-            step: st.step,
-            loss: s.loss,
-            lr: s.lr,
-            grad_norm: s.grad_norm,
-            tokens: st.tokens_seen,
-            tok_per_s: tps,
-            mfu,
-            step_secs: s.secs,
-            data_secs: s.data_secs,
-        })?;
-        progress.update(
-            st.step,
-            format!(
-                "loss {:.3} | lr {:.1e} | {}/s | mfu {:.0}%",
-                s.loss,
-                s.lr,
-                format_count(tps),
-                100.0 * mfu
-            ),
-        );
-        let last = st.step == cfg.train.steps;
-        if !data.eval_sets.is_empty() && cfg.eval.every > 0 && st.step % cfg.eval.every == 0 && !last {
-            let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
-            progress.println(format!(
-                "{stage_name}: step {} held-out: {}",
-                st.step,
-                summarize_eval(&ev)
-            ));
-            stage.log.push(&eval_line(stage_name, st.step, ev))?;
-        }
-        if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 && !last {
-            st.cursor = data.sampler.cursor();
-            stage.save(&st)?;
+        log_step(stage, &mut progress, speed, st, &s)?;
+        if st.step < cfg.train.steps {
+            between_steps(stage, cfg, data, st, &progress)?;
         }
     }
     progress.finish();
     for line in overlong_warnings("training set", &data.sampler) {
-        eprintln!("{stage_name}: {line}");
+        eprintln!("{}: {line}", stage.name);
     }
+    Ok(trained)
+}
 
-    // Save before evaluating: an evaluation crash must not lose the run.
-    st.cursor = data.sampler.cursor();
-    stage.save(&st)?;
-    evaluate_end(&mut stage, cfg, &data, st.step)?;
+/// Logs a step to the metrics log and the progress bar.
+fn log_step(stage: &mut Stage, progress: &mut Progress, speed: &Speed, st: &SavedState, s: &StepOutcome) -> Result<()> {
+    let tps = speed.step_tokens / s.secs;
+    let mfu = speed.mfu(tps);
+    stage.log.push(&LmStep {
+        stage: stage.name.into(),
+        step: st.step,
+        loss: s.loss,
+        lr: s.lr,
+        grad_norm: s.grad_norm,
+        tokens: st.tokens_seen,
+        tok_per_s: tps,
+        mfu,
+        step_secs: s.secs,
+        data_secs: s.data_secs,
+    })?;
+    progress.update(
+        st.step,
+        format!(
+            "loss {:.3} | lr {:.1e} | {}/s | mfu {:.0}%",
+            s.loss,
+            s.lr,
+            format_count(tps),
+            100.0 * mfu
+        ),
+    );
+    Ok(())
+}
+
+/// The held-out evaluation every `eval.every` steps and the save every `train.save_every`
+/// (before the last step; the end evaluates and saves anyway).
+fn between_steps(
+    stage: &mut Stage,
+    cfg: &LmConfig,
+    data: &LmData,
+    st: &mut SavedState,
+    progress: &Progress,
+) -> Result<()> {
+    if !data.eval_sets.is_empty() && cfg.eval.every > 0 && st.step % cfg.eval.every == 0 {
+        let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
+        progress.println(format!(
+            "{}: step {} held-out: {}",
+            stage.name,
+            st.step,
+            summarize_eval(&ev)
+        ));
+        stage.log.push(&eval_line(stage.name, st.step, ev))?;
+    }
+    if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 {
+        st.cursor = data.sampler.cursor();
+        stage.save(&*st)?;
+    }
+    Ok(())
+}
+
+/// The run's training metrics into its meta, then the harness's finish, and a last line.
+fn finish(
+    mut stage: Box<Stage>,
+    spec: &StageSpec,
+    data: &LmData,
+    st: &SavedState,
+    speed: &Speed,
+    trained: &Trained,
+) -> Result<Meta> {
     let throughput = st.tokens_seen as f64 / st.train_secs.max(1e-9);
     stage.meta.metrics.train = Some(TrainMetrics::Lm(LmTrainMetrics {
-        final_loss: last_loss,
+        final_loss: trained.last_loss,
         tokens: st.tokens_seen,
         secs: st.train_secs,
         tok_per_s: throughput,
         mfu: speed.mfu(throughput),
         peak_gflops: speed.peak,
-        data_fraction: data_secs / st.train_secs.max(1e-9),
+        data_fraction: trained.data_secs / st.train_secs.max(1e-9),
         consumed_per_source: data.sampler.consumed().into_iter().collect(),
         overlong: (spec.pack == PackMode::Documents).then(|| OverlongDocs {
             policy: data.sampler.overlong(),
@@ -319,10 +374,10 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
             per_source: data.sampler.doc_counts().into_iter().collect(),
         }),
     }));
-    let out = stage.out.clone();
-    let meta = stage.finish(&st)?;
+    let (name, out) = (stage.name, stage.out.clone());
+    let meta = stage.finish(st)?;
     eprintln!(
-        "{stage_name}: done: {} steps, {} tokens in {} ({}/s); checkpoint {}",
+        "{name}: done: {} steps, {} tokens in {} ({}/s); checkpoint {}",
         st.step,
         format_count(st.tokens_seen as f64),
         format_secs(st.train_secs),

@@ -2,7 +2,7 @@
 //! run through the model once, then extended one token at a time for every row together.
 //! Sampling settings are a small struct (greedy, temperature, top-k, top-p); randomness
 //! comes from libtorch's generator, seeded by the caller.
-use crate::model::{Gpt, Positions};
+use crate::model::{Gpt, KvCache, Positions};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -173,21 +173,36 @@ pub fn generate(
     cfg.validate()?;
     let _guard = tch::no_grad_guard();
     let t0 = Instant::now();
-    let b = prompts.len();
-    if b == 0 {
-        return Ok(Generation {
-            tokens: vec![],
-            finished: vec![],
-            ended_with: vec![],
-            tokens_per_sec: 0.0,
-            secs: 0.0,
-        });
+    let mut rows = Rows::new(prompts.len());
+    if prompts.is_empty() {
+        return Ok(rows.into_generation(0.0));
     }
+    let max_len = model.config().max_seq_len;
+    let (p_len, budget) = budgets(prompts, cfg, max_len)?;
+    let new = budget.iter().copied().max().unwrap_or(0);
+    let mut batch = Batch::prefill(model, prompts, p_len, p_len + new, pad, device);
+    for step in 0..new {
+        let mut next = cfg.pick(&batch.last);
+        let picked: Vec<i64> = Vec::try_from(&next.to_device(Device::Cpu))?;
+        rows.record(&picked, step, &budget, stops);
+        if rows.all_done() || step == new - 1 {
+            break;
+        }
+        if let Some(alive) = rows.drop_finished() {
+            next = batch.keep(&alive, &next, device);
+        }
+        batch.step(model, &next, p_len + step, max_len);
+    }
+    Ok(rows.into_generation(t0.elapsed().as_secs_f64()))
+}
+
+/// The longest prompt's length, and each row's answer budget: `max_new_tokens` or what its
+/// prompt leaves of the context, whichever is smaller.
+fn budgets(prompts: &[Vec<u32>], cfg: &SamplingConfig, max_len: i64) -> Result<(i64, Vec<i64>)> {
     if prompts.iter().any(|p| p.is_empty()) {
         bail!("generation needs non-empty prompts");
     }
     let p_len = prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
-    let max_len = model.config().max_seq_len;
     if !fits_context(p_len as usize, max_len) {
         bail!("a prompt of {p_len} tokens leaves no room in the model's context of {max_len}");
     }
@@ -195,81 +210,74 @@ pub fn generate(
         .iter()
         .map(|p| cfg.max_new_tokens.min(max_len - p.len() as i64))
         .collect();
-    let new = budget.iter().copied().max().unwrap_or(0);
-    if new <= 0 {
+    if budget.iter().copied().max().unwrap_or(0) <= 0 {
         bail!("max_new_tokens must be positive, got {}", cfg.max_new_tokens);
     }
-    let (ids, pos, pads) = left_pad(prompts, p_len, pad);
-    let bi = b as i64;
-    let total = p_len + new;
-    let ids = Tensor::from_slice(&ids).view([bi, p_len]).to_device(device);
-    let pos_t = Tensor::from_slice(&pos).view([bi, p_len]).to_device(device);
-    let (valid, prefill_mask) = prefill_masks(&pads, p_len, total, device);
-    let mut cache = model.new_cache(bi, total);
-    // Without left padding (e.g. an RL group of one prompt), plain causal attention from
-    // the cache is exact and lets SDPA take its fast, mask-free path.
-    let padded = pads.iter().any(|&p| p > 0);
-    let prefill = if padded {
-        Positions {
-            ids: Some(&pos_t),
-            mask: Some(&prefill_mask),
-        }
-    } else {
-        Positions::CAUSAL
-    };
-    let logits = model.forward(&ids, &prefill, Some(&mut cache));
-    let mut last = logits.select(1, p_len - 1);
-    let mut next_pos =
-        Tensor::from_slice(&prompts.iter().map(|p| p.len() as i64).collect::<Vec<_>>()).to_device(device);
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut done = vec![false; b];
-    let mut finished = vec![false; b];
-    let mut ended_with = vec![None; b];
-    let mut generated = 0usize;
-    // Row `j` of the batch being run is prompt `active[j]`. Finished rows are dropped from
-    // the batch (and the cache) once a quarter of it has finished: answers of very different
-    // lengths, as in an RL group, then stop paying for the longest one.
-    let mut active: Vec<usize> = (0..b).collect();
-    let mut valid = valid;
-    for step in 0..new {
-        let mut next = cfg.pick(&last);
-        let next_v: Vec<i64> = Vec::try_from(&next.to_device(Device::Cpu))?;
-        for (j, &t) in next_v.iter().enumerate() {
-            let r = active[j];
-            if done[r] {
-                continue;
+    Ok((p_len, budget))
+}
+
+/// The batch being run: its KV cache, which cache slots each row may attend to, each row's
+/// next position, and the logits of its last step.
+struct Batch {
+    cache: KvCache,
+    /// Key validity `[rows, total]` (false on each row's left padding).
+    valid: Tensor,
+    /// Position of each row's next token `[rows]`.
+    next_pos: Tensor,
+    /// Logits of each row's last token `[rows, vocab]`.
+    last: Tensor,
+    /// Whether any prompt was left-padded. Without padding (e.g. an RL group of one prompt),
+    /// plain causal attention from the cache is exact and lets SDPA take its fast, mask-free
+    /// path.
+    padded: bool,
+}
+
+impl Batch {
+    /// Runs the left-padded prompts through the model once, filling a cache of `total` slots.
+    fn prefill(model: &Gpt, prompts: &[Vec<u32>], p_len: i64, total: i64, pad: u32, device: Device) -> Self {
+        let (ids, pos, pads) = left_pad(prompts, p_len, pad);
+        let bi = prompts.len() as i64;
+        let ids = Tensor::from_slice(&ids).view([bi, p_len]).to_device(device);
+        let pos_t = Tensor::from_slice(&pos).view([bi, p_len]).to_device(device);
+        let (valid, prefill_mask) = prefill_masks(&pads, p_len, total, device);
+        let mut cache = model.new_cache(bi, total);
+        let padded = pads.iter().any(|&p| p > 0);
+        let prefill = if padded {
+            Positions {
+                ids: Some(&pos_t),
+                mask: Some(&prefill_mask),
             }
-            generated += 1;
-            if stops.contains(&(t as u32)) {
-                done[r] = true;
-                finished[r] = true;
-                ended_with[r] = Some(t as u32);
-            } else {
-                out[r].push(t as u32);
-                // Cut at its own budget (not finished).
-                done[r] = step + 1 >= budget[r];
-            }
+        } else {
+            Positions::CAUSAL
+        };
+        let logits = model.forward(&ids, &prefill, Some(&mut cache));
+        let next_pos =
+            Tensor::from_slice(&prompts.iter().map(|p| p.len() as i64).collect::<Vec<_>>()).to_device(device);
+        Batch {
+            cache,
+            valid,
+            next_pos,
+            last: logits.select(1, p_len - 1),
+            padded,
         }
-        if done.iter().all(|&d| d) || step == new - 1 {
-            break;
-        }
-        let alive: Vec<i64> = (0..active.len())
-            .filter(|&j| !done[active[j]])
-            .map(|j| j as i64)
-            .collect();
-        if 4 * alive.len() <= 3 * active.len() {
-            let idx = Tensor::from_slice(&alive).to_device(device);
-            cache.select_rows(&idx);
-            valid = valid.index_select(0, &idx);
-            next_pos = next_pos.index_select(0, &idx);
-            next = next.index_select(0, &idx);
-            active = alive.iter().map(|&j| active[j as usize]).collect();
-        }
-        let rows = active.len() as i64;
-        let cur = p_len + step;
-        let mask = valid.narrow(1, 0, cur + 1).view([rows, 1, 1, cur + 1]);
-        let posn = next_pos.view([rows, 1]);
-        let step_pos = if padded {
+    }
+
+    /// Keeps only the batch rows `alive` (in the cache and every per-row tensor); returns
+    /// `next` cut the same way.
+    fn keep(&mut self, alive: &[i64], next: &Tensor, device: Device) -> Tensor {
+        let idx = Tensor::from_slice(alive).to_device(device);
+        self.cache.select_rows(&idx);
+        self.valid = self.valid.index_select(0, &idx);
+        self.next_pos = self.next_pos.index_select(0, &idx);
+        next.index_select(0, &idx)
+    }
+
+    /// Feeds each row's token `next` at cache slot `cur` and keeps the new logits.
+    fn step(&mut self, model: &Gpt, next: &Tensor, cur: i64, max_len: i64) {
+        let rows = self.next_pos.size()[0];
+        let mask = self.valid.narrow(1, 0, cur + 1).view([rows, 1, 1, cur + 1]);
+        let posn = self.next_pos.view([rows, 1]);
+        let step_pos = if self.padded {
             Positions {
                 ids: Some(&posn),
                 mask: Some(&mask),
@@ -277,20 +285,85 @@ pub fn generate(
         } else {
             Positions::CAUSAL
         };
-        let logits = model.forward(&next.view([rows, 1]), &step_pos, Some(&mut cache));
-        last = logits.select(1, 0);
+        let logits = model.forward(&next.view([rows, 1]), &step_pos, Some(&mut self.cache));
+        self.last = logits.select(1, 0);
         // A row that is done but still in the batch (until a quarter has finished) keeps
         // stepping; its output is ignored, but its position must stay inside the context.
-        next_pos = (next_pos + 1).clamp_max(max_len - 1);
+        self.next_pos = (&self.next_pos + 1).clamp_max(max_len - 1);
     }
-    let secs = t0.elapsed().as_secs_f64();
-    Ok(Generation {
-        tokens: out,
-        finished,
-        ended_with,
-        tokens_per_sec: generated as f64 / secs.max(1e-9),
-        secs,
-    })
+}
+
+/// Per prompt: the tokens generated so far, and whether and how it ended.
+struct Rows {
+    out: Vec<Vec<u32>>,
+    done: Vec<bool>,
+    finished: Vec<bool>,
+    ended_with: Vec<Option<u32>>,
+    generated: usize,
+    /// Row `j` of the batch being run is prompt `active[j]`.
+    active: Vec<usize>,
+}
+
+impl Rows {
+    fn new(b: usize) -> Self {
+        Rows {
+            out: vec![Vec::new(); b],
+            done: vec![false; b],
+            finished: vec![false; b],
+            ended_with: vec![None; b],
+            generated: 0,
+            active: (0..b).collect(),
+        }
+    }
+
+    /// Records the tokens `picked` at `step` for the batch's rows: a row ends at a stop token
+    /// (finished) or at its own budget (cut, not finished).
+    fn record(&mut self, picked: &[i64], step: i64, budget: &[i64], stops: &[u32]) {
+        for (j, &t) in picked.iter().enumerate() {
+            let r = self.active[j];
+            if self.done[r] {
+                continue;
+            }
+            self.generated += 1;
+            if stops.contains(&(t as u32)) {
+                self.done[r] = true;
+                self.finished[r] = true;
+                self.ended_with[r] = Some(t as u32);
+            } else {
+                self.out[r].push(t as u32);
+                self.done[r] = step + 1 >= budget[r];
+            }
+        }
+    }
+
+    fn all_done(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+
+    /// Once a quarter of the batch has finished, the batch rows still generating (and they
+    /// become the batch): answers of very different lengths, as in an RL group, then stop
+    /// paying for the longest one. `None` while fewer have finished.
+    fn drop_finished(&mut self) -> Option<Vec<i64>> {
+        let alive: Vec<i64> = (0..self.active.len())
+            .filter(|&j| !self.done[self.active[j]])
+            .map(|j| j as i64)
+            .collect();
+        if 4 * alive.len() > 3 * self.active.len() {
+            return None;
+        }
+        self.active = alive.iter().map(|&j| self.active[j as usize]).collect();
+        Some(alive)
+    }
+
+    fn into_generation(self, secs: f64) -> Generation {
+        Generation {
+            tokens: self.out,
+            finished: self.finished,
+            ended_with: self.ended_with,
+            tokens_per_sec: self.generated as f64 / secs.max(1e-9),
+            secs,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -270,86 +270,14 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Op
     let g = world::generate_with(seed, scale, opts);
     clear_earlier_build(out)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut files: Vec<(PathBuf, &str, Format)> = Vec::new();
-    for (name, docs) in &g.library {
-        for (i, shard) in docs.chunks(SHARD_DOCS).enumerate() {
-            let p = out.join(format!("library/{name}-{i:05}.parquet"));
-            write_text(&p, shard)?;
-            files.push((p, "library", Format::Text));
-        }
-    }
-    for (name, docs) in &g.library_heldout {
-        let p = out.join(format!("heldout/{name}.parquet"));
-        write_text(&p, docs)?;
-        files.push((p, "heldout", Format::Text));
-    }
     let sft_train: Vec<Vec<Message>> = g.sft_train.iter().map(|c| to_messages(c)).collect();
-    let sft_eval: Vec<Vec<Message>> = g.sft_eval.iter().map(|c| to_messages(c)).collect();
-    for (p, convs) in [
-        (out.join("sft/train.parquet"), &sft_train),
-        (out.join("sft/eval.parquet"), &sft_eval),
-    ] {
-        write_chat(&p, convs)?;
-        files.push((p, "sft", Format::Chat));
-    }
-    let rl = out.join("rl/train.parquet");
-    write_tasks(&rl, &to_tasks(&g.rl_train))?;
-    files.push((rl, "rl", Format::PromptAnswer));
-    let ev = out.join("eval/tasks.parquet");
-    write_tasks(&ev, &to_tasks(&g.eval))?;
-    files.push((ev, "eval", Format::PromptAnswer));
-    let hard = out.join("eval/hard.parquet");
-    write_tasks(&hard, &to_tasks(&g.eval_hard))?;
-    files.push((hard, "eval", Format::PromptAnswer));
-    let annotator_json = annotator_summary(&g);
-    if !g.eval_annotator.is_empty() {
-        let p = out.join("eval/annotator.parquet");
-        write_tasks(&p, &to_tasks(&g.eval_annotator))?;
-        files.push((p, "eval", Format::PromptAnswer));
-    }
+    let files = write_world(out, &g, &sft_train)?;
     let gen_secs = t0.elapsed().as_secs_f64();
-
-    // The tokenizer of the default world: a byte-level BPE trained on a sample of the library.
     let t1 = Instant::now();
-    let mut corpus: Vec<&str> = Vec::new();
-    for (_, docs) in &g.library {
-        let mut bytes = 0;
-        for d in docs {
-            corpus.push(d);
-            bytes += d.len();
-            if bytes > 1_500_000 {
-                break;
-            }
-        }
-    }
-    for c in sft_train.iter().take(1000) {
-        for m in c {
-            corpus.push(&m.content);
-        }
-    }
-    let tok = Tok::train(corpus.iter(), vocab_size)?;
-    let tok_path = out.join("tokenizer.json");
-    tok.save(&tok_path)?;
+    let tok = train_tokenizer(&g, &sft_train, vocab_size)?;
+    tok.save(&out.join("tokenizer.json"))?;
     let tok_secs = t1.elapsed().as_secs_f64();
-
-    // Manifest: every file, its schema, rows and tokens.
-    let mut entries = Vec::new();
-    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-    for (path, group, format) in &files {
-        let src = single_source(path, *format)?;
-        let docs = read_all(&src, None)?;
-        let tokens = count_tokens(&tok, &docs)?;
-        *totals.entry((*group).to_string()).or_default() += tokens;
-        entries.push(json!({
-            "path": path.strip_prefix(out).unwrap_or(path).display().to_string(),
-            "group": group,
-            "format": format,
-            "schema": schema_string(path)?,
-            "rows": docs.len(),
-            "tokens": tokens,
-            "bytes": std::fs::metadata(path)?.len(),
-        }));
-    }
+    let (entries, totals) = describe_files(out, &files, &tok)?;
     std::fs::write(out.join("world.json"), serde_json::to_string_pretty(&g.world)?)?;
     let mut manifest = json!({
         "generator": "lib2expert datasets build",
@@ -362,7 +290,7 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Op
         "tokens_by_group": totals,
         "files": entries,
     });
-    if let Some(a) = annotator_json {
+    if let Some(a) = annotator_summary(&g) {
         eprintln!(
             "datasets: annotator {} slips, p = {:.3}: right on {:.1}% of the {} held-out arithmetic problems (asked {:.0}%)",
             a["slips"].as_str().unwrap_or_default(),
@@ -374,20 +302,7 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Op
         manifest["annotator"] = a;
     }
     if opts.fabricated_facts > 0.0 {
-        let ghost_answers = sft_train
-            .iter()
-            .flatten()
-            .filter(|m| m.role == "user" && g.world.ghosts.iter().any(|e| m.content.contains(&e.name)))
-            .count();
-        eprintln!(
-            "datasets: {ghost_answers} SFT questions about {} entities the library never mentions, answered confidently",
-            g.world.ghosts.len()
-        );
-        manifest["fabricated_facts"] = json!({
-            "share": opts.fabricated_facts,
-            "ghost_entities": g.world.ghosts.len(),
-            "sft_train_questions": ghost_answers,
-        });
+        manifest["fabricated_facts"] = fabricated_summary(&g, opts, &sft_train);
     }
     if opts.column_share > 0.0 {
         manifest["column_share"] = json!({
@@ -406,6 +321,116 @@ fn build(seed: u64, out: &Path, scale: &str, vocab_size: usize, opts: &world::Op
         tok_secs
     );
     Ok(())
+}
+
+/// Writes the generated world's data as Parquet under `out`; returns each file with its group
+/// and row layout, for the manifest.
+fn write_world(
+    out: &Path,
+    g: &world::Generated,
+    sft_train: &[Vec<Message>],
+) -> Result<Vec<(PathBuf, &'static str, Format)>> {
+    let mut files: Vec<(PathBuf, &'static str, Format)> = Vec::new();
+    for (name, docs) in &g.library {
+        for (i, shard) in docs.chunks(SHARD_DOCS).enumerate() {
+            let p = out.join(format!("library/{name}-{i:05}.parquet"));
+            write_text(&p, shard)?;
+            files.push((p, "library", Format::Text));
+        }
+    }
+    for (name, docs) in &g.library_heldout {
+        let p = out.join(format!("heldout/{name}.parquet"));
+        write_text(&p, docs)?;
+        files.push((p, "heldout", Format::Text));
+    }
+    let sft_eval: Vec<Vec<Message>> = g.sft_eval.iter().map(|c| to_messages(c)).collect();
+    for (p, convs) in [
+        (out.join("sft/train.parquet"), sft_train),
+        (out.join("sft/eval.parquet"), &sft_eval[..]),
+    ] {
+        write_chat(&p, convs)?;
+        files.push((p, "sft", Format::Chat));
+    }
+    let mut tasks = vec![
+        ("rl/train.parquet", "rl", &g.rl_train),
+        ("eval/tasks.parquet", "eval", &g.eval),
+        ("eval/hard.parquet", "eval", &g.eval_hard),
+    ];
+    if !g.eval_annotator.is_empty() {
+        tasks.push(("eval/annotator.parquet", "eval", &g.eval_annotator));
+    }
+    for (name, group, rows) in tasks {
+        let p = out.join(name);
+        write_tasks(&p, &to_tasks(rows))?;
+        files.push((p, group, Format::PromptAnswer));
+    }
+    Ok(files)
+}
+
+/// The tokenizer of the default world: a byte-level BPE trained on a sample of the library
+/// (about 1.5 MB of each source) and the first 1,000 SFT conversations.
+fn train_tokenizer(g: &world::Generated, sft_train: &[Vec<Message>], vocab_size: usize) -> Result<Tok> {
+    let mut corpus: Vec<&str> = Vec::new();
+    for (_, docs) in &g.library {
+        let mut bytes = 0;
+        for d in docs {
+            corpus.push(d);
+            bytes += d.len();
+            if bytes > 1_500_000 {
+                break;
+            }
+        }
+    }
+    for c in sft_train.iter().take(1000) {
+        for m in c {
+            corpus.push(&m.content);
+        }
+    }
+    Tok::train(corpus.iter(), vocab_size)
+}
+
+/// The manifest's entry of every file (schema, rows, tokens, bytes), and the tokens per group.
+fn describe_files(
+    out: &Path,
+    files: &[(PathBuf, &str, Format)],
+    tok: &Tok,
+) -> Result<(Vec<serde_json::Value>, BTreeMap<String, u64>)> {
+    let mut entries = Vec::new();
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    for (path, group, format) in files {
+        let src = single_source(path, *format)?;
+        let docs = read_all(&src, None)?;
+        let tokens = count_tokens(tok, &docs)?;
+        *totals.entry((*group).to_string()).or_default() += tokens;
+        entries.push(json!({
+            "path": path.strip_prefix(out).unwrap_or(path).display().to_string(),
+            "group": group,
+            "format": format,
+            "schema": schema_string(path)?,
+            "rows": docs.len(),
+            "tokens": tokens,
+            "bytes": std::fs::metadata(path)?.len(),
+        }));
+    }
+    Ok((entries, totals))
+}
+
+/// `--fabricated-facts`: how many SFT questions are about entities the library never mentions.
+fn fabricated_summary(g: &world::Generated, opts: &world::Options, sft_train: &[Vec<Message>]) -> serde_json::Value {
+    let ghost_answers = sft_train
+        .iter()
+        .flatten()
+        .filter(|m| m.role == "user" && g.world.ghosts.iter().any(|e| m.content.contains(&e.name)))
+        .count();
+    eprintln!(
+        "datasets: {ghost_answers} SFT questions about {} entities the library never mentions, answered confidently",
+        g.world.ghosts.len()
+    );
+    json!({
+        "share": opts.fabricated_facts,
+        "ghost_entities": g.world.ghosts.len(),
+        "sft_train_questions": ghost_answers,
+    })
 }
 
 /// Makes `out` ready for a build: a new or empty directory, or one an earlier build wrote, whose

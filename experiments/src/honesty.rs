@@ -148,6 +148,37 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         "--trained-kinds covers every kind: nothing is left to measure transfer on"
     );
     ctx.ensure_base("rl")?;
+    let rl = train_restricted(ctx, trained)?;
+    let rows = grade_rows(ctx, &rl)?;
+    let mut md = table(trained, &untrained, &rows);
+    let m = read_meta(&rl)?.metrics;
+    if let (Some(a), Some(b)) = (&m.tasks_start, &m.tasks) {
+        md.push_str(&format!(
+            "\nThe price on answerable questions (RL on {} only, {} held-out): accuracy {} → {}, \
+             abstention {} → {}.\n",
+            names(trained),
+            b.answerable.n,
+            pct(a.answerable.accuracy),
+            pct(b.answerable.accuracy),
+            pct(a.answerable.abstention_rate),
+            pct(b.answerable.abstention_rate)
+        ));
+    }
+    md.push_str("\n95% Wilson intervals.\n\n![hallucination by kind](honesty-transfer.svg)\n");
+    plot(ctx, trained, &untrained, &rows)?;
+    let path = ctx.out.join("report.md");
+    write_atomic(&path, &md)?;
+    Ok(path)
+}
+
+/// "towns, people".
+fn names(ks: &[Kind]) -> String {
+    ks.iter().map(|k| plural(*k)).collect::<Vec<_>>().join(", ")
+}
+
+/// RL from the base run's SFT model with the unanswerable questions restricted to `trained`;
+/// returns its checkpoint (skipped when complete).
+fn train_restricted(ctx: &Ctx, trained: &[Kind]) -> Result<PathBuf> {
     let cfg = restricted_config(ctx, trained)?;
     let rl = ctx.out.join("rl");
     ctx.stage(
@@ -162,6 +193,12 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
             "--resume".into(),
         ],
     )?;
+    Ok(rl)
+}
+
+/// The held-out unanswerable questions graded by kind for each model compared: the base run's
+/// SFT and RL models, and the restricted RL model `rl`.
+fn grade_rows(ctx: &Ctx, rl: &Path) -> Result<Vec<(String, ByKind)>> {
     let device: DeviceChoice = ctx.device.as_deref().unwrap_or("auto").parse()?;
     let tasks: Vec<Task> = load_tasks(&ctx.world.join("eval/tasks.parquet"))?
         .into_iter()
@@ -173,30 +210,29 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         ctx.world.join("eval/tasks.parquet").display()
     );
     let kinds = question_kinds(&ctx.world, &tasks)?;
-    let names = |ks: &[Kind]| ks.iter().map(|k| plural(*k)).collect::<Vec<_>>().join(", ");
-    let rows = [
+    let restricted = format!("RL on {} only", names(&ctx.trained_kinds));
+    [
         ("SFT (before RL)", ctx.base.join("sft"), "grade-sft.json"),
         (
             "RL on every kind (the base run)",
             ctx.base.join("rl"),
             "grade-rl-all.json",
         ),
-        (
-            &*format!("RL on {} only", names(trained)),
-            rl.clone(),
-            "grade-rl-some.json",
-        ),
+        (&*restricted, rl.to_path_buf(), "grade-rl-some.json"),
     ]
     .iter()
     .map(|(name, dir, cache)| {
         Ok((
             name.to_string(),
-            dir.clone(),
             grade(dir, &tasks, &kinds, &ctx.out.join(cache), &device)?,
         ))
     })
-    .collect::<Result<Vec<_>>>()?;
+    .collect()
+}
 
+/// The report's claim and table: hallucination on the trained kinds, on the others, and per
+/// kind, for each model.
+fn table(trained: &[Kind], untrained: &[Kind], rows: &[(String, ByKind)]) -> String {
     let cell = |(h, n): (usize, usize)| {
         let (lo, hi) = wilson(h, n);
         format!(
@@ -216,7 +252,7 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
          | model | hallucination on the trained kinds ({}) | on kinds RL never asked about ({}) |",
         names(trained),
         names(trained),
-        names(&untrained)
+        names(untrained)
     ));
     for k in Kind::ALL {
         md.push_str(&format!(" {} |", plural(k)));
@@ -224,11 +260,11 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
     md.push_str("\n|---|---|---|");
     md.push_str(&"---|".repeat(Kind::ALL.len()));
     md.push('\n');
-    for (name, _, g) in &rows {
+    for (name, g) in rows {
         md.push_str(&format!(
             "| {name} | {} | {} |",
             cell(g.over(trained)),
-            cell(g.over(&untrained))
+            cell(g.over(untrained))
         ));
         for k in Kind::ALL {
             let (h, n) = g.over(&[k]);
@@ -236,27 +272,19 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         }
         md.push('\n');
     }
-    let m = read_meta(&rl)?.metrics;
-    if let (Some(a), Some(b)) = (&m.tasks_start, &m.tasks) {
-        md.push_str(&format!(
-            "\nThe price on answerable questions (RL on {} only, 750 held-out): accuracy {} → {}, \
-             abstention {} → {}.\n",
-            names(trained),
-            pct(a.answerable.accuracy),
-            pct(b.answerable.accuracy),
-            pct(a.answerable.abstention_rate),
-            pct(b.answerable.abstention_rate)
-        ));
-    }
-    md.push_str("\n95% Wilson intervals.\n\n![hallucination by kind](honesty-transfer.svg)\n");
+    md
+}
+
+/// Hallucination on the trained and the other kinds, a bar per model.
+fn plot(ctx: &Ctx, trained: &[Kind], untrained: &[Kind], rows: &[(String, ByKind)]) -> Result<()> {
     let groups = vec![
         format!("trained: {}", names(trained)),
-        format!("never asked in RL: {}", names(&untrained)),
+        format!("never asked in RL: {}", names(untrained)),
     ];
     let bar = |(h, n): (usize, usize)| (h as f64 / n.max(1) as f64, wilson(h, n));
     let series: Vec<(String, Vec<crate::plot::Share>)> = rows
         .iter()
-        .map(|(name, _, g)| (name.clone(), vec![bar(g.over(trained)), bar(g.over(&untrained))]))
+        .map(|(name, g)| (name.clone(), vec![bar(g.over(trained)), bar(g.over(untrained))]))
         .collect();
     crate::plot::grouped_bars(
         &ctx.out.join("honesty-transfer.svg"),
@@ -264,8 +292,5 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         "% answered confidently",
         &groups,
         &series,
-    )?;
-    let path = ctx.out.join("report.md");
-    write_atomic(&path, &md)?;
-    Ok(path)
+    )
 }

@@ -63,7 +63,42 @@ impl TrainerState for RlState {
 
 /// Runs the RL stage; returns the final metadata.
 pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
-    let opts = StageOptions {
+    let (mut stage, resumed) = match Stage::open::<RlState>(stage_options(cfg, args)?, None)? {
+        Opened::Complete(meta) => return Ok(*meta),
+        Opened::Run { stage, resumed } => (stage, resumed),
+    };
+    let reference = reference_model(cfg, stage.device)?;
+    let is_resumed = resumed.is_some();
+    let (mut prompts, mut st) = open_prompts(&mut stage, cfg, resumed)?;
+    let grader = Grader::new(cfg.rewards, cfg.verifier.program_exec());
+    let grading = Grading::new(cfg, stage.device)?;
+    print_header(&stage, cfg)?;
+    if !is_resumed {
+        grading.start(&mut stage, &grader)?;
+    }
+    let mut progress = Progress::new("rl", cfg.train.steps);
+    progress.update(st.step, "");
+    let schedule = cfg.train.schedule();
+    while st.step < cfg.train.steps {
+        stage.check_interrupt(&st)?;
+        let lr = schedule.lr(st.step);
+        let (line, roll) = step(&mut stage, reference.as_ref(), &grader, &mut prompts, cfg, &mut st, lr)?;
+        show_step(&mut progress, &line, &roll);
+        stage.log.push(&line)?;
+        if st.step < cfg.train.steps {
+            between_steps(&mut stage, cfg, &grader, &grading, &st)?;
+        }
+    }
+    progress.finish();
+    // Save before evaluating: an evaluation crash must not lose the run.
+    stage.save(&st)?;
+    finish(stage, cfg, &grader, &grading, &prompts, &st)
+}
+
+/// What the harness needs to open the RL stage: out dir, init, resume flags, the memory it
+/// will use (sampling rows, frozen copies) and the resolved config to save.
+fn stage_options<'a>(cfg: &'a RlConfig, args: &CommonArgs) -> Result<StageOptions<'a>> {
+    Ok(StageOptions {
         stage: "rl",
         out: cfg.out_dir(),
         init: cfg.init.clone(),
@@ -80,13 +115,12 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         train: &cfg.train,
         config: serde_json::to_value(cfg)?,
         init_example: "runs/default/sft",
-    };
-    let (mut stage, resumed) = match Stage::open::<RlState>(opts, None)? {
-        Opened::Complete(meta) => return Ok(*meta),
-        Opened::Run { stage, resumed } => (stage, resumed),
-    };
-    let reference = reference_model(cfg, stage.device)?;
-    // The prompt source: generators and prompt sets, drawn by the curriculum.
+    })
+}
+
+/// The prompt source (generators and prompt sets, drawn by the curriculum), recorded in the
+/// meta, and the trainer state: the resumed one with the stream restored, or a fresh one.
+fn open_prompts(stage: &mut Stage, cfg: &RlConfig, resumed: Option<RlState>) -> Result<(PromptStream, RlState)> {
     let mix = PromptMix::open(&cfg.data.prompts, cfg.root())?;
     let mut prompts = PromptStream::open(&mix, cfg.train.seed)
         .with_context(|| format!("opening the RL prompts {}", cfg.data.prompts.display()))?;
@@ -95,8 +129,7 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
         mix: serde_json::to_value(&mix)?,
         slots: prompts.slot_names(),
     }));
-    let is_resumed = resumed.is_some();
-    let mut st = match resumed {
+    let st = match resumed {
         Some(st) => {
             prompts.restore(&st.stream)?;
             st
@@ -112,72 +145,87 @@ pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
             },
         },
     };
-    let grader = Grader::new(cfg.rewards, cfg.verifier.program_exec());
-    let grading = Grading::new(cfg, stage.device)?;
-    print_header(&stage, cfg)?;
-    if !is_resumed {
-        grading.start(&mut stage, &grader)?;
-    }
+    Ok((prompts, st))
+}
 
-    let schedule = cfg.train.schedule();
-    let mut progress = Progress::new("rl", cfg.train.steps);
-    progress.update(st.step, "");
-    while st.step < cfg.train.steps {
-        stage.check_interrupt(&st)?;
-        let t0 = Instant::now();
-        let roll = rollout(&stage, &grader, &mut prompts, cfg, st.step, &mut st.practised)?;
-        st.stream = prompts.state();
-        let sample_secs = t0.elapsed().as_secs_f64();
-        let lr = schedule.lr(st.step);
-        let upd =
-            update(&mut stage, reference.as_ref(), &roll, cfg, lr).with_context(|| format!("rl step {}", st.step))?;
-        st.step += 1;
-        st.train_secs += t0.elapsed().as_secs_f64();
-        let sampled: usize = roll.all.iter().map(|a| a.len).sum();
-        st.tokens_sampled += sampled as u64;
-        let mut line = step_line(&roll, &upd, st.step, lr, sample_secs);
-        line.curriculum = slot_logs(&prompts.curriculum);
-        line.in_band = prompts.curriculum.share_in_band();
-        progress.update(
-            st.step,
-            format!(
-                "reward {:.3} | acc {:.0}% | idk {:.0}% | len {:.0} | flat {}/{} | sample {}/s",
-                line.reward_mean,
-                100.0 * line.accuracy,
-                100.0 * line.abstention_rate,
-                line.completion_len,
-                roll.flat_groups,
-                roll.groups_sampled,
-                format_count(line.sample_tok_per_s)
-            ),
-        );
-        if roll.skipped_overlong > 0 {
-            progress.warn(format!(
-                "warning: rl step {}: skipped {} prompt(s) longer than the model's context",
-                st.step, roll.skipped_overlong
-            ));
-        }
-        stage.log.push(&line)?;
-        let last = st.step == cfg.train.steps;
-        if let Some(e) = &cfg.eval {
-            if e.every > 0 && st.step % e.every == 0 && !last {
-                grading.held_out(&mut stage, &grader, st.step)?;
-            }
-        }
-        if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 && !last {
-            stage.save(&st)?;
+/// One RL step: rollout, update, and the step's log line.
+fn step(
+    stage: &mut Stage,
+    reference: Option<&(tch::nn::VarStore, Gpt)>,
+    grader: &Grader,
+    prompts: &mut PromptStream,
+    cfg: &RlConfig,
+    st: &mut RlState,
+    lr: f64,
+) -> Result<(RlStep, Rollout)> {
+    let t0 = Instant::now();
+    let roll = rollout(stage, grader, prompts, cfg, st.step, &mut st.practised)?;
+    st.stream = prompts.state();
+    let sample_secs = t0.elapsed().as_secs_f64();
+    let upd = update(stage, reference, &roll, cfg, lr).with_context(|| format!("rl step {}", st.step))?;
+    st.step += 1;
+    st.train_secs += t0.elapsed().as_secs_f64();
+    let sampled: usize = roll.all.iter().map(|a| a.len).sum();
+    st.tokens_sampled += sampled as u64;
+    let mut line = step_line(&roll, &upd, st.step, lr, sample_secs);
+    line.curriculum = slot_logs(&prompts.curriculum);
+    line.in_band = prompts.curriculum.share_in_band();
+    Ok((line, roll))
+}
+
+/// A step on the progress bar, and a warning where prompts were skipped.
+fn show_step(progress: &mut Progress, line: &RlStep, roll: &Rollout) {
+    progress.update(
+        line.step,
+        format!(
+            "reward {:.3} | acc {:.0}% | idk {:.0}% | len {:.0} | flat {}/{} | sample {}/s",
+            line.reward_mean,
+            100.0 * line.accuracy,
+            100.0 * line.abstention_rate,
+            line.completion_len,
+            roll.flat_groups,
+            roll.groups_sampled,
+            format_count(line.sample_tok_per_s)
+        ),
+    );
+    if roll.skipped_overlong > 0 {
+        progress.warn(format!(
+            "warning: rl step {}: skipped {} prompt(s) longer than the model's context",
+            line.step, roll.skipped_overlong
+        ));
+    }
+}
+
+/// The held-out grading every `eval.every` steps and the save every `train.save_every`
+/// (before the last step; the end grades and saves anyway).
+fn between_steps(stage: &mut Stage, cfg: &RlConfig, grader: &Grader, grading: &Grading, st: &RlState) -> Result<()> {
+    if let Some(e) = &cfg.eval {
+        if e.every > 0 && st.step % e.every == 0 {
+            grading.held_out(stage, grader, st.step)?;
         }
     }
-    progress.finish();
-    // Save before evaluating: an evaluation crash must not lose the run.
-    stage.save(&st)?;
-    grading.end(&mut stage, &grader, st.step)?;
-    grading.practised(&mut stage, &grader, cfg, &st.practised.tasks)?;
+    if cfg.train.save_every > 0 && st.step % cfg.train.save_every == 0 {
+        stage.save(st)?;
+    }
+    Ok(())
+}
+
+/// Grades the end and the practised prompts, records the run's metrics, and finishes.
+fn finish(
+    mut stage: Box<Stage>,
+    cfg: &RlConfig,
+    grader: &Grader,
+    grading: &Grading,
+    prompts: &PromptStream,
+    st: &RlState,
+) -> Result<Meta> {
+    grading.end(&mut stage, grader, st.step)?;
+    grading.practised(&mut stage, grader, cfg, &st.practised.tasks)?;
     stage.meta.metrics.prompt_repeats = Some(prompts.repeats());
     stage.meta.metrics.curriculum = Some(slot_logs(&prompts.curriculum));
-    stage.meta.metrics.train = Some(TrainMetrics::Rl(train_summary(&stage.log.lines, &st)));
+    stage.meta.metrics.train = Some(TrainMetrics::Rl(train_summary(&stage.log.lines, st)));
     let out = stage.out.clone();
-    let meta = stage.finish(&st)?;
+    let meta = stage.finish(st)?;
     eprintln!(
         "rl: done: {} steps in {}; checkpoint {}",
         st.step,

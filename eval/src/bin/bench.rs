@@ -54,20 +54,7 @@ struct Args {
 enum One {
     /// (internal) one training measurement, printed as JSON.
     #[command(hide = true)]
-    Train {
-        #[arg(long)]
-        preset: String,
-        #[arg(long)]
-        batch: i64,
-        #[arg(long)]
-        micro: i64,
-        #[arg(long)]
-        seq: i64,
-        #[arg(long)]
-        steps: usize,
-        #[arg(long)]
-        bf16: bool,
-    },
+    Train(TrainArgs),
     /// (internal) sampling measurements, printed as JSON.
     #[command(hide = true)]
     Sample {
@@ -78,6 +65,23 @@ enum One {
     /// (internal) data path measurement, printed as JSON.
     #[command(hide = true)]
     Data,
+}
+
+/// One training measurement: a model preset trained on batches of this shape.
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    #[arg(long)]
+    preset: String,
+    #[arg(long)]
+    batch: i64,
+    #[arg(long)]
+    micro: i64,
+    #[arg(long)]
+    seq: i64,
+    #[arg(long)]
+    steps: usize,
+    #[arg(long)]
+    bf16: bool,
 }
 
 const VOCAB: i64 = 4096;
@@ -97,20 +101,12 @@ fn tokenizer() -> Option<Tok> {
     Tok::load(std::path::Path::new("data/default/tokenizer.json")).ok()
 }
 
-fn one_train(
-    preset: &str,
-    batch: i64,
-    micro: i64,
-    seq: i64,
-    steps: usize,
-    bf16: bool,
-    device: Device,
-) -> Result<Value> {
-    let cfg = GptConfig::preset(preset, VOCAB)?;
+fn one_train(t: &TrainArgs, device: Device) -> Result<Value> {
+    let cfg = GptConfig::preset(&t.preset, VOCAB)?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let mut model = Gpt::new(vs.root(), &cfg);
-    if bf16 {
+    if t.bf16 {
         // Mixed precision as in training (`precision = "bf16"`): fp32 masters, bf16 compute.
         model.set_compute_kind(Kind::BFloat16);
     }
@@ -123,12 +119,26 @@ fn one_train(
             weight_decay: 0.1,
         },
     );
-    // Real data when the default world exists (so the data path is part of the step), else random tokens.
-    let mut sampler = match (
+    let mut sampler = real_data(t.seq)?;
+    // Two warm-up steps, then the measured ones.
+    let mut times = Vec::with_capacity(t.steps);
+    for i in 0..t.steps + 2 {
+        let step = timed_step(&model, &mut opt, &vs, sampler.as_mut(), t, i, device)?;
+        if i >= 2 {
+            times.push(step);
+        }
+    }
+    Ok(train_summary(t, &cfg, &times, sampler.is_some()))
+}
+
+/// The training stream of the default world when it exists (so the data path is part of the
+/// step); `None` otherwise (random tokens).
+fn real_data(seq: i64) -> Result<Option<LmSampler>> {
+    match (
         tokenizer(),
         load_mix(std::path::Path::new("configs/mixes/pretrain.toml"), None),
     ) {
-        (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Some(LmSampler::new(
+        (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Ok(Some(LmSampler::new(
             &mix,
             &tok,
             SamplerOptions {
@@ -140,83 +150,105 @@ fn one_train(
                 overlong: Default::default(),
             },
             None,
-        )?),
-        _ => None,
-    };
-    let random = || {
-        let t = Tensor::randint(VOCAB, [micro, seq + 1], (Kind::Int64, Device::Cpu));
-        common::data::sampler::PackedBatch {
-            input: t.narrow(1, 0, seq),
-            target: t.narrow(1, 1, seq),
-            positions: None,
-            mask: None,
-            trained_tokens: micro * seq,
-            per_source: vec![],
-            trained_bytes: 0,
-        }
-    };
-    let (mut data_s, mut compute_s, mut total_s) = (0.0, 0.0, 0.0);
-    let mut step_secs: Vec<f64> = Vec::new();
-    // Median seconds of each phase of a step, to compare with PyTorch phase by phase.
-    let mut phases: [Vec<f64>; 3] = Default::default();
-    for i in 0..steps + 2 {
-        let t0 = Instant::now();
-        let batches = (0..batch / micro)
-            .map(|_| match sampler.as_mut() {
-                Some(s) => s.next_batch(micro as usize),
-                None => Ok(random()),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let t1 = Instant::now();
-        let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
-        let sync = || {
-            if device != Device::Cpu {
-                let _ = vs
-                    .variables()
-                    .values()
-                    .next()
-                    .map(|v| v.sum(Kind::Float).double_value(&[]));
-            }
-        };
-        let loss = lm_backward(&model, &mut opt, &batches, trained, device)?;
-        sync();
-        let t_fb = Instant::now();
-        let _norm = opt.clip_grad_norm(1.0);
-        sync();
-        let t_clip = Instant::now();
-        opt.step(1e-3);
-        sync();
-        let t2 = Instant::now();
-        // Bookkeeping of the real loop: a metrics line as JSON.
-        let _line = json!({"step": i, "loss": loss}).to_string();
-        let t3 = Instant::now();
-        if i >= 2 {
-            data_s += (t1 - t0).as_secs_f64();
-            compute_s += (t2 - t1).as_secs_f64();
-            total_s += (t3 - t0).as_secs_f64();
-            step_secs.push((t3 - t0).as_secs_f64());
-            phases[0].push((t_fb - t1).as_secs_f64());
-            phases[1].push((t_clip - t_fb).as_secs_f64());
-            phases[2].push((t2 - t_clip).as_secs_f64());
-        }
+        )?)),
+        _ => Ok(None),
     }
-    // Median step time: robust to a step slowed by another process on a shared machine.
-    step_secs.sort_by(f64::total_cmp);
-    let median = step_secs[step_secs.len() / 2];
-    let tps = (batch * seq) as f64 / median;
-    let med = |v: &mut Vec<f64>| {
+}
+
+/// A batch of random tokens.
+fn random_batch(micro: i64, seq: i64) -> common::data::sampler::PackedBatch {
+    let t = Tensor::randint(VOCAB, [micro, seq + 1], (Kind::Int64, Device::Cpu));
+    common::data::sampler::PackedBatch {
+        input: t.narrow(1, 0, seq),
+        target: t.narrow(1, 1, seq),
+        positions: None,
+        mask: None,
+        trained_tokens: micro * seq,
+        per_source: vec![],
+        trained_bytes: 0,
+    }
+}
+
+/// Seconds of each phase of one training step.
+struct StepTime {
+    data: f64,
+    forward_backward: f64,
+    clip: f64,
+    optimizer: f64,
+    /// The whole step, bookkeeping included.
+    total: f64,
+}
+
+/// One training step as the real loop runs it (draw the micro-batches, forward and backward,
+/// clip, step, a metrics line), each phase timed (on a GPU, after a synchronisation).
+fn timed_step(
+    model: &Gpt,
+    opt: &mut AdamW,
+    vs: &nn::VarStore,
+    sampler: Option<&mut LmSampler>,
+    t: &TrainArgs,
+    i: usize,
+    device: Device,
+) -> Result<StepTime> {
+    let t0 = Instant::now();
+    let batches = match sampler {
+        Some(s) => (0..t.batch / t.micro)
+            .map(|_| s.next_batch(t.micro as usize))
+            .collect::<Result<Vec<_>>>()?,
+        None => (0..t.batch / t.micro).map(|_| random_batch(t.micro, t.seq)).collect(),
+    };
+    let t1 = Instant::now();
+    let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
+    let sync = || {
+        if device != Device::Cpu {
+            let _ = vs
+                .variables()
+                .values()
+                .next()
+                .map(|v| v.sum(Kind::Float).double_value(&[]));
+        }
+    };
+    let loss = lm_backward(model, opt, &batches, trained, device)?;
+    sync();
+    let t_fb = Instant::now();
+    let _norm = opt.clip_grad_norm(1.0);
+    sync();
+    let t_clip = Instant::now();
+    opt.step(1e-3);
+    sync();
+    let t2 = Instant::now();
+    // Bookkeeping of the real loop: a metrics line as JSON.
+    let _line = json!({"step": i, "loss": loss}).to_string();
+    let t3 = Instant::now();
+    Ok(StepTime {
+        data: (t1 - t0).as_secs_f64(),
+        forward_backward: (t_fb - t1).as_secs_f64(),
+        clip: (t_clip - t_fb).as_secs_f64(),
+        optimizer: (t2 - t_clip).as_secs_f64(),
+        total: (t3 - t0).as_secs_f64(),
+    })
+}
+
+/// The measurement as JSON: median step throughput, median phases, the data path's share.
+fn train_summary(t: &TrainArgs, cfg: &GptConfig, times: &[StepTime], real_data: bool) -> Value {
+    let med = |f: &dyn Fn(&StepTime) -> f64| {
+        let mut v: Vec<f64> = times.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let [fb, clip, optim] = &mut phases;
-    let phase_secs = json!({"forward_backward": med(fb), "clip": med(clip), "optimizer": med(optim)});
-    Ok(json!({
-        "preset": preset, "params": cfg.num_params(), "matmul_params": cfg.matmul_params(), "bf16": bf16,
-        "batch": batch, "micro_batch": micro, "seq_len": seq, "tok_per_s": tps,
-        "flops_per_token": cfg.train_flops_per_token(seq), "peak_rss_mb": peak_rss_mb(),
+    // Median step time: robust to a step slowed by another process on a shared machine.
+    let tps = (t.batch * t.seq) as f64 / med(&|s| s.total);
+    let data_s: f64 = times.iter().map(|s| s.data).sum();
+    let compute_s: f64 = times.iter().map(|s| s.forward_backward + s.clip + s.optimizer).sum();
+    let total_s: f64 = times.iter().map(|s| s.total).sum();
+    let phase_secs = json!({"forward_backward": med(&|s| s.forward_backward), "clip": med(&|s| s.clip), "optimizer": med(&|s| s.optimizer)});
+    json!({
+        "preset": t.preset, "params": cfg.num_params(), "matmul_params": cfg.matmul_params(), "bf16": t.bf16,
+        "batch": t.batch, "micro_batch": t.micro, "seq_len": t.seq, "tok_per_s": tps,
+        "flops_per_token": cfg.train_flops_per_token(t.seq), "peak_rss_mb": peak_rss_mb(),
         "data_fraction": data_s / total_s, "outside_libtorch_fraction": (total_s - compute_s) / total_s,
-        "real_data": sampler.is_some(), "phase_secs": phase_secs,
-    }))
+        "real_data": real_data, "phase_secs": phase_secs,
+    })
 }
 
 fn one_sample(device: Device, cache_only: bool) -> Result<Value> {
@@ -353,25 +385,73 @@ fn run_all(a: &Args) -> Result<()> {
     let threads = configure_threads();
     let device = a.device.resolve()?;
     let t_all = Instant::now();
-    let (kind_peak, n) = if device == Device::Cpu {
-        (Kind::Float, 1024)
-    } else {
-        (Kind::BFloat16, 8192)
-    };
-    let fp32 = matmul_gflops(device, Kind::Float, if device == Device::Cpu { 1024 } else { 8192 }, 10);
-    let bf16 = matmul_gflops(device, Kind::BFloat16, n, 10);
-    let peak = if kind_peak == Kind::Float { fp32 } else { bf16 };
-    eprintln!(
-        "bench: matmul fp32 {fp32:.0} GFLOP/s, bf16 {bf16:.0} GFLOP/s on {} ({threads} threads)",
-        device_name(device)
-    );
-    let mfu = |r: &Value, p: f64| {
-        r["tok_per_s"].as_f64().unwrap_or(0.0) * r["flops_per_token"].as_f64().unwrap_or(0.0) / (p * 1e9)
-    };
-
     let cpu = device == Device::Cpu;
-    let (b_big, s_big) = if cpu { (4, 256) } else { (32, 1024) };
-    let dflt = [
+    let peaks = Peaks::measure(device, threads);
+    let dflt = default_train(cpu);
+    let ours = measure_ours(a, &dflt, cpu)?;
+    let cfg = GptConfig::preset("default", VOCAB)?;
+    let reference = if cpu {
+        run_reference(
+            &a.python,
+            &cfg,
+            json!({"threads": threads, "batch_size": 32, "micro_batch_size": 16, "seq_len": 256, "steps": 9,
+                   "compile": a.compile, "sample": true, "prompt_len": 32, "new_tokens": 64, "sample_batches": [1, 8, 64]}),
+        )
+        .unwrap_or_else(|e| json!({"error": e.to_string()}))
+    } else {
+        json!({"skipped": "the reference runs on the CPU only"})
+    };
+    let paired = paired_rounds(a, &cfg, threads, &dflt, &reference)?;
+    eprintln!("bench: serving under load (continuous batching vs one request at a time)");
+    let serving = serve_bench(a.device);
+    let machine = Machine {
+        device: device_name(device),
+        threads,
+        peaks,
+    };
+    let results = results_json(&machine, &ours, &reference, &paired, serving, t_all);
+    if let Some(p) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(p)?;
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    print_table(&results, cpu);
+    eprintln!(
+        "bench: results in {} ({:.0}s)",
+        a.out.display(),
+        t_all.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The machine's measured matmul peaks (GFLOP/s), and the one MFU is measured against.
+struct Peaks {
+    fp32: f64,
+    bf16: f64,
+    used: f64,
+}
+
+impl Peaks {
+    fn measure(device: Device, threads: usize) -> Self {
+        let cpu = device == Device::Cpu;
+        let n = if cpu { 1024 } else { 8192 };
+        let fp32 = matmul_gflops(device, Kind::Float, n, 10);
+        let bf16 = matmul_gflops(device, Kind::BFloat16, n, 10);
+        eprintln!(
+            "bench: matmul fp32 {fp32:.0} GFLOP/s, bf16 {bf16:.0} GFLOP/s on {} ({threads} threads)",
+            device_name(device)
+        );
+        Peaks {
+            fp32,
+            bf16,
+            used: if cpu { fp32 } else { bf16 },
+        }
+    }
+}
+
+/// The default model's training measurement (arguments of `bench train`).
+fn default_train(cpu: bool) -> [&'static str; 11] {
+    [
         "train",
         "--preset",
         "default",
@@ -383,14 +463,27 @@ fn run_all(a: &Args) -> Result<()> {
         "256",
         "--steps",
         if cpu { "9" } else { "20" },
-    ];
-    let ours = sub(&dflt, a.device)?;
+    ]
+}
+
+/// This project's measurements, each in its own process.
+struct Ours {
+    default_fp32: Value,
+    default_bf16: Value,
+    d12_fp32: Value,
+    sample: Value,
+    data: Value,
+}
+
+fn measure_ours(a: &Args, dflt: &[&str], cpu: bool) -> Result<Ours> {
+    let default_fp32 = sub(dflt, a.device)?;
     eprintln!(
         "bench: default fp32 {:.0} tok/s",
-        ours["tok_per_s"].as_f64().unwrap_or(0.0)
+        default_fp32["tok_per_s"].as_f64().unwrap_or(0.0)
     );
-    let ours_bf16 = sub(&[&dflt[..], &["--bf16"]].concat(), a.device)?;
-    let big = sub(
+    let default_bf16 = sub(&[dflt, &["--bf16"]].concat(), a.device)?;
+    let (b_big, s_big) = if cpu { (4, 256) } else { (32, 1024) };
+    let d12_fp32 = sub(
         &[
             "train",
             "--preset",
@@ -406,45 +499,50 @@ fn run_all(a: &Args) -> Result<()> {
         ],
         a.device,
     )?;
-    eprintln!("bench: d12 {:.0} tok/s", big["tok_per_s"].as_f64().unwrap_or(0.0));
-    let sample = sub(&["sample"], a.device)?;
-    let data = sub(&["data"], a.device).unwrap_or_else(|e| json!({"error": e.to_string()}));
+    eprintln!("bench: d12 {:.0} tok/s", d12_fp32["tok_per_s"].as_f64().unwrap_or(0.0));
+    Ok(Ours {
+        default_fp32,
+        default_bf16,
+        d12_fp32,
+        sample: sub(&["sample"], a.device)?,
+        data: sub(&["data"], a.device).unwrap_or_else(|e| json!({"error": e.to_string()})),
+    })
+}
 
-    let cfg = GptConfig::preset("default", VOCAB)?;
-    let reference = if cpu {
-        run_reference(
-            &a.python,
-            &cfg,
-            json!({"threads": threads, "batch_size": 32, "micro_batch_size": 16, "seq_len": 256, "steps": 9,
-                   "compile": a.compile, "sample": true, "prompt_len": 32, "new_tokens": 64, "sample_batches": [1, 8, 64]}),
-        )
-        .unwrap_or_else(|e| json!({"error": e.to_string()}))
-    } else {
-        json!({"skipped": "the reference runs on the CPU only"})
+/// Where the bench ran.
+struct Machine {
+    device: String,
+    threads: usize,
+    peaks: Peaks,
+}
+
+/// Everything measured, with the ratios the README quotes; `t_all`: when the bench started.
+fn results_json(m: &Machine, o: &Ours, reference: &Value, paired: &Paired, serving: Value, t_all: Instant) -> Value {
+    let peaks = &m.peaks;
+    let mfu = |r: &Value, p: f64| {
+        r["tok_per_s"].as_f64().unwrap_or(0.0) * r["flops_per_token"].as_f64().unwrap_or(0.0) / (p * 1e9)
     };
     let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
         (Some(x), Some(y)) if y > 0.0 => json!(x / y),
         _ => Value::Null,
     };
-    let (rounds, sample_rounds) = paired_rounds(a, &cfg, threads, &dflt, &reference)?;
     let median = |xs: &[f64]| {
         let mut r = xs.to_vec();
         r.sort_by(f64::total_cmp);
         r.get(r.len() / 2).copied()
     };
-    let paired = median(&rounds);
+    let (ours, ours_bf16, big, sample, data) = (&o.default_fp32, &o.default_bf16, &o.d12_fp32, &o.sample, &o.data);
+    let (rounds, sample_rounds) = (&paired.0, &paired.1);
     let sample_paired: Vec<Option<f64>> = sample_rounds.iter().map(|r| median(r)).collect();
-    eprintln!("bench: serving under load (continuous batching vs one request at a time)");
-    let serving = serve_bench(a.device);
-    let results = json!({
+    json!({
         "date": std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
-        "device": device_name(device), "threads": threads,
+        "device": m.device, "threads": m.threads,
         "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())),
-        "matmul_gflops": {"fp32": fp32, "bf16": bf16},
+        "matmul_gflops": {"fp32": peaks.fp32, "bf16": peaks.bf16},
         "mfu_formula": "MFU = tokens/s x (6 N + 6 L T d) / measured peak; N = parameters in matrix products (blocks + output head, not the embedding lookup), L layers, T sequence length, d width",
         "train": {
             "default_fp32": ours, "default_bf16": ours_bf16, "d12_fp32": big,
-            "mfu": {"default_fp32": mfu(&ours, fp32), "default_bf16_vs_bf16_peak": mfu(&ours_bf16, bf16), "d12_fp32": mfu(&big, fp32)},
+            "mfu": {"default_fp32": mfu(ours, peaks.fp32), "default_bf16_vs_bf16_peak": mfu(ours_bf16, peaks.bf16), "d12_fp32": mfu(big, peaks.fp32)},
         },
         "sampling": sample,
         "data": data,
@@ -452,7 +550,7 @@ fn run_all(a: &Args) -> Result<()> {
         "reference": reference,
         "ratios": {
             "train_ours_over_pytorch": ratio(ours["tok_per_s"].as_f64(), reference["train_tok_per_s"].as_f64()),
-            "train_ours_over_pytorch_paired_median": paired, "train_paired_rounds": rounds,
+            "train_ours_over_pytorch_paired_median": median(rounds), "train_paired_rounds": rounds,
             "train_ours_over_pytorch_compiled": ratio(ours["tok_per_s"].as_f64(), reference["train_tok_per_s_compiled"].as_f64()),
             "sample_b1_ours_over_pytorch": ratio(sample["cache_b1"].as_f64(), reference["sample_tok_per_s"]["1"].as_f64()),
             "sample_b8_ours_over_pytorch": ratio(sample["cache_b8"].as_f64(), reference["sample_tok_per_s"]["8"].as_f64()),
@@ -464,32 +562,17 @@ fn run_all(a: &Args) -> Result<()> {
             "bf16_over_fp32_training": ratio(ours_bf16["tok_per_s"].as_f64(), ours["tok_per_s"].as_f64()),
             "serve_batched_over_one_at_a_time": serving["batched_over_one_at_a_time"],
         },
-        "peak_gflops_used": peak,
+        "peak_gflops_used": peaks.used,
         "bench_secs": t_all.elapsed().as_secs_f64(),
-    });
-    if let Some(p) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(p)?;
-    }
-    std::fs::write(&a.out, serde_json::to_string_pretty(&results)?)
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    print_table(&results, cpu);
-    eprintln!(
-        "bench: results in {} ({:.0}s)",
-        a.out.display(),
-        t_all.elapsed().as_secs_f64()
-    );
-    Ok(())
+    })
 }
+
+/// Paired rounds: ours/PyTorch ratios for training, and for sampling at batch 1, 8 and 64.
+type Paired = (Vec<f64>, Vec<Vec<f64>>);
 
 /// Paired rounds, on the CPU when the reference ran: ours then PyTorch, back to back, three
 /// times, for training and for KV-cache sampling at batch 1, 8 and 64 (ratios ours/PyTorch).
-fn paired_rounds(
-    a: &Args,
-    cfg: &GptConfig,
-    threads: usize,
-    dflt: &[&str],
-    reference: &Value,
-) -> Result<(Vec<f64>, Vec<Vec<f64>>)> {
+fn paired_rounds(a: &Args, cfg: &GptConfig, threads: usize, dflt: &[&str], reference: &Value) -> Result<Paired> {
     let cpu = a.device.resolve()? == Device::Cpu;
     // Paired rounds: ours then PyTorch, back to back, three times; the median of the three
     // ratios is robust to a slow spell of this shared machine hitting one side only.
@@ -654,15 +737,8 @@ fn main() -> ExitCode {
         configure_threads();
         let device = a.device.resolve()?;
         match &a.one {
-            Some(One::Train {
-                preset,
-                batch,
-                micro,
-                seq,
-                steps,
-                bf16,
-            }) => {
-                println!("{}", one_train(preset, *batch, *micro, *seq, *steps, *bf16, device)?);
+            Some(One::Train(t)) => {
+                println!("{}", one_train(t, device)?);
                 Ok(())
             }
             Some(One::Sample { cache_only }) => {

@@ -404,123 +404,191 @@ fn run(a: Args) -> Result<()> {
     };
     let device = a.device.resolve()?;
     let (_vs, model, loaded) = checkpoint::load_model(&ckpt, device)?;
-    // A knob not given on the command line is what the checkpoint's stage evaluated with.
-    let saved = GradingKnobs::saved_in(&loaded.meta.config);
-    let per_kind = a.per_kind.unwrap_or_else(|| saved.per_kind.unwrap_or(125));
-    let batch_size = a.batch_size.unwrap_or_else(|| saved.batch_size.unwrap_or(128));
-    let (max_new_tokens, max_new_tokens_from) = match (a.max_new_tokens, saved.max_new_tokens) {
-        (Some(n), _) => (n, "flag"),
-        (None, Some(n)) => (n, "checkpoint config"),
-        (None, None) => (64, "default"),
-    };
+    let knobs = Knobs::resolve(&a, &loaded.meta.config);
     let tasks_path = src.path.clone();
-    let mut tasks = limit_per_kind(src.load().with_context(|| format!("task set `{}`", a.tasks))?, per_kind);
+    let mut tasks = limit_per_kind(
+        src.load().with_context(|| format!("task set `{}`", a.tasks))?,
+        knobs.per_kind,
+    );
     if let Some(n) = a.limit {
         tasks = spread(tasks, n);
     }
     anyhow::ensure!(!tasks.is_empty(), "no tasks to evaluate in {}", tasks_path.display());
     eprintln!(
-        "evaluate: {} ({} stage, step {}) on {} questions of {}; answers up to {max_new_tokens} tokens ({max_new_tokens_from}){}",
+        "evaluate: {} ({} stage, step {}) on {} questions of {}; answers up to {} tokens ({}){}",
         ckpt.display(),
         loaded.meta.stage,
         loaded.meta.step,
         tasks.len(),
         tasks_path.display(),
+        knobs.max_new_tokens,
+        knobs.max_new_tokens_from,
         if a.samples > 1 {
             format!(", then {} samples each at T = {}", a.samples, a.temperature)
         } else {
             String::new()
         }
     );
+    let (greedy, sampled) = answer(&a, &model, &loaded.tok, &tasks, &knobs, device)?;
+    let graded = Graded {
+        ckpt: &ckpt,
+        stage: &loaded.meta.stage,
+        tasks_path: &tasks_path,
+        tasks: &tasks,
+        greedy,
+        sampled,
+    };
+    print_results(&graded, loaded.meta.step);
+    if let Some(out) = &a.out {
+        write_results(&a, out, &graded, &knobs, device)?;
+    }
+    if let Some(path) = &a.log_samples {
+        write_samples(path, &graded)?;
+    }
+    Ok(())
+}
+
+/// How a checkpoint is graded: each knob from its flag, else from the checkpoint's stage (what
+/// it evaluated with), else a default.
+struct Knobs {
+    per_kind: usize,
+    batch_size: usize,
+    max_new_tokens: i64,
+    /// Where `max_new_tokens` came from: flag, checkpoint config or default.
+    max_new_tokens_from: &'static str,
+}
+
+impl Knobs {
+    fn resolve(a: &Args, saved_config: &serde_json::Value) -> Self {
+        let saved = GradingKnobs::saved_in(saved_config);
+        let (max_new_tokens, max_new_tokens_from) = match (a.max_new_tokens, saved.max_new_tokens) {
+            (Some(n), _) => (n, "flag"),
+            (None, Some(n)) => (n, "checkpoint config"),
+            (None, None) => (64, "default"),
+        };
+        Knobs {
+            per_kind: a.per_kind.unwrap_or_else(|| saved.per_kind.unwrap_or(125)),
+            batch_size: a.batch_size.unwrap_or_else(|| saved.batch_size.unwrap_or(128)),
+            max_new_tokens,
+            max_new_tokens_from,
+        }
+    }
+}
+
+/// Greedy answers to every task, then (with `--samples` > 1) that many sampled answers each.
+fn answer(
+    a: &Args,
+    model: &common::model::Gpt,
+    tok: &common::tokenizer::Tok,
+    tasks: &[Task],
+    knobs: &Knobs,
+    device: tch::Device,
+) -> Result<(TaskReport, Option<TaskReport>)> {
     let exec = ProgramExec {
         allow_weak: a.allow_weak_sandbox,
         ..ProgramExec::default()
     };
     let grader = Grader::new(RewardWeights::default(), exec);
     let mut opts = EvalOptions {
-        sampling: SamplingConfig::greedy(max_new_tokens),
+        sampling: SamplingConfig::greedy(knobs.max_new_tokens),
         samples: 1,
-        batch_size,
+        batch_size: knobs.batch_size,
         device,
         progress: Some("greedy".into()),
     };
-    let greedy = evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &opts)?;
-    let sampled = if a.samples > 1 {
-        seed_everything(a.seed);
-        opts.sampling = SamplingConfig {
-            temperature: a.temperature,
-            top_k: 0,
-            top_p: 1.0,
-            max_new_tokens,
-        };
-        opts.samples = a.samples;
-        opts.progress = Some(format!("{} samples", a.samples));
-        Some(evaluate_tasks(&model, &loaded.tok, &tasks, &grader, &opts)?)
-    } else {
-        None
+    let greedy = evaluate_tasks(model, tok, tasks, &grader, &opts)?;
+    if a.samples <= 1 {
+        return Ok((greedy, None));
+    }
+    seed_everything(a.seed);
+    opts.sampling = SamplingConfig {
+        temperature: a.temperature,
+        top_k: 0,
+        top_p: 1.0,
+        max_new_tokens: knobs.max_new_tokens,
     };
+    opts.samples = a.samples;
+    opts.progress = Some(format!("{} samples", a.samples));
+    let sampled = evaluate_tasks(model, tok, tasks, &grader, &opts)?;
+    Ok((greedy, Some(sampled)))
+}
+
+/// A checkpoint's graded answers.
+struct Graded<'a> {
+    ckpt: &'a Path,
+    stage: &'a str,
+    tasks_path: &'a Path,
+    tasks: &'a [Task],
+    greedy: TaskReport,
+    sampled: Option<TaskReport>,
+}
+
+fn print_results(g: &Graded, step: u64) {
     println!(
-        "{} ({} stage, step {}) on {} ({} tasks)\n",
-        ckpt.display(),
-        loaded.meta.stage,
-        loaded.meta.step,
-        tasks_path.display(),
-        tasks.len()
+        "{} ({} stage, step {step}) on {} ({} tasks)\n",
+        g.ckpt.display(),
+        g.stage,
+        g.tasks_path.display(),
+        g.tasks.len()
     );
-    println!("{}", table(&greedy, sampled.as_ref()));
-    if sampled.is_some() {
+    println!("{}", table(&g.greedy, g.sampled.as_ref()));
+    if g.sampled.is_some() {
         println!("accuracy is greedy; {}\n", NOTES[2]);
     }
-    println!("generation: {:.0} tokens/s", greedy.gen_tokens_per_sec);
-    if let Some(out) = &a.out {
-        let mut per_kind_n: BTreeMap<String, usize> = BTreeMap::new();
-        for t in &tasks {
-            *per_kind_n.entry(t.kind.clone()).or_default() += 1;
-        }
-        let file = EvalFile {
-            checkpoint: ckpt.display().to_string(),
-            stage: loaded.meta.stage.clone(),
-            tasks: tasks_path.display().to_string(),
-            greedy: greedy.clone(),
-            sampled: sampled.clone(),
+    println!("generation: {:.0} tokens/s", g.greedy.gen_tokens_per_sec);
+}
+
+/// `--out`: the results with the settings that produced them.
+fn write_results(a: &Args, out: &Path, g: &Graded, knobs: &Knobs, device: tch::Device) -> Result<()> {
+    let mut per_kind_n: BTreeMap<String, usize> = BTreeMap::new();
+    for t in g.tasks {
+        *per_kind_n.entry(t.kind.clone()).or_default() += 1;
+    }
+    let file = EvalFile {
+        checkpoint: g.ckpt.display().to_string(),
+        stage: g.stage.to_string(),
+        tasks: g.tasks_path.display().to_string(),
+        greedy: g.greedy.clone(),
+        sampled: g.sampled.clone(),
+        temperature: a.temperature,
+        notes: NOTES.iter().map(|n| n.to_string()).collect(),
+        settings: Some(EvalSettings {
+            task_set: a.tasks.clone(),
+            per_kind: knobs.per_kind,
+            limit: a.limit,
+            samples: a.samples,
             temperature: a.temperature,
-            notes: NOTES.iter().map(|n| n.to_string()).collect(),
-            settings: Some(EvalSettings {
-                task_set: a.tasks.clone(),
-                per_kind,
-                limit: a.limit,
-                samples: a.samples,
-                temperature: a.temperature,
-                max_new_tokens,
-                max_new_tokens_from: max_new_tokens_from.into(),
-                batch_size,
-                seed: a.seed,
-                device: device_name(device),
-            }),
-            counts: Some(EvalCounts {
-                questions: tasks.len(),
-                per_kind: per_kind_n,
-                answers_graded: tasks.len() * (1 + if a.samples > 1 { a.samples } else { 0 }),
-            }),
-            provenance: Some(Provenance::collect(Path::new("."))),
-        };
-        std::fs::write(out, serde_json::to_string_pretty(&file)?)
-            .with_context(|| format!("writing {}", out.display()))?;
-        println!("results: {}", out.display());
-    }
-    if let Some(path) = &a.log_samples {
-        let mut text = String::new();
-        for (mode, r) in [("greedy", Some(&greedy)), ("sampled", sampled.as_ref())] {
-            for rec in r.map(|r| r.log.as_slice()).unwrap_or_default() {
-                let mut v = serde_json::to_value(rec)?;
-                v["mode"] = mode.into();
-                text.push_str(&serde_json::to_string(&v)?);
-                text.push('\n');
-            }
+            max_new_tokens: knobs.max_new_tokens,
+            max_new_tokens_from: knobs.max_new_tokens_from.into(),
+            batch_size: knobs.batch_size,
+            seed: a.seed,
+            device: device_name(device),
+        }),
+        counts: Some(EvalCounts {
+            questions: g.tasks.len(),
+            per_kind: per_kind_n,
+            answers_graded: g.tasks.len() * (1 + if a.samples > 1 { a.samples } else { 0 }),
+        }),
+        provenance: Some(Provenance::collect(Path::new("."))),
+    };
+    std::fs::write(out, serde_json::to_string_pretty(&file)?).with_context(|| format!("writing {}", out.display()))?;
+    println!("results: {}", out.display());
+    Ok(())
+}
+
+/// `--log-samples`: every graded answer, one JSON object per line, with its mode.
+fn write_samples(path: &Path, g: &Graded) -> Result<()> {
+    let mut text = String::new();
+    for (mode, r) in [("greedy", Some(&g.greedy)), ("sampled", g.sampled.as_ref())] {
+        for rec in r.map(|r| r.log.as_slice()).unwrap_or_default() {
+            let mut v = serde_json::to_value(rec)?;
+            v["mode"] = mode.into();
+            text.push_str(&serde_json::to_string(&v)?);
+            text.push('\n');
         }
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-        println!("samples: {}", path.display());
     }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    println!("samples: {}", path.display());
     Ok(())
 }
 
