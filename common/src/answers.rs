@@ -164,15 +164,7 @@ impl Reading {
         match self.completion.find(completion) {
             Some(a) => Some(a),
             None if self.strict => None,
-            None => Some(
-                completion
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .trim()
-                    .to_string(),
-            ),
+            None => Some(last_line(completion)),
         }
     }
 
@@ -189,6 +181,16 @@ pub fn preset(name: &str) -> Result<Extract> {
         "gsm8k" | "boxed" | "answer-line" => name.parse(),
         other => bail!("unknown answers preset {other:?}: expected gsm8k, boxed or answer-line (or set reference and completion apart: {EXTRACT_NAMES})"),
     }
+}
+
+/// The last non-empty line of `text`, trimmed (empty when there is none).
+pub fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 #[cfg(test)]

@@ -128,9 +128,13 @@ pub fn utc_now() -> String {
 
 /// `secs` since the Unix epoch as a UTC date and time (proleptic Gregorian calendar).
 pub fn utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
+    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
     let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    // Howard Hinnant's civil_from_days.
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+}
+
+/// The date (year, month, day) `days` after 1970-01-01: Howard Hinnant's `civil_from_days`.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -139,8 +143,7 @@ pub fn utc(secs: u64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+    (yoe + era * 400 + i64::from(mo <= 2), mo, d)
 }
 
 #[cfg(test)]

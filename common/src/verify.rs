@@ -74,15 +74,7 @@ pub fn extract_answer(completion: &str) -> Option<String> {
 
 /// The final answer: the `Answer:` line if any, else the last non-empty line.
 pub fn final_answer(completion: &str) -> String {
-    extract_answer(completion).unwrap_or_else(|| {
-        completion
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    })
+    extract_answer(completion).unwrap_or_else(|| crate::answers::last_line(completion))
 }
 
 /// Lower-case, trimmed, inner whitespace collapsed, trailing punctuation removed.

@@ -9,7 +9,7 @@
 //! annotator slips, the table also counts how often a model gives the annotator's *exact* wrong
 //! answer: inheritance, not just error. The base run (perfect annotators) is the first row and,
 //! for that count, the control: a model never shown the slips.
-use crate::{is_complete, pct, pct_ci, read_meta, write_atomic, Ctx};
+use crate::{is_complete, pct, pct_ci, read_meta, Ctx};
 use anyhow::Result;
 use common::device::DeviceChoice;
 use common::tasks::{load_tasks, wilson};
@@ -51,6 +51,15 @@ impl ArithGrade {
     }
 }
 
+impl crate::Grade for ArithGrade {
+    fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+    fn covers(&self, n: usize) -> bool {
+        self.n == n && self.correct.len() == n
+    }
+}
+
 /// Grades `ckpt` greedily on `gold` (arithmetic tasks), also against `annotator` (prompt ->
 /// the annotator's answer). Cached in `cache` for the same weights.
 fn grade(
@@ -60,45 +69,38 @@ fn grade(
     cache: &Path,
     device: &DeviceChoice,
 ) -> Result<ArithGrade> {
-    let sha = read_meta(ckpt)?.weights_sha256;
-    if let Ok(text) = std::fs::read_to_string(cache) {
-        if let Ok(g) = serde_json::from_str::<ArithGrade>(&text) {
-            if g.weights_sha256 == sha && g.n == gold.len() && g.correct.len() == g.n {
-                return Ok(g);
+    let what = "held-out arithmetic problems";
+    crate::cached_grade(ckpt, gold, cache, device, what, |sha, log| {
+        let mut g = ArithGrade {
+            checkpoint: ckpt.display().to_string(),
+            weights_sha256: sha,
+            n: gold.len(),
+            right: 0,
+            annotator_wrong: 0,
+            repeats_slip: 0,
+            right_where_annotator_wrong: 0,
+            correct: Vec::with_capacity(gold.len()),
+        };
+        let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
+        for (task, rec) in gold.iter().zip(log) {
+            g.right += usize::from(rec.correct);
+            g.correct.push(rec.correct);
+            let Some(theirs) = annotator.get(&task.prompt) else {
+                continue;
+            };
+            if *theirs == task.answer {
+                continue;
             }
+            g.annotator_wrong += 1;
+            g.right_where_annotator_wrong += usize::from(rec.correct);
+            let as_theirs = Task {
+                answer: theirs.clone(),
+                ..task.clone()
+            };
+            g.repeats_slip += usize::from(grader.grade(&as_theirs, &rec.completion).correct);
         }
-    }
-    let log = crate::greedy_answers(ckpt, gold, device, "held-out arithmetic problems")?;
-    let mut g = ArithGrade {
-        checkpoint: ckpt.display().to_string(),
-        weights_sha256: sha,
-        n: gold.len(),
-        right: 0,
-        annotator_wrong: 0,
-        repeats_slip: 0,
-        right_where_annotator_wrong: 0,
-        correct: Vec::with_capacity(gold.len()),
-    };
-    let grader = Grader::new(RewardWeights::default(), ProgramExec::default());
-    for (task, rec) in gold.iter().zip(&log) {
-        g.right += usize::from(rec.correct);
-        g.correct.push(rec.correct);
-        let Some(theirs) = annotator.get(&task.prompt) else {
-            continue;
-        };
-        if *theirs == task.answer {
-            continue;
-        }
-        g.annotator_wrong += 1;
-        g.right_where_annotator_wrong += usize::from(rec.correct);
-        let as_theirs = Task {
-            answer: theirs.clone(),
-            ..task.clone()
-        };
-        g.repeats_slip += usize::from(grader.grade(&as_theirs, &rec.completion).correct);
-    }
-    write_atomic(cache, &serde_json::to_string_pretty(&g)?)?;
-    Ok(g)
+        g
+    })
 }
 
 /// The mean of `b - a` over paired per-problem outcomes, with a 95% interval (normal
@@ -324,9 +326,7 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
         &groups,
         &series,
     )?;
-    let path = ctx.out.join("report.md");
-    write_atomic(&path, &md)?;
-    Ok(path)
+    ctx.write_report(&md)
 }
 
 #[cfg(test)]

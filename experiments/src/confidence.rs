@@ -2,7 +2,7 @@
 //! hallucinate") propose: under a confidence target t, a right answer earns 1, "I don't know"
 //! 0, a wrong answer (or any answer to an unanswerable question) loses t/(1-t). Plain accuracy
 //! (t = 0) rewards guessing; the higher t, the more abstaining pays when unsure.
-use crate::{pct, read_meta, write_atomic, Ctx};
+use crate::{pct, read_meta, Ctx};
 use anyhow::{Context, Result};
 use common::tasks::TaskReport;
 use std::path::PathBuf;
@@ -127,9 +127,7 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         (lo.floor().min(-1.0), 1.0),
         &series,
     )?;
-    let path = ctx.out.join("report.md");
-    write_atomic(&path, &md)?;
-    Ok(path)
+    ctx.write_report(&md)
 }
 
 #[cfg(test)]

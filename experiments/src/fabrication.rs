@@ -7,7 +7,7 @@
 //! base run's midtrain checkpoint, then RL with the base run's RL config. Hallucination is
 //! measured on the held-out unanswerable questions (entities that exist nowhere) after SFT and
 //! after RL; the base run is the share-0 row.
-use crate::{count_of, pct, read_meta, share_ci, write_atomic, Ctx};
+use crate::{count_of, pct, read_meta, share_ci, Ctx};
 use anyhow::{Context, Result};
 use common::tasks::TaskReport;
 use std::path::PathBuf;
@@ -102,7 +102,5 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
             ("after RL".to_string(), line(&|r| &r.rl)),
         ],
     )?;
-    let path = ctx.out.join("report.md");
-    write_atomic(&path, &md)?;
-    Ok(path)
+    ctx.write_report(&md)
 }

@@ -63,37 +63,36 @@ fn question_kinds(world: &Path, tasks: &[Task]) -> Result<Vec<Kind>> {
         .collect()
 }
 
+impl crate::Grade for ByKind {
+    fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+    fn covers(&self, n: usize) -> bool {
+        self.kinds.values().map(|k| k.1).sum::<usize>() == n
+    }
+}
+
 /// Grades `ckpt` greedily on the unanswerable questions, by kind; cached for the same weights.
 fn grade(ckpt: &Path, tasks: &[Task], kinds: &[Kind], cache: &Path, device: &DeviceChoice) -> Result<ByKind> {
-    let sha = read_meta(ckpt)?.weights_sha256;
-    if let Some(g) = std::fs::read_to_string(cache)
-        .ok()
-        .and_then(|t| serde_json::from_str::<ByKind>(&t).ok())
-        .filter(|g| g.weights_sha256 == sha)
-    {
-        return Ok(g);
-    }
-    let log = crate::greedy_answers(ckpt, tasks, device, "questions about entities that exist nowhere")?;
-    let mut g = ByKind {
-        checkpoint: ckpt.display().to_string(),
-        weights_sha256: sha,
-        kinds: BTreeMap::new(),
-    };
-    for (rec, k) in log.iter().zip(kinds) {
-        let e = g.kinds.entry(k.noun().to_string()).or_default();
-        e.0 += usize::from(!rec.abstained);
-        e.1 += 1;
-    }
-    write_atomic(cache, &serde_json::to_string_pretty(&g)?)?;
-    Ok(g)
+    let what = "questions about entities that exist nowhere";
+    crate::cached_grade(ckpt, tasks, cache, device, what, |sha, log| {
+        let mut g = ByKind {
+            checkpoint: ckpt.display().to_string(),
+            weights_sha256: sha,
+            kinds: BTreeMap::new(),
+        };
+        for (rec, k) in log.iter().zip(kinds) {
+            let e = g.kinds.entry(k.noun().to_string()).or_default();
+            e.0 += usize::from(!rec.abstained);
+            e.1 += 1;
+        }
+        g
+    })
 }
 
 /// The base run's RL config with its unanswerable generator restricted to `trained`.
 fn restricted_config(ctx: &Ctx, trained: &[Kind]) -> Result<PathBuf> {
-    let rl_cfg = ctx.config("rl");
-    let mut cfg: toml::Value =
-        toml::from_str(&std::fs::read_to_string(&rl_cfg).with_context(|| format!("reading {}", rl_cfg.display()))?)
-            .with_context(|| format!("parsing {}", rl_cfg.display()))?;
+    let (rl_cfg, mut cfg) = ctx.stage_config("rl")?;
     let prompts = cfg
         .get("data")
         .and_then(|d| d.get("prompts"))
@@ -166,9 +165,7 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
     }
     md.push_str("\n95% Wilson intervals.\n\n![hallucination by kind](honesty-transfer.svg)\n");
     plot(ctx, trained, &untrained, &rows)?;
-    let path = ctx.out.join("report.md");
-    write_atomic(&path, &md)?;
-    Ok(path)
+    ctx.write_report(&md)
 }
 
 /// "towns, people".

@@ -169,6 +169,21 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// Writes the experiment's `report.md`; returns its path.
+    pub fn write_report(&self, md: &str) -> Result<PathBuf> {
+        let path = self.out.join("report.md");
+        write_atomic(&path, md)?;
+        Ok(path)
+    }
+
+    /// A stage config of `--configs` (`stage.toml`), parsed; with its path.
+    pub fn stage_config(&self, stage: &str) -> Result<(PathBuf, toml::Value)> {
+        let path = self.config(stage);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok((path, cfg))
+    }
+
     /// SFT from the base run's midtrain checkpoint on the conversations of a variant of the
     /// base world (`datasets build <world_args>` into `dir/data`, same seed and scale), then RL
     /// from that SFT model with the base run's RL config: `dir/sft`, `dir/rl`. `built` says
@@ -199,11 +214,7 @@ impl Ctx {
             self.stage("datasets", &args)?;
         }
         // The SFT config's mix, reading this world's conversations instead of the base world's.
-        let sft_cfg = self.config("sft");
-        let cfg: toml::Value = toml::from_str(
-            &std::fs::read_to_string(&sft_cfg).with_context(|| format!("reading {}", sft_cfg.display()))?,
-        )
-        .with_context(|| format!("parsing {}", sft_cfg.display()))?;
+        let (sft_cfg, cfg) = self.stage_config("sft")?;
         let mix = cfg
             .get("data")
             .and_then(|d| d.get("mix"))
@@ -249,6 +260,40 @@ impl Ctx {
             ],
         )
     }
+}
+
+/// A grade of a checkpoint's greedy answers, cached beside an experiment's report so that a
+/// rerun grades only what changed.
+pub trait Grade: serde::Serialize + serde::de::DeserializeOwned {
+    /// The weights graded (`model.safetensors`' SHA-256).
+    fn weights_sha256(&self) -> &str;
+    /// Whether it grades exactly `n` tasks.
+    fn covers(&self, n: usize) -> bool;
+}
+
+/// Checkpoint `ckpt`'s greedy answers to `tasks` (see [`greedy_answers`]), summarised by
+/// `summarise` (given the weights' SHA-256 and one record per task, in order). The grade is
+/// cached in `cache` and reused while the weights and the number of tasks are the same.
+pub fn cached_grade<G: Grade>(
+    ckpt: &Path,
+    tasks: &[common::verify::Task],
+    cache: &Path,
+    device: &common::device::DeviceChoice,
+    what: &str,
+    summarise: impl FnOnce(String, &[common::tasks::SampleLog]) -> G,
+) -> Result<G> {
+    let sha = read_meta(ckpt)?.weights_sha256;
+    if let Some(g) = std::fs::read_to_string(cache)
+        .ok()
+        .and_then(|t| serde_json::from_str::<G>(&t).ok())
+        .filter(|g| g.weights_sha256() == sha && g.covers(tasks.len()))
+    {
+        return Ok(g);
+    }
+    let log = greedy_answers(ckpt, tasks, device, what)?;
+    let g = summarise(sha, &log);
+    write_atomic(cache, &serde_json::to_string_pretty(&g)?)?;
+    Ok(g)
 }
 
 /// Greedy answers of checkpoint `ckpt` to `tasks` (64 tokens at most, as RL's held-out eval),

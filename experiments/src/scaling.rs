@@ -132,31 +132,32 @@ fn rl_config(ctx: &Ctx, dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Right or wrong per task, in order, for the weights graded.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Correct {
+    weights_sha256: String,
+    prompts: usize,
+    correct: Vec<bool>,
+}
+
+impl crate::Grade for Correct {
+    fn weights_sha256(&self) -> &str {
+        &self.weights_sha256
+    }
+    fn covers(&self, n: usize) -> bool {
+        self.prompts == n && self.correct.len() == n
+    }
+}
+
 /// Grades `ckpt` greedily on `tasks`, cached in `cache` for the same weights: right or wrong
 /// per task, in order.
 fn correct(ckpt: &Path, tasks: &[common::verify::Task], cache: &Path, device: &DeviceChoice) -> Result<Vec<bool>> {
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Cached {
-        weights_sha256: String,
-        prompts: usize,
-        correct: Vec<bool>,
-    }
-    let sha = read_meta(ckpt)?.weights_sha256;
-    if let Some(c) = std::fs::read_to_string(cache)
-        .ok()
-        .and_then(|t| serde_json::from_str::<Cached>(&t).ok())
-        .filter(|c| c.weights_sha256 == sha && c.prompts == tasks.len() && c.correct.len() == tasks.len())
-    {
-        return Ok(c.correct);
-    }
-    let log = crate::greedy_answers(ckpt, tasks, device, "held-out answerable problems")?;
-    let correct: Vec<bool> = log.iter().map(|r| r.correct).collect();
-    let c = Cached {
+    let what = "held-out answerable problems";
+    let c = crate::cached_grade(ckpt, tasks, cache, device, what, |sha, log| Correct {
         weights_sha256: sha,
         prompts: tasks.len(),
-        correct,
-    };
-    write_atomic(cache, &serde_json::to_string(&c)?)?;
+        correct: log.iter().map(|r| r.correct).collect(),
+    })?;
     Ok(c.correct)
 }
 
@@ -398,7 +399,5 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
         (lo.floor() - 1.0, hi.ceil() + 1.0),
         &series,
     )?;
-    let path = ctx.out.join("report.md");
-    write_atomic(&path, &md)?;
-    Ok(path)
+    ctx.write_report(&md)
 }

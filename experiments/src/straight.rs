@@ -1,6 +1,6 @@
 //! straight-to-rl: RL from the midtrain checkpoint (no SFT) against RL from the SFT checkpoint,
 //! the same RL config and budget: reward curve, held-out accuracy, format compliance.
-use crate::{read_meta, share_ci, write_atomic, Ctx};
+use crate::{read_meta, share_ci, Ctx};
 use anyhow::{Context, Result};
 use common::metrics::{lines_of, read_jsonl, RlStep};
 use common::tasks::TaskReport;
@@ -89,7 +89,5 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
         (-0.4, 1.0),
         &series,
     )?;
-    let path = ctx.out.join("report.md");
-    write_atomic(&path, &md)?;
-    Ok(path)
+    ctx.write_report(&md)
 }

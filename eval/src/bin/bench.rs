@@ -8,7 +8,7 @@
 //! Each measurement runs in its own process so peak memory is its own.
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use common::data::mix::load_mix;
+use common::data::mix::{load_mix, ResolvedMix};
 use common::data::sampler::{LmSampler, PackMode, SamplerOptions};
 use common::device::{configure_threads, device_name, DeviceChoice};
 use common::lm::lm_backward;
@@ -138,21 +138,26 @@ fn real_data(seq: i64) -> Result<Option<LmSampler>> {
         tokenizer(),
         load_mix(std::path::Path::new("configs/mixes/pretrain.toml"), None),
     ) {
-        (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Ok(Some(LmSampler::new(
-            &mix,
-            &tok,
-            SamplerOptions {
-                seq_len: seq as usize,
-                mode: PackMode::Stream,
-                assistant_only: false,
-                seed: 0,
-                shuffle: true,
-                overlong: Default::default(),
-            },
-            None,
-        )?)),
+        (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Ok(Some(pretrain_stream(&mix, &tok, seq)?)),
         _ => Ok(None),
     }
+}
+
+/// Pretraining's sampler over `mix`: documents streamed into rows of `seq` tokens, shuffled.
+fn pretrain_stream(mix: &ResolvedMix, tok: &Tok, seq: i64) -> Result<LmSampler> {
+    LmSampler::new(
+        mix,
+        tok,
+        SamplerOptions {
+            seq_len: seq as usize,
+            mode: PackMode::Stream,
+            assistant_only: false,
+            seed: 0,
+            shuffle: true,
+            overlong: Default::default(),
+        },
+        None,
+    )
 }
 
 /// A batch of random tokens.
@@ -296,19 +301,7 @@ fn one_data() -> Result<Value> {
     let tok = tokenizer().context("data/default/tokenizer.json is missing: run `just datasets` first")?;
     let mix = load_mix(std::path::Path::new("configs/mixes/pretrain.toml"), None)?;
     let t0 = Instant::now();
-    let mut s = LmSampler::new(
-        &mix,
-        &tok,
-        SamplerOptions {
-            seq_len: 256,
-            mode: PackMode::Stream,
-            assistant_only: false,
-            seed: 0,
-            shuffle: true,
-            overlong: Default::default(),
-        },
-        None,
-    )?;
+    let mut s = pretrain_stream(&mix, &tok, 256)?;
     let mut tokens = 0i64;
     while tokens < 1_000_000 {
         tokens += s.next_batch(32)?.trained_tokens;
