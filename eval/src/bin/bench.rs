@@ -165,7 +165,8 @@ fn random_batch(micro: i64, seq: i64) -> common::data::sampler::PackedBatch {
     let t = Tensor::randint(VOCAB, [micro, seq + 1], (Kind::Int64, Device::Cpu));
     common::data::sampler::PackedBatch {
         input: t.narrow(1, 0, seq),
-        target: t.narrow(1, 1, seq),
+        // Contiguous: the loss flattens the targets with a view.
+        target: t.narrow(1, 1, seq).contiguous(),
         positions: None,
         mask: None,
         trained_tokens: micro * seq,
