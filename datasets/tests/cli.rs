@@ -1,6 +1,7 @@
 //! The `datasets` binary as a user runs it.
 use anyhow::Result;
 use std::process::Command;
+use testkit::write_strings;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_datasets"))
@@ -110,27 +111,6 @@ fn help_bad_arguments_build_inspect_and_decontaminate() -> Result<()> {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && text.contains("1 of 2 eval rows"), "{text}");
     assert_eq!(common::tasks::load_tasks(&clean)?.len(), 1);
-    Ok(())
-}
-
-/// A Parquet file of string columns (as hub files are).
-fn write_strings(path: &std::path::Path, cols: &[(&str, Vec<&str>)]) -> Result<()> {
-    use arrow::array::{ArrayRef, RecordBatch, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
-    use std::sync::Arc;
-    let schema = Arc::new(Schema::new(
-        cols.iter()
-            .map(|(n, _)| Field::new(*n, DataType::Utf8, false))
-            .collect::<Vec<_>>(),
-    ));
-    let arrays: Vec<ArrayRef> = cols
-        .iter()
-        .map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef)
-        .collect();
-    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema, None)?;
-    w.write(&batch)?;
-    w.close()?;
     Ok(())
 }
 

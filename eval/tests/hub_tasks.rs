@@ -8,25 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
-use testkit::{bin, stderr, tiny_checkpoint, tiny_world};
-
-/// A Parquet file of string columns.
-fn write_strings(path: &Path, cols: &[(&str, Vec<&str>)]) -> Result<()> {
-    let schema = Arc::new(Schema::new(
-        cols.iter()
-            .map(|(n, _)| Field::new(*n, DataType::Utf8, false))
-            .collect::<Vec<_>>(),
-    ));
-    let arrays: Vec<ArrayRef> = cols
-        .iter()
-        .map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef)
-        .collect();
-    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
-    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema, None)?;
-    w.write(&batch)?;
-    w.close()?;
-    Ok(())
-}
+use testkit::{bin, stderr, tiny_checkpoint, tiny_world, write_strings};
 
 fn evaluate(args: &[&str]) -> Result<std::process::Output> {
     Ok(bin(env!("CARGO_BIN_EXE_evaluate")).args(args).output()?)

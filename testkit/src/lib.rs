@@ -190,3 +190,24 @@ pub fn assert_same_weights(a: &[(String, tch::Tensor)], b: &[(String, tch::Tenso
         assert!(diff < tol, "{na} differs by {diff} {what}");
     }
 }
+
+/// A Parquet file of non-null string columns, as hub files are (`question`/`answer`, ...).
+pub fn write_strings(path: &std::path::Path, cols: &[(&str, Vec<&str>)]) -> Result<()> {
+    use arrow::array::{ArrayRef, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let schema = Arc::new(Schema::new(
+        cols.iter()
+            .map(|(n, _)| Field::new(*n, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays: Vec<ArrayRef> = cols
+        .iter()
+        .map(|(_, v)| Arc::new(StringArray::from(v.clone())) as ArrayRef)
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema, None)?;
+    w.write(&batch)?;
+    w.close()?;
+    Ok(())
+}
