@@ -445,6 +445,12 @@ pub struct TasksSection {
     /// Also evaluate the starting checkpoint, to show what the stage bought.
     #[serde(default)]
     pub eval_start: bool,
+    /// Multi-turn follow-ups graded too (`per_kind` of each kind, at the start when
+    /// `eval_start`, and at the end): a task file whose rows carry earlier turns in a `history`
+    /// column, e.g. `data/default/eval/multiturn.parquet`; a path or a table like `path`'s
+    /// options (see `common::tasks::TaskSource`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiturn: Option<crate::tasks::TaskSource>,
 }
 
 impl TasksSection {

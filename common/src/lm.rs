@@ -392,6 +392,7 @@ struct LmData {
     sampler: LmSampler,
     eval_sets: Vec<EvalSet>,
     tasks: Option<Vec<Task>>,
+    multiturn: Option<Vec<Task>>,
 }
 
 impl LmData {
@@ -429,10 +430,15 @@ impl LmData {
             Some(t) => Some(limit_per_kind(t.source(cfg.root()).load()?, t.per_kind)),
             None => None,
         };
+        let multiturn = match cfg.tasks.as_ref().and_then(|t| t.multiturn.as_ref().map(|m| (t, m))) {
+            Some((t, m)) => Some(limit_per_kind(m.under(cfg.root()).load()?, t.per_kind)),
+            None => None,
+        };
         Ok(LmData {
             sampler,
             eval_sets,
             tasks,
+            multiturn,
         })
     }
 }
@@ -594,7 +600,17 @@ fn train_step(stage: &mut Stage, cfg: &LmConfig, sampler: &mut LmSampler, lr: f6
 
 /// Grades the model on the `[tasks]` list (greedy answers); `None` without one.
 fn run_tasks(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<TaskReport>> {
-    let (Some(t), Some(list)) = (&cfg.tasks, &data.tasks) else {
+    grade_list(stage, cfg, data.tasks.as_ref(), "tasks")
+}
+
+/// Grades the model on the multi-turn follow-ups of `[tasks] multiturn`; `None` without them.
+fn run_multiturn(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<TaskReport>> {
+    grade_list(stage, cfg, data.multiturn.as_ref(), "multi-turn follow-ups")
+}
+
+/// Grades `list` with the `[tasks]` settings (greedy answers).
+fn grade_list(stage: &Stage, cfg: &LmConfig, list: Option<&Vec<Task>>, what: &str) -> Result<Option<TaskReport>> {
+    let (Some(t), Some(list)) = (&cfg.tasks, list) else {
         return Ok(None);
     };
     let grader = Grader::new(Default::default(), Default::default());
@@ -606,7 +622,7 @@ fn run_tasks(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<Task
         progress: None,
     };
     let r = evaluate_tasks(&stage.model, &stage.tok, list, &grader, &opts)?;
-    eprintln!("{}: tasks: {}", stage.name, summarize(&r));
+    eprintln!("{}: {what}: {}", stage.name, summarize(&r));
     Ok(Some(r))
 }
 
@@ -614,6 +630,7 @@ fn run_tasks(stage: &Stage, cfg: &LmConfig, data: &LmData) -> Result<Option<Task
 fn evaluate_start(stage: &mut Stage, cfg: &LmConfig, data: &LmData) -> Result<()> {
     if cfg.tasks.as_ref().is_some_and(|t| t.eval_start) {
         stage.meta.metrics.tasks_start = run_tasks(stage, cfg, data)?;
+        stage.meta.metrics.tasks_multiturn_start = run_multiturn(stage, cfg, data)?;
     }
     if !data.eval_sets.is_empty() {
         let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
@@ -634,6 +651,9 @@ fn evaluate_end(stage: &mut Stage, cfg: &LmConfig, data: &LmData, step: u64) -> 
     }
     if let Some(r) = run_tasks(stage, cfg, data)? {
         stage.meta.metrics.tasks = Some(r);
+    }
+    if let Some(r) = run_multiturn(stage, cfg, data)? {
+        stage.meta.metrics.tasks_multiturn = Some(r);
     }
     Ok(())
 }

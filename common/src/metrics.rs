@@ -215,6 +215,13 @@ pub struct StageMetrics {
     /// RL: the harder held-out slice graded at the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks_hard: Option<TaskReport>,
+    /// Multi-turn held-out follow-ups (SFT's `[tasks] multiturn`, RL's `[eval] multiturn_tasks`)
+    /// graded on the starting model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_multiturn_start: Option<TaskReport>,
+    /// The multi-turn follow-ups graded at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks_multiturn: Option<TaskReport>,
     /// RL: the curriculum's slots at the end (success estimate, prompts drawn).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curriculum: Option<Vec<SlotLog>>,

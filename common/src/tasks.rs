@@ -32,6 +32,10 @@ pub struct TaskColumns {
     /// Column of the function the tests call (HumanEval's `entry_point`), if any.
     #[serde(default)]
     pub entry_point: Option<String>,
+    /// Column of the turns before the question (`list<struct<role, content>>`, the chat layout),
+    /// if any; `None` reads a column named `history` where the file has one.
+    #[serde(default)]
+    pub history: Option<String>,
 }
 
 impl Default for TaskColumns {
@@ -44,12 +48,13 @@ impl Default for TaskColumns {
             kind: "exact".into(),
             test: None,
             entry_point: None,
+            history: None,
         }
     }
 }
 
 /// The fields a task source's `columns` may map.
-pub const TASK_FIELDS: &str = "prompt, answer, task, test, entry_point";
+pub const TASK_FIELDS: &str = "prompt, answer, task, test, entry_point, history";
 
 /// A task file and how to read it, as every grader takes it (`evaluate --tasks`, RL's
 /// `[eval] tasks` and prompt sources, SFT's `[tasks]`). In a config: a path (this project's
@@ -206,6 +211,7 @@ impl TaskSource {
                 .clone()
                 .unwrap_or_else(|| if test.is_some() { "unit-test" } else { "exact" }.into()),
             entry_point: self.columns.get("entry_point").cloned(),
+            history: self.columns.get("history").cloned(),
             test,
         })
     }
@@ -290,6 +296,14 @@ pub fn load_tasks_mapped(path: &Path, cols: &TaskColumns) -> Result<Vec<Task>> {
             with_kind.insert(field.into(), c.clone());
         }
     }
+    // Earlier turns: the mapped column, else a `history` column where the file has one.
+    let history = match &cols.history {
+        Some(c) => Some(c.clone()),
+        None => crate::data::parquet::has_column(path, "history")?.then(|| "history".to_string()),
+    };
+    if let Some(h) = &history {
+        with_kind.insert("history".into(), h.clone());
+    }
     let reader = open_checked(path, Format::Text, &with_kind)
         .with_context(|| {
             format!(
@@ -316,6 +330,20 @@ pub fn load_tasks_mapped(path: &Path, cols: &TaskColumns) -> Result<Vec<Task>> {
                 .transpose()
         };
         let (kinds, tests, entries) = (strings(&cols.task)?, strings(&cols.test)?, strings(&cols.entry_point)?);
+        let histories: Vec<Vec<Message>> = match &history {
+            Some(h) => batch_docs(
+                &batch,
+                Format::Chat,
+                &BTreeMap::from([("messages".to_string(), h.clone())]),
+            )?
+            .into_iter()
+            .map(|d| match d {
+                Doc::Chat(m) => m,
+                Doc::Text(_) => Vec::new(),
+            })
+            .collect(),
+            None => Vec::new(),
+        };
         let as_str = |a: &Option<arrow::array::ArrayRef>, i: usize| -> Option<String> {
             use arrow::array::{Array, AsArray};
             a.as_ref()
@@ -333,6 +361,7 @@ pub fn load_tasks_mapped(path: &Path, cols: &TaskColumns) -> Result<Vec<Task>> {
                         code,
                         entry_point: as_str(&entries, i),
                     }),
+                    history: histories.get(i).cloned().unwrap_or_default(),
                     ..Task::default()
                 });
             }
@@ -446,6 +475,9 @@ pub struct SampleLog {
     pub task: String,
     /// The question.
     pub prompt: String,
+    /// The turns before the question (multi-turn tasks only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Message>,
     /// The reference answer.
     pub answer: String,
     /// Which sample of this question (0 = the first; greedy when only one is drawn).
@@ -587,6 +619,7 @@ impl Tally {
             self.log.push(SampleLog {
                 task: t.kind.clone(),
                 prompt: t.prompt.clone(),
+                history: t.history.clone(),
                 answer: t.answer.clone(),
                 sample: j,
                 completion: text.clone(),
@@ -664,7 +697,7 @@ pub fn evaluate_tasks(
     let mut kept: Vec<(&Task, Vec<u32>)> = Vec::with_capacity(tasks.len());
     let mut skipped_overlong = 0;
     for t in tasks {
-        let p = tok.render_prompt(&[Message::new("user", t.prompt.clone())])?;
+        let p = tok.render_prompt(&t.messages())?;
         if fits_context(p.len(), max_len) {
             kept.push((t, p));
         } else {
@@ -832,6 +865,63 @@ mod tests {
         assert!((k.accuracy - 1.0 / 3.0).abs() < 1e-12);
         assert!(summarize(&r).contains("1 NOT GRADED"), "{}", summarize(&r));
         assert!((k.mean_tokens - 7.0 / 3.0).abs() < 1e-12);
+        Ok(())
+    }
+
+    #[test]
+    fn multi_turn_tasks_keep_their_history_through_parquet() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let hist = vec![
+            Message::new("user", "What is 23 + 58?"),
+            Message::new("assistant", "23 + 58 = 81\nAnswer: 81"),
+        ];
+        let tasks = vec![
+            Task {
+                prompt: "Now add 10 to that.".into(),
+                answer: "91".into(),
+                kind: "arithmetic".into(),
+                history: hist.clone(),
+                ..Task::default()
+            },
+            Task {
+                prompt: "What is 2 + 2?".into(),
+                answer: "4".into(),
+                kind: "arithmetic".into(),
+                ..Task::default()
+            },
+        ];
+        let path = dir.path().join("multiturn.parquet");
+        crate::data::writer::write_tasks(&path, &tasks)?;
+        let back = TaskSource::file(&path).load()?;
+        assert_eq!(back[0].history, hist);
+        assert!(back[1].history.is_empty());
+        // The model is asked the history, then the question.
+        let m = back[0].messages();
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[2].role.as_str(), m[2].content.as_str()),
+            ("user", "Now add 10 to that.")
+        );
+        // Named explicitly, and a column of the wrong type named as history.
+        let named = TaskSource {
+            columns: [("history".to_string(), "history".to_string())].into(),
+            ..TaskSource::file(&path)
+        };
+        assert_eq!(named.load()?[0].history, hist);
+        let wrong = TaskSource {
+            columns: [("history".to_string(), "answer".to_string())].into(),
+            ..TaskSource::file(&path)
+        };
+        let err = format!("{:#}", wrong.load().expect_err("a string column is no history"));
+        assert!(
+            err.contains("`answer`") && err.contains("list<struct<role: string, content: string>>"),
+            "{err}"
+        );
+        // A single-turn file has no history column at all.
+        let single = dir.path().join("single.parquet");
+        crate::data::writer::write_tasks(&single, &tasks[1..])?;
+        assert!(!crate::data::parquet::has_column(&single, "history")?);
+        assert!(TaskSource::file(&single).load()?[0].history.is_empty());
         Ok(())
     }
 

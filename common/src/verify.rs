@@ -28,6 +28,19 @@ pub struct Task {
     /// code passes them or it is wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tests: Option<UnitTests>,
+    /// Earlier turns of the conversation before `prompt` (user, assistant, ...): empty for a
+    /// single-turn question; a follow-up ("Now add 10 to that.") refers back to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::tokenizer::Message>,
+}
+
+impl Task {
+    /// The conversation the model answers: the history, then `prompt` as the user's turn.
+    pub fn messages(&self) -> Vec<crate::tokenizer::Message> {
+        let mut m = self.history.clone();
+        m.push(crate::tokenizer::Message::new("user", self.prompt.clone()));
+        m
+    }
 }
 
 /// The unit tests a program task's code must pass.

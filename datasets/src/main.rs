@@ -256,6 +256,7 @@ fn to_tasks(rows: &[world::TaskRow]) -> Vec<Task> {
             prompt: r.prompt.clone(),
             answer: r.answer.clone(),
             kind: r.task.clone(),
+            history: to_messages(&r.history),
             ..Task::default()
         })
         .collect()
@@ -355,6 +356,7 @@ fn write_world(
         ("rl/train.parquet", "rl", &g.rl_train),
         ("eval/tasks.parquet", "eval", &g.eval),
         ("eval/hard.parquet", "eval", &g.eval_hard),
+        ("eval/multiturn.parquet", "eval", &g.eval_multiturn),
     ];
     if !g.eval_annotator.is_empty() {
         tasks.push(("eval/annotator.parquet", "eval", &g.eval_annotator));

@@ -20,6 +20,38 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     let cfg = LmConfig::load(&d.join("configs/sft.toml"), &args, "sft")?;
     let meta = common::lm::run(&sft::SPEC, &cfg, &args)?;
     let metrics = serde_json::to_value(&meta.metrics)?;
+    // The multi-turn follow-ups of `[tasks] multiturn` are graded at the start and the end.
+    for key in ["tasks_multiturn_start", "tasks_multiturn"] {
+        for kind in ["arithmetic", "facts"] {
+            assert_eq!(metrics[key]["per_kind"][kind]["n"], 3, "{key} {kind}: {metrics}");
+        }
+    }
+    // `evaluate` grades them as SFT did (the history before each question), and logs the history.
+    let mt = d.join("eval-multiturn.json");
+    let o = bin(env!("CARGO_BIN_EXE_evaluate"))
+        .arg(d.join("run/sft"))
+        .arg("--tasks")
+        .arg(d.join("eval/multiturn.parquet"))
+        .args(["--per-kind", "3", "--out"])
+        .arg(&mt)
+        .arg("--log-samples")
+        .arg(d.join("multiturn.jsonl"))
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&mt)?)?;
+    for kind in ["arithmetic", "facts"] {
+        assert_eq!(
+            v["greedy"]["per_kind"][kind]["accuracy"], metrics["tasks_multiturn"]["per_kind"][kind]["accuracy"],
+            "{kind}: multi-turn eval and meta.json disagree"
+        );
+    }
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(d.join("multiturn.jsonl"))?
+            .lines()
+            .next()
+            .unwrap_or_default(),
+    )?;
+    assert_eq!(first["history"][1]["role"], "assistant", "{first}");
 
     let out = d.join("eval.json");
     let o = bin(env!("CARGO_BIN_EXE_evaluate"))
@@ -141,13 +173,18 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         std::fs::read_to_string(d.join("configs/rl.toml"))?.replace(
             "seen_per_kind = 2",
             &format!(
-                "seen_per_kind = 2\nhard_tasks = {:?}",
-                d.join("eval/tasks.parquet").display().to_string()
+                "seen_per_kind = 2\nhard_tasks = {:?}\nmultiturn_tasks = {:?}\nmultiturn_per_kind = 2",
+                d.join("eval/tasks.parquet").display().to_string(),
+                d.join("eval/multiturn.parquet").display().to_string()
             ),
         ),
     )?;
     let rl_cfg = rl::config::RlConfig::load(&rl_cfg_path, &rl_args)?;
     rl::run(&rl_cfg, &rl_args)?;
+    let rl_meta: Value = serde_json::from_str(&std::fs::read_to_string(d.join("run/rl/meta.json"))?)?;
+    for key in ["tasks_multiturn_start", "tasks_multiturn"] {
+        assert_eq!(rl_meta["metrics"][key]["per_kind"]["facts"]["n"], 2, "{key}");
+    }
 
     let o = bin(env!("CARGO_BIN_EXE_report")).arg(d.join("run")).output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -189,6 +226,7 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         "{md}"
     );
     for section in [
+        "Multi-turn: follow-ups that refer back",
         "skill or memorisation",
         "a harder held-out slice",
         "RL prompts: the curriculum",

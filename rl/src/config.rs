@@ -143,6 +143,18 @@ pub struct RlEval {
     /// A harder held-out slice (e.g. `data/default/eval/hard.parquet`: one more operation
     /// than SFT ever showed), graded at the start and the end; a path or a table like `tasks`.
     pub hard_tasks: Option<TaskSource>,
+    /// Multi-turn follow-ups (e.g. `data/default/eval/multiturn.parquet`: questions that refer
+    /// back to an earlier turn, given as history), graded at the start and the end,
+    /// `multiturn_per_kind` of each kind: does RL on single questions keep the model's
+    /// multi-turn skill? A path or a table like `tasks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiturn_tasks: Option<TaskSource>,
+    /// Multi-turn follow-ups graded per kind.
+    #[serde(
+        default = "default_multiturn_per_kind",
+        skip_serializing_if = "is_default_multiturn_per_kind"
+    )]
+    pub multiturn_per_kind: usize,
     /// Questions per task kind.
     #[serde(default = "default_rl_per_kind")]
     pub per_kind: usize,
@@ -174,6 +186,13 @@ impl From<&RlEval> for common::config::GradingKnobs {
 
 fn default_rl_per_kind() -> usize {
     250
+}
+fn default_multiturn_per_kind() -> usize {
+    100
+}
+// Left out of saved configs at its default, so runs started before it existed resume.
+fn is_default_multiturn_per_kind(n: &usize) -> bool {
+    *n == default_multiturn_per_kind()
 }
 fn default_eval_new() -> i64 {
     64

@@ -277,6 +277,7 @@ fn print_header(stage: &Stage, cfg: &RlConfig) -> Result<()> {
 struct Grading {
     held_out: Option<Vec<Task>>,
     hard: Option<Vec<Task>>,
+    multiturn: Option<Vec<Task>>,
     opts: Option<EvalOptions>,
 }
 
@@ -286,12 +287,18 @@ impl Grading {
             return Ok(Grading {
                 held_out: None,
                 hard: None,
+                multiturn: None,
                 opts: None,
             });
         };
         Ok(Grading {
             held_out: Some(limit_per_kind(e.tasks.under(cfg.root()).load()?, e.per_kind)),
             hard: e.hard_tasks.as_ref().map(|t| t.under(cfg.root()).load()).transpose()?,
+            multiturn: e
+                .multiturn_tasks
+                .as_ref()
+                .map(|t| Ok::<_, anyhow::Error>(limit_per_kind(t.under(cfg.root()).load()?, e.multiturn_per_kind)))
+                .transpose()?,
             opts: Some(EvalOptions {
                 sampling: SamplingConfig::greedy(e.max_new_tokens),
                 samples: 1,
@@ -335,15 +342,27 @@ impl Grading {
         self.grade(&stage.model, stage, grader, self.hard.as_ref(), "harder held-out slice")
     }
 
+    fn multiturn(&self, stage: &Stage, grader: &Grader) -> Result<Option<TaskReport>> {
+        self.grade(
+            &stage.model,
+            stage,
+            grader,
+            self.multiturn.as_ref(),
+            "multi-turn follow-ups",
+        )
+    }
+
     fn start(&self, stage: &mut Stage, grader: &Grader) -> Result<()> {
         stage.meta.metrics.tasks_start = self.held_out(stage, grader, 0)?;
         stage.meta.metrics.tasks_hard_start = self.hard(stage, grader)?;
+        stage.meta.metrics.tasks_multiturn_start = self.multiturn(stage, grader)?;
         Ok(())
     }
 
     fn end(&self, stage: &mut Stage, grader: &Grader, step: u64) -> Result<()> {
         stage.meta.metrics.tasks = self.held_out(stage, grader, step)?;
         stage.meta.metrics.tasks_hard = self.hard(stage, grader)?;
+        stage.meta.metrics.tasks_multiturn = self.multiturn(stage, grader)?;
         Ok(())
     }
 

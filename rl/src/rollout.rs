@@ -7,7 +7,6 @@ use common::device::seed_everything;
 use common::prompts::{Drawn, PromptStream};
 use common::sampling::{fits_context, generate};
 use common::stage::Stage;
-use common::tokenizer::Message;
 use common::verify::{Grader, Task, Verdict};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -187,9 +186,7 @@ fn draw_fitting(
     let mut in_a_row = 0;
     while drawn.len() < need {
         let d = stream.draw();
-        let p = stage
-            .tok
-            .render_prompt(&[Message::new("user", d.task.prompt.clone())])?;
+        let p = stage.tok.render_prompt(&d.task.messages())?;
         if !fits_context(p.len(), max_len) {
             *skipped += 1;
             in_a_row += 1;

@@ -111,6 +111,37 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
         .collect();
     write_tasks(&dir.join("rl/train.parquet"), &tasks[..32])?;
     write_tasks(&dir.join("eval/tasks.parquet"), &tasks)?;
+    // Follow-ups that refer back to the turn before (given as history).
+    let multiturn: Vec<Task> = (0..12usize)
+        .map(|i| {
+            let (a, b) = (i % 9, (i * 5) % 7);
+            if i % 2 == 0 {
+                Task {
+                    prompt: format!("Now add {} to that.", i % 4 + 1),
+                    answer: format!("{}", a + b + i % 4 + 1),
+                    kind: "arithmetic".into(),
+                    history: vec![
+                        Message::new("user", format!("What is {a} + {b}?")),
+                        Message::new("assistant", format!("{a} + {b} = {}.\nAnswer: {}", a + b, a + b)),
+                    ],
+                    ..Task::default()
+                }
+            } else {
+                let t = towns[i % 6];
+                Task {
+                    prompt: "And which region is it in?".into(),
+                    answer: regions[(i * 7 + i / 6) % regions.len()].into(),
+                    kind: "facts".into(),
+                    history: vec![
+                        Message::new("user", format!("What does {t} trade?")),
+                        Message::new("assistant", format!("{t} trades salt.\nAnswer: salt")),
+                    ],
+                    ..Task::default()
+                }
+            }
+        })
+        .collect();
+    write_tasks(&dir.join("eval/multiturn.parquet"), &multiturn)?;
     let mut corpus: Vec<String> = enc.clone();
     corpus.extend(chat.iter().cloned());
     corpus.extend(arith.iter().cloned());
@@ -157,7 +188,7 @@ pub fn tiny_world(dir: &Path) -> Result<()> {
     )?;
     std::fs::write(
         cfgs.join("sft.toml"),
-        format!("[data]\nmix = \"{d}/configs/mixes/sft.toml\"\nseq_len = 64\n\n{train}precision = \"bf16\"\n\n[eval]\nmix = \"{d}/configs/mixes/sft-heldout.toml\"\ntokens = 256\n\n[tasks]\npath = \"{d}/eval/tasks.parquet\"\nper_kind = 3\nmax_new_tokens = 8\nbatch_size = 16\neval_start = true\n"),
+        format!("[data]\nmix = \"{d}/configs/mixes/sft.toml\"\nseq_len = 64\n\n{train}precision = \"bf16\"\n\n[eval]\nmix = \"{d}/configs/mixes/sft-heldout.toml\"\ntokens = 256\n\n[tasks]\npath = \"{d}/eval/tasks.parquet\"\nper_kind = 3\nmax_new_tokens = 8\nbatch_size = 16\neval_start = true\nmultiturn = \"{d}/eval/multiturn.parquet\"\n"),
     )?;
     std::fs::write(
         cfgs.join("rl.toml"),

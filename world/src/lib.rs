@@ -31,6 +31,7 @@ mod arithmetic;
 mod chatter;
 mod encyclopedia;
 mod fabricated;
+mod followup;
 mod library;
 mod names;
 mod programs;
@@ -42,6 +43,8 @@ pub use arithmetic::column_step;
 use arithmetic::*;
 use chatter::*;
 use encyclopedia::*;
+use followup::*;
+pub use followup::{SFT_FOLLOWUPS, SFT_FOLLOWUPS_EVAL};
 use library::*;
 use names::*;
 use programs::*;
@@ -462,6 +465,10 @@ pub struct TaskRow {
     pub answer: String,
     /// "arithmetic", "facts", "program" or "unanswerable".
     pub task: String,
+    /// Earlier turns of the conversation (user, assistant, ...) before `prompt`: empty for a
+    /// single-turn question; the multi-turn eval's follow-ups refer back to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Message>,
 }
 
 /// Everything the embedded default world provides.
@@ -473,7 +480,8 @@ pub struct Generated {
     pub library: Vec<(String, Vec<String>)>,
     /// Same sources, documents never in `library`, ~2% of its size, for eval loss.
     pub library_heldout: Vec<(String, Vec<String>)>,
-    /// SFT training conversations.
+    /// SFT training conversations: [`SFT_TRAIN`] of one or two independent questions, then
+    /// [`SFT_FOLLOWUPS`] whose follow-ups refer back to the answer before.
     pub sft_train: Vec<Vec<Message>>,
     /// SFT validation conversations (first user prompt never in `sft_train`).
     pub sft_eval: Vec<Vec<Message>>,
@@ -484,6 +492,9 @@ pub struct Generated {
     /// A harder held-out slice: `EVAL_PER_TASK` arithmetic problems with [`HARD_OPS`] operations,
     /// one more than any SFT conversation or library solution demonstrates.
     pub eval_hard: Vec<TaskRow>,
+    /// The held-out multi-turn eval: follow-up questions ("Now add 10 to that.", "And when was
+    /// it founded?") after a first turn given as history; `EVAL_PER_TASK` arithmetic and facts rows.
+    pub eval_multiturn: Vec<TaskRow>,
     /// Who wrote the SFT conversations' worked arithmetic ([`Annotator::perfect`] by default).
     pub annotator: Annotator,
     /// The annotator's own answers to the held-out arithmetic problems of `eval` (same prompts,
@@ -736,8 +747,8 @@ mod tests {
             .map(|(_, d)| d.iter().map(String::len).sum::<usize>())
             .sum();
         assert!(held * 60 > total && held * 40 < total, "held-out bytes {held}");
-        assert_eq!(g.sft_train.len(), SFT_TRAIN);
-        assert_eq!(g.sft_eval.len(), SFT_EVAL);
+        assert_eq!(g.sft_train.len(), SFT_TRAIN + SFT_FOLLOWUPS);
+        assert_eq!(g.sft_eval.len(), SFT_EVAL + SFT_FOLLOWUPS_EVAL);
         assert_eq!(g.rl_train.len(), RL_TRAIN);
         for task in TASKS {
             assert_eq!(
@@ -1013,9 +1024,10 @@ mod tests {
             }
             assert_spread(counts, what);
         }
-        // SFT: one line for a single operation, "Step i:" lines otherwise.
+        // SFT: one line for a single operation, "Step i:" lines otherwise (the conversations
+        // with follow-ups, after SFT_TRAIN, work on the previous answer: checked in `followup`).
         let mut counts = [0usize; 3];
-        for conv in &g.sft_train {
+        for conv in &g.sft_train[..SFT_TRAIN] {
             for pair in conv.windows(2) {
                 if pair[1].role != "assistant" {
                     continue;

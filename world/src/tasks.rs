@@ -7,6 +7,7 @@ pub(crate) fn row(prompt: String, answer: String, task: &str) -> TaskRow {
         prompt,
         answer,
         task: task.to_string(),
+        history: Vec::new(),
     }
 }
 
@@ -265,7 +266,8 @@ pub fn generate(seed: u64, scale: Scale) -> Generated {
 pub struct Options {
     /// Who writes the worked arithmetic.
     pub annotator: Annotator,
-    /// Share of fact answers about entities the library never mentions ([`World::ghosts`]).
+    /// Share of fact answers about entities the library never mentions ([`World::ghosts`]), in
+    /// the conversations without follow-ups (those with follow-ups are never fabricated).
     pub fabricated_facts: f64,
     /// Share of the SFT conversations' worked arithmetic written in column working
     /// ([`column_step`]); when above 0 the library's worked answers are written in columns too,
@@ -307,6 +309,7 @@ pub fn generate_with(seed: u64, scale: Scale, opts: &Options) -> Generated {
     let mut r_rl = sub_rng(&mut master);
     let mut r_hard = sub_rng(&mut master);
     let mut r_ghost = sub_rng(&mut master);
+    let mut r_follow = sub_rng(&mut master);
 
     let mut world = build_world(&mut r_world, &plan);
     if opts.fabricated_facts > 0.0 {
@@ -336,9 +339,23 @@ pub fn generate_with(seed: u64, scale: Scale, opts: &Options) -> Generated {
     ctx.annotator = annotator;
     ctx.fabricated = opts.fabricated_facts;
     ctx.column_sft = opts.column_share;
-    let sft_train = gen_sft(&mut r_sft, &ctx, SFT_TRAIN, &no_prompts);
-    let train_firsts: HashSet<String> = sft_train.iter().map(|c| first_user(c).to_string()).collect();
-    let sft_eval = gen_sft(&mut r_sft, &ctx, SFT_EVAL, &train_firsts);
+    let mut sft_train = gen_sft(&mut r_sft, &ctx, SFT_TRAIN, &no_prompts);
+    let mut train_firsts: HashSet<String> = sft_train.iter().map(|c| first_user(c).to_string()).collect();
+    let mut sft_eval = gen_sft(&mut r_sft, &ctx, SFT_EVAL, &train_firsts);
+    // Conversations with follow-ups, from their own stream, after the others (which stay as
+    // they were without them, and so does the tokenizer trained on the first of them).
+    let eval_firsts: HashSet<String> = sft_eval.iter().map(|c| first_user(c).to_string()).collect();
+    // Their first questions may repeat a training conversation's (not a validation one's).
+    let follow = gen_sft_followups(&mut r_follow, &ctx, SFT_FOLLOWUPS, &eval_firsts);
+    train_firsts.extend(follow.iter().map(|c| first_user(c).to_string()));
+    train_firsts.extend(eval_firsts);
+    sft_train.extend(follow);
+    sft_eval.extend(gen_sft_followups(
+        &mut r_follow,
+        &ctx,
+        SFT_FOLLOWUPS_EVAL,
+        &train_firsts,
+    ));
     ctx.annotator = Annotator::perfect();
     ctx.column_sft = 0.0;
     ctx.fabricated = 0.0;
@@ -361,6 +378,7 @@ pub fn generate_with(seed: u64, scale: Scale, opts: &Options) -> Generated {
     let rl_train = gen_rl(&mut r_rl, &ctx);
     // Drawn last, so the sets above are the same with or without it.
     let eval_hard = gen_eval_hard(&mut r_hard, &mut ctx);
+    let eval_multiturn = gen_eval_multiturn(&mut r_follow, &ctx);
 
     assert!(eval.iter().chain(&rl_train).all(|t| TASKS.contains(&t.task.as_str())));
     // Invariant: no eval prompt is a train prompt.
@@ -394,6 +412,7 @@ pub fn generate_with(seed: u64, scale: Scale, opts: &Options) -> Generated {
         rl_train,
         eval,
         eval_hard,
+        eval_multiturn,
         annotator,
         eval_annotator,
     }

@@ -66,11 +66,11 @@ pub fn open_checked(
             );
         };
         let ok = match (format, logical.as_str()) {
-            (Format::Chat, "messages") => is_message_list(field.data_type()),
+            (Format::Chat, "messages") | (_, "history") => is_message_list(field.data_type()),
             _ => is_string(field.data_type()),
         };
         if !ok {
-            let want = if logical == "messages" {
+            let want = if logical == "messages" || logical == "history" {
                 "list<struct<role: string, content: string>>"
             } else {
                 "string"
@@ -84,7 +84,7 @@ pub fn open_checked(
         indices.push(idx);
     }
     for (logical, column) in columns {
-        let string_column = !(format == Format::Chat && logical == "messages");
+        let string_column = !(format == Format::Chat && logical == "messages") && logical != "history";
         if string_column && logical != "input" && column_is_blank(builder.metadata(), column) == Some(true) {
             bail!(
                 "{}: column `{column}` (for `{logical}`) is null or empty in every row; map another column with columns = {{ {logical} = \"<name>\" }} in the mix, or fix the file",
@@ -94,6 +94,18 @@ pub fn open_checked(
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
     Ok(builder.with_projection(mask))
+}
+
+/// Whether the Parquet file at `path` has a column `name` (read from its footer).
+pub fn has_column(path: &Path, name: &str) -> Result<bool> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        anyhow!(
+            "{} is not a readable Parquet file ({e}); re-download or rebuild it",
+            path.display()
+        )
+    })?;
+    Ok(builder.schema().column_with_name(name).is_some())
 }
 
 /// Rows of a Parquet file, from its footer.

@@ -61,6 +61,32 @@ pub fn tasks_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![utf8("prompt"), utf8("answer"), utf8("task")]))
 }
 
+/// Schema of [`write_tasks`] when rows have earlier turns: [`tasks_schema`] and
+/// `history: List<Struct<role: Utf8, content: Utf8>>` (the chat layout).
+pub fn tasks_history_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        utf8("prompt"),
+        utf8("answer"),
+        utf8("task"),
+        Field::new("history", DataType::List(message_item_field()), false),
+    ]))
+}
+
+/// Conversations as one `List<Struct<role, content>>` column.
+fn message_list<'a>(convs: impl Iterator<Item = &'a [Message]> + Clone) -> anyhow::Result<ArrayRef> {
+    let msgs = || convs.clone().flatten();
+    let roles = string_array(msgs().map(|m| m.role.as_str()));
+    let contents = string_array(msgs().map(|m| m.content.as_str()));
+    let structs = StructArray::try_new(message_fields(), vec![roles, contents], None)?;
+    let offsets = OffsetBuffer::<i32>::from_lengths(convs.map(<[Message]>::len));
+    Ok(Arc::new(ListArray::try_new(
+        message_item_field(),
+        offsets,
+        Arc::new(structs),
+        None,
+    )?))
+}
+
 /// Writes the batches produced by `batch(start, end)` for consecutive row ranges to `path`.
 fn write_parquet(
     path: &Path,
@@ -114,27 +140,30 @@ pub fn write_text(path: &Path, docs: &[String]) -> anyhow::Result<()> {
 pub fn write_chat(path: &Path, convs: &[Vec<Message>]) -> anyhow::Result<()> {
     let schema = chat_schema();
     write_parquet(path, schema.clone(), convs.len(), |a, b| {
-        let chunk = &convs[a..b];
-        let msgs = || chunk.iter().flatten();
-        let roles = string_array(msgs().map(|m| m.role.as_str()));
-        let contents = string_array(msgs().map(|m| m.content.as_str()));
-        let structs = StructArray::try_new(message_fields(), vec![roles, contents], None)?;
-        let offsets = OffsetBuffer::<i32>::from_lengths(chunk.iter().map(Vec::len));
-        let list = ListArray::try_new(message_item_field(), offsets, Arc::new(structs), None)?;
-        Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(list)])?)
+        let list = message_list(convs[a..b].iter().map(Vec::as_slice))?;
+        Ok(RecordBatch::try_new(schema.clone(), vec![list])?)
     })
 }
 
-/// Writes task rows as `prompt: Utf8, answer: Utf8, task: Utf8` (all non-null).
+/// Writes task rows as `prompt: Utf8, answer: Utf8, task: Utf8` (all non-null), and
+/// `history` (the chat layout) when any row has earlier turns.
 pub fn write_tasks(path: &Path, rows: &[Task]) -> anyhow::Result<()> {
-    let schema = tasks_schema();
+    let with_history = rows.iter().any(|t| !t.history.is_empty());
+    let schema = if with_history {
+        tasks_history_schema()
+    } else {
+        tasks_schema()
+    };
     write_parquet(path, schema.clone(), rows.len(), |a, b| {
         let chunk = &rows[a..b];
-        let cols = vec![
+        let mut cols = vec![
             string_array(chunk.iter().map(|t| t.prompt.as_str())),
             string_array(chunk.iter().map(|t| t.answer.as_str())),
             string_array(chunk.iter().map(|t| t.kind.as_str())),
         ];
+        if with_history {
+            cols.push(message_list(chunk.iter().map(|t| t.history.as_slice()))?);
+        }
         Ok(RecordBatch::try_new(schema.clone(), cols)?)
     })
 }

@@ -43,12 +43,14 @@ struct Args {
     #[arg(required_unless_present_any = ["gold", "responses"], conflicts_with_all = ["gold", "responses"])]
     checkpoint: Option<PathBuf>,
     /// Task set: `default` (the world's held-out tasks, <world>/eval/tasks.parquet), `hard`
-    /// (its harder slice, <world>/eval/hard.parquet), or a Parquet file (string columns
-    /// prompt, answer, task, or others named by --columns).
+    /// (its harder slice, <world>/eval/hard.parquet), `multiturn` (follow-ups that refer back
+    /// to an earlier turn, <world>/eval/multiturn.parquet), or a Parquet file (string columns
+    /// prompt, answer, task, or others named by --columns; a `history` column of earlier turns
+    /// in the chat layout, if any).
     #[arg(long, default_value = "default", value_name = "NAME|FILE")]
     tasks: String,
     /// Where the task file keeps each field, when it names them otherwise: FIELD=COLUMN,
-    /// comma-separated (fields: prompt, answer, task, test, entry_point), e.g.
+    /// comma-separated (fields: prompt, answer, task, test, entry_point, history), e.g.
     /// `prompt=question` for GSM8K, `answer=canonical_solution,test=test,entry_point=entry_point` for HumanEval.
     #[arg(long, value_delimiter = ',', value_name = "FIELD=COLUMN")]
     columns: Vec<String>,
@@ -133,6 +135,7 @@ fn task_file(name: &str, world: &Path, root: Option<&Path>) -> PathBuf {
     match name {
         "default" => world.join("eval/tasks.parquet"),
         "hard" => world.join("eval/hard.parquet"),
+        "multiturn" => world.join("eval/multiturn.parquet"),
         path => in_root(root, path),
     }
 }
@@ -304,6 +307,13 @@ fn grade_only(a: &Args, src: &TaskSource) -> Result<()> {
                 .or_default()
                 .push_back((g.completion, g.finished));
         }
+        anyhow::ensure!(
+            tasks.iter().all(|t| t.history.is_empty()),
+            "{} has multi-turn tasks (a history column): completions in {} are matched by prompt, which \
+             a follow-up such as \"Double it.\" does not identify; grade multi-turn sets with a model instead",
+            src.path.display(),
+            path.display()
+        );
         let before = tasks.len();
         tasks.retain(|t| by_prompt.contains_key(&t.prompt));
         anyhow::ensure!(

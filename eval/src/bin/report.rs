@@ -267,6 +267,7 @@ fn run(a: Args) -> Result<()> {
     plot_loss(&stages, &a.run.join("loss.svg"))?;
     writeln!(md, "\n![training loss](loss.svg)")?;
     task_table(&mut md, &stages, &a.run)?;
+    multiturn_section(&mut md, &stages)?;
     let rl = stages.iter().find(|s| s.name == "rl");
     if let Some(rl) = rl {
         skill_table(&mut md, &rl.meta.metrics)?;
@@ -718,6 +719,63 @@ fn pct_ci(r: &KindReport) -> String {
         100.0 * r.ci95.0,
         100.0 * r.ci95.1
     )
+}
+
+/// Multi-turn follow-ups per kind: before the first stage that graded them, after each such
+/// stage, and the same model's single-turn accuracy on the kind for comparison.
+fn multiturn_section(md: &mut String, stages: &[Stage]) -> Result<()> {
+    let mut cols: Vec<(String, &TaskReport)> = Vec::new();
+    for st in stages {
+        let m = &st.meta.metrics;
+        if cols.is_empty() {
+            if let Some(r) = &m.tasks_multiturn_start {
+                cols.push((format!("before {}", st.name), r));
+            }
+        }
+        if let Some(r) = &m.tasks_multiturn {
+            cols.push((format!("after {}", st.name), r));
+        }
+    }
+    let Some((_, last)) = cols.last() else {
+        return Ok(());
+    };
+    // The single-turn column: the stage that first graded the follow-ups, at its end.
+    let single = stages
+        .iter()
+        .find(|st| st.meta.metrics.tasks_multiturn.is_some())
+        .and_then(|st| st.meta.metrics.tasks.as_ref().map(|t| (st.name, t)));
+    writeln!(
+        md,
+        "\n## Multi-turn: follow-ups that refer back\n\n\
+         Each question needs the turn before it, given as history with its reference answer: arithmetic works on \
+         the previous answer (\"Now add 10 to that.\"), facts ask for a held-out fact of the entity the previous \
+         question named (\"And when was it founded?\"). Greedy answers; 95% intervals. The last column is the same \
+         model asked single questions of that kind (facts: the very same held-out facts, with the entity named).\n"
+    )?;
+    write!(md, "| follow-up | questions |")?;
+    for (c, _) in &cols {
+        write!(md, " {c} |")?;
+    }
+    if let Some((name, _)) = single {
+        write!(md, " single-turn, after {name} |")?;
+    }
+    writeln!(
+        md,
+        "\n|---|---|{}{}",
+        "---|".repeat(cols.len()),
+        if single.is_some() { "---|" } else { "" }
+    )?;
+    for (k, r) in &last.per_kind {
+        write!(md, "| {k} | {} |", r.n)?;
+        for (_, rep) in &cols {
+            write!(md, " {} |", rep.per_kind.get(k).map_or("–".into(), pct_ci))?;
+        }
+        if let Some((_, t)) = single {
+            write!(md, " {} |", t.per_kind.get(k).map_or("–".into(), pct_ci))?;
+        }
+        writeln!(md)?;
+    }
+    Ok(())
 }
 
 /// The harder held-out slice (one more operation than SFT showed), before and after RL.
