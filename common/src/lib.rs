@@ -10,6 +10,7 @@ pub mod config;
 pub mod curriculum;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod hf;
 pub mod lm;
 pub mod lora;

@@ -198,6 +198,16 @@ pub fn run(spec: &StageSpec, cfg: &LmConfig, args: &CommonArgs) -> Result<Meta> 
     };
     let mix = load_mix(&cfg.data.mix, cfg.root())?;
     check_fits(&stage, cfg)?;
+    let (accum, world) = (cfg.train.accum_steps(), stage.dist.world as i64);
+    if world > accum {
+        bail!(
+            "{} ranks but {accum} micro-batches per step (train.batch_size {} / micro_batch_size {}): every rank needs one; \
+             lower train.micro_batch_size to at most batch_size / {world}",
+            world,
+            cfg.train.batch_size(),
+            cfg.train.micro_batch_size
+        );
+    }
     let cursor = resumed.as_ref().map(|s| s.cursor.clone());
     let mut data = LmData::new(spec, cfg, &stage.tok, &mix, cursor)?;
     stage.meta.mix = Some(DataRecord::Mix(mix));
@@ -332,7 +342,7 @@ fn between_steps(
     st: &mut SavedState,
     progress: &Progress,
 ) -> Result<()> {
-    if !data.eval_sets.is_empty() && cfg.eval.every > 0 && st.step % cfg.eval.every == 0 {
+    if stage.dist.is_main() && !data.eval_sets.is_empty() && cfg.eval.every > 0 && st.step % cfg.eval.every == 0 {
         let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
         progress.println(format!(
             "{}: step {} held-out: {}",
@@ -374,8 +384,11 @@ fn finish(
             per_source: data.sampler.doc_counts().into_iter().collect(),
         }),
     }));
-    let (name, out) = (stage.name, stage.out.clone());
+    let (name, out, main) = (stage.name, stage.out.clone(), stage.dist.is_main());
     let meta = stage.finish(st)?;
+    if !main {
+        return Ok(meta);
+    }
     eprintln!(
         "{name}: done: {} steps, {} tokens in {} ({}/s); checkpoint {}",
         st.step,
@@ -524,6 +537,9 @@ impl Speed {
 }
 
 fn print_header(stage: &Stage, cfg: &LmConfig, speed: &Speed) {
+    if !stage.dist.is_main() {
+        return;
+    }
     let mcfg = stage.model.config();
     let name = stage.name;
     eprintln!(
@@ -566,6 +582,9 @@ fn train_step(stage: &mut Stage, cfg: &LmConfig, sampler: &mut LmSampler, lr: f6
     let name = stage.name;
     let t0 = Instant::now();
     let (accum, micro) = (cfg.train.accum_steps(), cfg.train.micro_batch_size);
+    // Every rank draws the step's micro-batches from the same seeded stream and trains on its
+    // share (micro-batch i on rank i mod world); the summed gradients are those of the whole
+    // batch, so any world size follows the same run and resumes from the same cursor.
     let batches = (0..accum)
         .map(|_| sampler.next_batch(micro as usize))
         .collect::<Result<Vec<_>>>()?;
@@ -576,7 +595,16 @@ fn train_step(stage: &mut Stage, cfg: &LmConfig, sampler: &mut LmSampler, lr: f6
             "step {step}: the batch has no trained tokens (all targets masked); check the mix format and data.seq_len"
         );
     }
-    let loss = lm_backward(&stage.model, &mut stage.opt, &batches, trained, stage.device)?;
+    let dist = stage.dist;
+    let mine: Vec<PackedBatch> = batches
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % dist.world == dist.rank)
+        .map(|(_, b)| b)
+        .collect();
+    let loss = lm_backward(&stage.model, &mut stage.opt, &mine, trained, stage.device)?;
+    // One all-reduce per step (after the last micro-batch), the loss carried with the gradients.
+    let loss = dist.sum_grads(&stage.opt.vars(), &[loss])?[0];
     if !loss.is_finite() {
         bail!(
             "{name}: loss became {loss} at step {step} (lr {lr:.2e}); stopped without saving, so the last good checkpoint in {} is kept. Lower train.lr or raise train.warmup_steps",
@@ -626,8 +654,11 @@ fn grade_list(stage: &Stage, cfg: &LmConfig, list: Option<&Vec<Task>>, what: &st
     Ok(Some(r))
 }
 
-/// The starting checkpoint's tasks (when `tasks.eval_start`) and held-out loss.
+/// The starting checkpoint's tasks (when `tasks.eval_start`) and held-out loss (rank 0).
 fn evaluate_start(stage: &mut Stage, cfg: &LmConfig, data: &LmData) -> Result<()> {
+    if !stage.dist.is_main() {
+        return Ok(());
+    }
     if cfg.tasks.as_ref().is_some_and(|t| t.eval_start) {
         stage.meta.metrics.tasks_start = run_tasks(stage, cfg, data)?;
         stage.meta.metrics.tasks_multiturn_start = run_multiturn(stage, cfg, data)?;
@@ -641,8 +672,11 @@ fn evaluate_start(stage: &mut Stage, cfg: &LmConfig, data: &LmData) -> Result<()
     Ok(())
 }
 
-/// The trained model's held-out loss and tasks.
+/// The trained model's held-out loss and tasks (rank 0).
 fn evaluate_end(stage: &mut Stage, cfg: &LmConfig, data: &LmData, step: u64) -> Result<()> {
+    if !stage.dist.is_main() {
+        return Ok(());
+    }
     if !data.eval_sets.is_empty() {
         let ev = evaluate(&stage.model, &data.eval_sets, stage.device)?;
         eprintln!("{}: held-out at end: {}", stage.name, summarize_eval(&ev));

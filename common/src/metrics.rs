@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// Appends JSON lines to `<out>.metrics.jsonl` beside the checkpoint directory `out`.
 pub struct MetricsLog {
-    path: PathBuf,
+    /// `None`: kept in memory only (ranks other than 0 of a data-parallel run).
+    path: Option<PathBuf>,
     /// Every line so far (including those kept from a resumed run).
     pub lines: Vec<Value>,
 }
@@ -44,18 +45,31 @@ impl MetricsLog {
             text.push('\n');
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        Ok(MetricsLog { path, lines })
+        Ok(MetricsLog {
+            path: Some(path),
+            lines,
+        })
+    }
+
+    /// A log kept in memory only, written nowhere.
+    pub fn in_memory() -> Self {
+        MetricsLog {
+            path: None,
+            lines: Vec::new(),
+        }
     }
 
     /// Appends one line.
     pub fn push(&mut self, line: &impl Serialize) -> Result<()> {
         let line = serde_json::to_value(line)?;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
-        writeln!(f, "{}", serde_json::to_string(&line)?).with_context(|| format!("writing {}", self.path.display()))?;
+        if let Some(path) = &self.path {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            writeln!(f, "{}", serde_json::to_string(&line)?).with_context(|| format!("writing {}", path.display()))?;
+        }
         self.lines.push(line);
         Ok(())
     }

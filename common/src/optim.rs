@@ -62,6 +62,12 @@ impl AdamW {
         AdamW { cfg, params, step: 0 }
     }
 
+    /// The trained variables, in the optimiser's order (sorted by name: the same in every
+    /// process, as collectives over them need).
+    pub fn vars(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.var.shallow_clone()).collect()
+    }
+
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.step

@@ -18,6 +18,10 @@ pub enum ProgressMode {
 impl ProgressMode {
     /// Bar on an interactive terminal, plain lines otherwise; `L2E_PROGRESS=bar|lines|quiet` overrides.
     pub fn detect() -> Self {
+        // Rank 0 alone reports a data-parallel run.
+        if crate::dist::ranks().rank != 0 {
+            return ProgressMode::Quiet;
+        }
         match std::env::var("L2E_PROGRESS").as_deref() {
             Ok("bar") => return ProgressMode::Bar,
             Ok("lines") => return ProgressMode::Lines,

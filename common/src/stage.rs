@@ -105,10 +105,20 @@ pub struct Stage {
     pub adapters: Option<Adapters>,
     /// AdamW over what trains (the adapters, or every weight).
     pub opt: AdamW,
-    /// The live metrics log.
+    /// The live metrics log (kept in memory only on ranks other than 0).
     pub log: MetricsLog,
-    /// The lock on `out`, held while the stage runs.
-    _lock: crate::outdir::OutLock,
+    /// The ranks of a data-parallel run (world size 1 without torchrun).
+    pub dist: &'static crate::dist::Dist,
+    /// The lock on `out`, held while the stage runs (by rank 0 alone).
+    _lock: Option<crate::outdir::OutLock>,
+}
+
+/// What rank 0 found in `--out`, sent to the other ranks (which never touch it).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Found {
+    Fresh,
+    Complete(Box<Meta>),
+    Resume(Value),
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -146,26 +156,45 @@ impl Stage {
     ) -> Result<Opened<S>> {
         let stage = opts.stage;
         let threads = configure_threads();
-        let device = opts.train.device.resolve()?;
-        // A file, or files this run did not write, are refused before anything else.
-        crate::outdir::check(&opts.out)?;
-        // One run per --out at a time; the kernel drops the lock when this process ends.
-        let lock = crate::outdir::lock(&opts.out)?;
-        let request = OutRequest {
-            stage,
-            resume: opts.resume,
-            force: opts.force,
-            config: &opts.config,
-            steps: opts.train.steps,
+        let ranks = crate::dist::ranks();
+        let device = match opts.train.device.resolve()? {
+            // One GPU per rank of a machine.
+            Device::Cuda(_) if ranks.world > 1 => Device::Cuda(ranks.local_rank),
+            d => d,
         };
-        let (resume_dir, resumed) = match crate::outdir::prepare_out(&opts.out, &request)? {
-            OutState::Fresh => (None, None),
-            OutState::Complete(meta) => return Ok(Opened::Complete(meta)),
-            OutState::Resume { dir, state, log } => {
-                let saved: S = serde_json::from_value(state.json.clone())
-                    .with_context(|| format!("reading the trainer state of {}", dir.display()))?;
-                eprintln!("{stage}: resuming {} from step {}", opts.out.display(), saved.step());
-                (Some(dir), Some((saved, state, log)))
+        let dist = crate::dist::init(device)?;
+        // Rank 0 owns --out: checks, locks and reads it, and tells the other ranks what it found.
+        let (lock, found) = if dist.is_main() {
+            // A file, or files this run did not write, are refused before anything else.
+            crate::outdir::check(&opts.out)?;
+            // One run per --out at a time; the kernel drops the lock when this process ends.
+            let lock = crate::outdir::lock(&opts.out)?;
+            let request = OutRequest {
+                stage,
+                resume: opts.resume,
+                force: opts.force,
+                config: &opts.config,
+                steps: opts.train.steps,
+            };
+            (Some(lock), Some(crate::outdir::prepare_out(&opts.out, &request)?))
+        } else {
+            (None, None)
+        };
+        let (resume_dir, resumed) = match found_on_every_rank(dist, found)? {
+            (Found::Fresh, _) => (None, None),
+            (Found::Complete(meta), _) => return Ok(Opened::Complete(meta)),
+            (Found::Resume(json), own) => {
+                let saved: S = serde_json::from_value(json)
+                    .with_context(|| format!("reading the trainer state of {}", opts.out.display()))?;
+                if dist.is_main() {
+                    eprintln!("{stage}: resuming {} from step {}", opts.out.display(), saved.step());
+                }
+                match own {
+                    Some((dir, state, log)) => (Some(dir), Some((saved, Some((state, log))))),
+                    // Other ranks build the model as a new run would; rank 0's weights and
+                    // optimiser state are copied in below.
+                    None => (None, Some((saved, None))),
+                }
             }
         };
         seed_everything(opts.train.seed);
@@ -192,19 +221,31 @@ impl Stage {
         model.set_compute_kind(opts.train.precision.kind());
         let saved = resumed
             .as_ref()
+            .and_then(|(_, own)| own.as_ref())
             .zip(resume_dir.as_deref())
-            .map(|((_, state, _), dir)| (state.tensors.as_slice(), dir));
+            .map(|((state, _), dir)| (state.tensors.as_slice(), dir));
         let adapters = crate::lora::setup(&mut model, &mut vs, lora, opts.train.seed, saved)?;
         let mut opt = AdamW::new(adapters.as_ref().map_or(&vs, |a| &a.vs), opts.train.adamw());
         let (resumed, previous_log) = match resumed {
-            Some((saved, state, log)) => {
-                opt.load_state_tensors(&state.tensors)?;
+            Some((saved, own)) => {
                 let step = saved.step();
+                let log = match own {
+                    Some((state, log)) => {
+                        opt.load_state_tensors(&state.tensors)?;
+                        log
+                    }
+                    None => Vec::new(),
+                };
                 (Some(saved), Some((step, log)))
             }
             None => (None, None),
         };
-        let log = MetricsLog::open(&opts.out, stage, previous_log)?;
+        sync_weights(dist, &vs, adapters.as_ref(), &mut opt)?;
+        let log = if dist.is_main() {
+            MetricsLog::open(&opts.out, stage, previous_log)?
+        } else {
+            MetricsLog::in_memory()
+        };
         let mut meta = meta;
         meta.stage = stage.to_string();
         // A run in progress is not complete (a complete run continued with --force neither).
@@ -225,6 +266,7 @@ impl Stage {
             adapters,
             opt,
             log,
+            dist,
             _lock: lock,
         };
         Ok(Opened::Run {
@@ -248,6 +290,10 @@ impl Stage {
     /// Writes a resumable checkpoint at `st` (weights with any adapters merged in, tokenizer,
     /// meta, metrics log, optimiser and trainer state).
     pub fn save<S: TrainerState>(&mut self, st: &S) -> Result<()> {
+        if !self.dist.is_main() {
+            // Rank 0 alone writes; the others hold the same weights.
+            return Ok(());
+        }
         self.meta.step = st.step();
         self.meta.tokens_seen = st.tokens();
         self.meta.train_secs = st.secs();
@@ -270,7 +316,8 @@ impl Stage {
     /// After Ctrl-C or SIGTERM: saves `st` and returns the error that ends the run (it
     /// resumes with `--resume`). Otherwise does nothing.
     pub fn check_interrupt<S: TrainerState>(&mut self, st: &S) -> Result<()> {
-        if !STOP.load(Ordering::SeqCst) {
+        // Every rank stops at the same step when any of them was interrupted.
+        if !self.dist.any(STOP.load(Ordering::SeqCst), self.device)? {
             return Ok(());
         }
         eprintln!(
@@ -293,6 +340,59 @@ impl Stage {
         self.save(st)?;
         Ok(self.meta)
     }
+}
+
+/// What rank 0 found in `--out` (`found`, on rank 0 only), on every rank: the decision, and
+/// on rank 0 the resumed run's directory, state and log.
+#[allow(clippy::type_complexity)]
+fn found_on_every_rank(
+    dist: &crate::dist::Dist,
+    found: Option<OutState>,
+) -> Result<(Found, Option<(PathBuf, TrainState, Vec<Value>)>)> {
+    let (decision, own) = match found {
+        Some(OutState::Fresh) => (Found::Fresh, None),
+        Some(OutState::Complete(meta)) => (Found::Complete(meta), None),
+        Some(OutState::Resume { dir, state, log }) => (Found::Resume(state.json.clone()), Some((dir, state, log))),
+        // Not rank 0: filled in from rank 0's message.
+        None => (Found::Fresh, None),
+    };
+    if !dist.is_parallel() {
+        return Ok((decision, own));
+    }
+    let bytes = if dist.is_main() {
+        serde_json::to_vec(&decision)?
+    } else {
+        Vec::new()
+    };
+    let decision: Found =
+        serde_json::from_slice(&dist.broadcast_bytes(&bytes)?).context("rank 0's decision about --out")?;
+    Ok((decision, own))
+}
+
+/// Copies rank 0's weights, adapters and optimiser state into every other rank's, so that all
+/// start a data-parallel run from the same point (a new run, or rank 0's checkpoint).
+fn sync_weights(
+    dist: &crate::dist::Dist,
+    vs: &nn::VarStore,
+    adapters: Option<&Adapters>,
+    opt: &mut AdamW,
+) -> Result<()> {
+    if !dist.is_parallel() {
+        return Ok(());
+    }
+    let sorted = |vs: &nn::VarStore| {
+        let mut v: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, t)| t).collect::<Vec<_>>()
+    };
+    let mut tensors = sorted(vs);
+    if let Some(a) = adapters {
+        tensors.extend(sorted(&a.vs));
+    }
+    dist.sync_from_main(&tensors)?;
+    let state = opt.state_tensors();
+    dist.sync_from_main(&state.iter().map(|(_, t)| t.shallow_clone()).collect::<Vec<_>>())?;
+    opt.load_state_tensors(&state)
 }
 
 /// Builds the model, tokenizer and metadata of a run from its `source`; `fits` checks the

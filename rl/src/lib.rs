@@ -63,6 +63,15 @@ impl TrainerState for RlState {
 
 /// Runs the RL stage; returns the final metadata.
 pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
+    let ranks = common::dist::ranks();
+    if ranks.world > 1 {
+        anyhow::bail!(
+            "rl does not run data-parallel yet (started as rank {} of {}): start it as one process, without torchrun; \
+             pretrain, midtrain and sft do",
+            ranks.rank,
+            ranks.world
+        );
+    }
     let (mut stage, resumed) = match Stage::open::<RlState>(stage_options(cfg, args)?, None)? {
         Opened::Complete(meta) => return Ok(*meta),
         Opened::Run { stage, resumed } => (stage, resumed),

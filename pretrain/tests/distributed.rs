@@ -1,0 +1,171 @@
+//! Data-parallel pretraining under `torchrun` (2 ranks on CPU, Gloo over loopback): the same
+//! losses and weights as one process with the whole batch, a killed 2-rank run that resumes
+//! to the same end, and a rank that dies making the other exit with an error instead of hanging.
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use testkit::{stderr, tiny_world, venv_python};
+
+const PRETRAIN: &str = env!("CARGO_BIN_EXE_pretrain");
+
+/// `torchrun` of the project's virtual environment, next to its Python.
+fn torchrun() -> PathBuf {
+    let py = venv_python();
+    let t = py.with_file_name("torchrun");
+    assert!(
+        t.exists(),
+        "{} is missing: `just setup` installs torch (and torchrun) into ./.venv",
+        t.display()
+    );
+    t
+}
+
+/// `torchrun --standalone --nproc-per-node 2 --no-python pretrain ARGS`.
+fn two_ranks(args: &[&str], out: &Path) -> Command {
+    let mut c = Command::new(torchrun());
+    c.args(["--standalone", "--nproc-per-node", "2", "--no-python", PRETRAIN])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .env("L2E_PROGRESS", "quiet")
+        .env("L2E_PYTHON", venv_python())
+        .env("OMP_NUM_THREADS", "1")
+        .env_remove("LD_LIBRARY_PATH");
+    c
+}
+
+fn one_rank(args: &[&str], out: &Path) -> Command {
+    let mut c = testkit::bin(PRETRAIN);
+    c.args(args).arg("--out").arg(out).env("L2E_THREADS", "1");
+    c
+}
+
+fn losses(dir: &Path) -> Result<Vec<(u64, f64)>> {
+    Ok(std::fs::read_to_string(dir.join("metrics.jsonl"))?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect())
+}
+
+fn assert_same_run(a: &Path, b: &Path, steps: usize) -> Result<()> {
+    let (la, lb) = (losses(a)?, losses(b)?);
+    assert_eq!(la.len(), steps, "{la:?}");
+    assert_eq!(
+        la.iter().map(|x| x.0).collect::<Vec<_>>(),
+        lb.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+    for ((s, x), (_, y)) in la.iter().zip(&lb) {
+        // The same gradients summed in another order: equal up to float rounding.
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "step {s}: {x} vs {y}");
+    }
+    let wa = testkit::sorted_weights(a)?;
+    let wb = testkit::sorted_weights(b)?;
+    testkit::assert_same_weights(&wa, &wb, 1e-4, "2 ranks against 1");
+    Ok(())
+}
+
+#[test]
+fn two_ranks_train_as_one_with_the_whole_batch_and_resume_after_a_kill() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let cfg = d.join("configs/pretrain.toml");
+    let cfg = cfg.to_str().context("utf-8 path")?;
+    // 4 sequences per step in micro-batches of 2: one micro-batch per rank.
+    let args = ["--config", cfg, "--steps", "12", "--save-every", "2"];
+
+    let one = d.join("one/pretrain");
+    let o = one_rank(&args, &one).output()?;
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let two = d.join("two/pretrain");
+    let o = two_ranks(&args, &two).output()?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_run(&one, &two, 12)?;
+    // Rank 0 alone wrote the checkpoint and its log; the meta is complete.
+    let meta: Value = serde_json::from_str(&std::fs::read_to_string(two.join("meta.json"))?)?;
+    assert_eq!(meta["complete"], true);
+    assert_eq!(meta["step"], 12);
+
+    // Killed (the launcher and both ranks) as soon as a checkpoint exists, then resumed.
+    let killed = d.join("killed/pretrain");
+    let mut c = two_ranks(&args, &killed);
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let t0 = Instant::now();
+    while !killed.join("meta.json").exists() && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL)?;
+    child.wait()?;
+    let step = common::checkpoint::load(&killed)?.meta.step;
+    assert!((2..12).contains(&step), "killed at step {step}");
+    let mut resume: Vec<&str> = args.to_vec();
+    resume.push("--resume");
+    let o = two_ranks(&resume, &killed).output()?;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_run(&one, &killed, 12)?;
+    Ok(())
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_other_with_an_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    tiny_world(d)?;
+    let cfg = d.join("configs/pretrain.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // Two ranks started by hand, as torchrun would (rank 0 hosts the store): rank 1 is killed
+    // once training runs; rank 0, waiting for its gradients, must fail, not hang.
+    let rank = |r: usize| -> Result<std::process::Child> {
+        Ok(testkit::bin(PRETRAIN)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--steps", "100000"])
+            .arg("--out")
+            .arg(d.join(format!("r{r}")))
+            .envs([
+                ("RANK", r.to_string()),
+                ("LOCAL_RANK", r.to_string()),
+                ("WORLD_SIZE", "2".into()),
+                ("LOCAL_WORLD_SIZE", "2".into()),
+                ("MASTER_ADDR", "127.0.0.1".into()),
+                ("MASTER_PORT", port.to_string()),
+                ("L2E_DIST_TIMEOUT_S", "60".into()),
+                ("OMP_NUM_THREADS", "1".into()),
+            ])
+            .env("L2E_PYTHON", venv_python())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    };
+    let r0 = rank(0)?;
+    let mut r1 = rank(1)?;
+    // Training has started once rank 0 logged a step.
+    let log = d.join("r0.metrics.jsonl");
+    let t0 = Instant::now();
+    while losses_in(&log).is_empty() && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!losses_in(&log).is_empty(), "the two ranks never started training");
+    r1.kill()?;
+    r1.wait()?;
+    let t1 = Instant::now();
+    let o = r0.wait_with_output()?;
+    let waited = t1.elapsed();
+    assert!(!o.status.success());
+    assert!(waited < Duration::from_secs(90), "rank 0 took {waited:?} to notice");
+    let err = stderr(&o);
+    assert!(err.contains("rank 0 of 2") && err.contains("failed"), "{err}");
+    Ok(())
+}
+
+fn losses_in(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        .unwrap_or_default()
+}
