@@ -3,36 +3,17 @@
 //! to the same end, and a rank that dies making the other exit with an error instead of hanging.
 use anyhow::{Context, Result};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::{stderr, tiny_world, venv_python};
 
 const PRETRAIN: &str = env!("CARGO_BIN_EXE_pretrain");
 
-/// `torchrun` of the project's virtual environment, next to its Python.
-fn torchrun() -> PathBuf {
-    let py = venv_python();
-    let t = py.with_file_name("torchrun");
-    assert!(
-        t.exists(),
-        "{} is missing: `just setup` installs torch (and torchrun) into ./.venv",
-        t.display()
-    );
-    t
-}
-
-/// `torchrun --standalone --nproc-per-node 2 --no-python pretrain ARGS`.
+/// `torchrun` with 2 ranks of `pretrain ARGS --out OUT`.
 fn two_ranks(args: &[&str], out: &Path) -> Command {
-    let mut c = Command::new(torchrun());
-    c.args(["--standalone", "--nproc-per-node", "2", "--no-python", PRETRAIN])
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .env("L2E_PROGRESS", "quiet")
-        .env("L2E_PYTHON", venv_python())
-        .env("OMP_NUM_THREADS", "1")
-        .env_remove("LD_LIBRARY_PATH");
+    let mut c = testkit::torchrun(2, PRETRAIN);
+    c.args(args).arg("--out").arg(out);
     c
 }
 
@@ -42,29 +23,8 @@ fn one_rank(args: &[&str], out: &Path) -> Command {
     c
 }
 
-fn losses(dir: &Path) -> Result<Vec<(u64, f64)>> {
-    Ok(std::fs::read_to_string(dir.join("metrics.jsonl"))?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| Some((v["step"].as_u64()?, v.get("loss")?.as_f64()?)))
-        .collect())
-}
-
 fn assert_same_run(a: &Path, b: &Path, steps: usize) -> Result<()> {
-    let (la, lb) = (losses(a)?, losses(b)?);
-    assert_eq!(la.len(), steps, "{la:?}");
-    assert_eq!(
-        la.iter().map(|x| x.0).collect::<Vec<_>>(),
-        lb.iter().map(|x| x.0).collect::<Vec<_>>()
-    );
-    for ((s, x), (_, y)) in la.iter().zip(&lb) {
-        // The same gradients summed in another order: equal up to float rounding.
-        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "step {s}: {x} vs {y}");
-    }
-    let wa = testkit::sorted_weights(a)?;
-    let wb = testkit::sorted_weights(b)?;
-    testkit::assert_same_weights(&wa, &wb, 1e-4, "2 ranks against 1");
-    Ok(())
+    testkit::assert_same_run(a, b, steps, "2 ranks against 1")
 }
 
 #[test]

@@ -28,6 +28,53 @@ pub fn venv_python() -> PathBuf {
     }
 }
 
+/// `torchrun --standalone --nproc-per-node N --no-python EXE` from the project's virtual
+/// environment, as a user launches data-parallel ranks on one machine (progress quiet, one
+/// thread per rank, the venv's Python for torch.distributed, no `LD_LIBRARY_PATH`).
+pub fn torchrun(nproc: usize, exe: impl AsRef<std::ffi::OsStr>) -> Command {
+    let py = venv_python();
+    let t = py.with_file_name("torchrun");
+    assert!(
+        t.exists(),
+        "{} is missing: `just setup` installs torch (and torchrun) into ./.venv",
+        t.display()
+    );
+    let mut c = Command::new(t);
+    c.args(["--standalone", "--nproc-per-node", &nproc.to_string(), "--no-python"])
+        .arg(exe)
+        .env("L2E_PROGRESS", "quiet")
+        .env("L2E_PYTHON", &py)
+        .env("OMP_NUM_THREADS", "1")
+        .env_remove("LD_LIBRARY_PATH");
+    c
+}
+
+/// The `(step, loss)` lines of a checkpoint's `metrics.jsonl`.
+pub fn logged_losses(dir: &Path) -> Result<Vec<(u64, f64)>> {
+    Ok(std::fs::read_to_string(dir.join("metrics.jsonl"))?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v.get("loss")?.as_f64()?)))
+        .collect())
+}
+
+/// Panics unless the runs in `a` and `b` logged the same `steps` losses (to float rounding)
+/// and saved the same weights.
+pub fn assert_same_run(a: &Path, b: &Path, steps: usize, what: &str) -> Result<()> {
+    let (la, lb) = (logged_losses(a)?, logged_losses(b)?);
+    assert_eq!(la.len(), steps, "{what}: {la:?}");
+    assert_eq!(
+        la.iter().map(|x| x.0).collect::<Vec<_>>(),
+        lb.iter().map(|x| x.0).collect::<Vec<_>>(),
+        "{what}"
+    );
+    for ((s, x), (_, y)) in la.iter().zip(&lb) {
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{what}: step {s}: {x} vs {y}");
+    }
+    assert_same_weights(&sorted_weights(a)?, &sorted_weights(b)?, 1e-4, what);
+    Ok(())
+}
+
 /// The root of the workspace (the folder holding the top `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -65,6 +65,10 @@ enum One {
     /// (internal) data path measurement, printed as JSON.
     #[command(hide = true)]
     Data,
+    /// (internal) one rank of a data-parallel training measurement (under torchrun, or alone);
+    /// rank 0 prints JSON.
+    #[command(hide = true)]
+    DistTrain(TrainArgs),
 }
 
 /// One training measurement: a model preset trained on batches of this shape.
@@ -129,6 +133,129 @@ fn one_train(t: &TrainArgs, device: Device) -> Result<Value> {
         }
     }
     Ok(train_summary(t, &cfg, &times, sampler.is_some()))
+}
+
+/// One rank of data-parallel training on random tokens: each rank runs its share of the step's
+/// micro-batches, then the gradients are summed across ranks (`common::dist`), clipped and
+/// stepped. Also times the gradient all-reduce alone. Rank 0 returns the JSON, others `None`.
+fn one_dist_train(t: &TrainArgs, device: Device) -> Result<Option<Value>> {
+    let dist = common::dist::init(device)?;
+    let cfg = GptConfig::preset(&t.preset, VOCAB)?;
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let model = Gpt::new(vs.root(), &cfg);
+    let mut opt = AdamW::new(
+        &vs,
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        },
+    );
+    let accum = (t.batch / t.micro) as usize;
+    let batches: Vec<_> = (0..accum).map(|_| random_batch(t.micro, t.seq)).collect();
+    let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
+    let mine: Vec<_> = batches
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % dist.world == dist.rank)
+        .map(|(_, b)| b)
+        .collect();
+    let (mut steps, mut reduces) = (Vec::new(), Vec::new());
+    for i in 0..t.steps + 2 {
+        dist.barrier()?;
+        let t0 = Instant::now();
+        let loss = lm_backward(&model, &mut opt, &mine, trained, device)?;
+        let t1 = Instant::now();
+        dist.sum_grads(&opt.vars(), &[loss])?;
+        let t2 = Instant::now();
+        opt.clip_grad_norm(1.0);
+        opt.step(1e-3);
+        if i >= 2 {
+            steps.push(t0.elapsed().as_secs_f64());
+            reduces.push((t2 - t1).as_secs_f64());
+        }
+    }
+    // The all-reduce alone, the ranks in step.
+    let mut alone = Vec::new();
+    for _ in 0..10 {
+        dist.barrier()?;
+        let t0 = Instant::now();
+        dist.sum_grads(&opt.vars(), &[0.0])?;
+        alone.push(t0.elapsed().as_secs_f64());
+    }
+    let median = |xs: &mut Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let grad_mb = opt.vars().iter().map(|v| v.numel() as f64 * 4.0).sum::<f64>() / 1e6;
+    let step = median(&mut steps);
+    Ok(dist.is_main().then(|| {
+        json!({
+            "ranks": dist.world, "threads_per_rank": tch::get_num_threads(), "preset": t.preset,
+            "batch": t.batch, "micro": t.micro, "seq": t.seq,
+            "tok_per_s": (t.batch * t.seq) as f64 / step, "step_secs": step,
+            "allreduce_in_step_secs": median(&mut reduces), "allreduce_secs": median(&mut alone), "grad_mb": grad_mb,
+        })
+    }))
+}
+
+/// Data-parallel scaling on this machine's CPU: one process with one thread against
+/// `torchrun` with 2 ranks of one thread each (Gloo over loopback), the same global batch.
+fn distributed_bench(python: &str) -> Value {
+    let run = || -> Result<Value> {
+        let exe = std::env::current_exe()?;
+        let torchrun = std::path::Path::new(python).with_file_name("torchrun");
+        if !torchrun.exists() {
+            bail!("{} not found (just setup installs it)", torchrun.display());
+        }
+        let args = [
+            "dist-train",
+            "--preset",
+            "default",
+            "--batch",
+            "32",
+            "--micro",
+            "16",
+            "--seq",
+            "256",
+            "--steps",
+            "5",
+            "--device",
+            "cpu",
+        ];
+        let parse = |o: std::process::Output, what: &str| -> Result<Value> {
+            if !o.status.success() {
+                bail!("{what}: {}", String::from_utf8_lossy(&o.stderr).trim());
+            }
+            let text = String::from_utf8_lossy(&o.stdout);
+            let line = text
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .context("no result line")?;
+            Ok(serde_json::from_str(line)?)
+        };
+        let one = parse(
+            Command::new(&exe).args(args).env("L2E_THREADS", "1").output()?,
+            "1 rank",
+        )?;
+        let two = parse(
+            Command::new(&torchrun)
+                .args(["--standalone", "--nproc-per-node", "2", "--no-python"])
+                .arg(&exe)
+                .args(args)
+                .env("OMP_NUM_THREADS", "1")
+                .env("L2E_PYTHON", python)
+                .output()?,
+            "2 ranks under torchrun",
+        )?;
+        let eff = two["tok_per_s"].as_f64().unwrap_or(0.0) / (2.0 * one["tok_per_s"].as_f64().unwrap_or(f64::NAN));
+        Ok(json!({"one_rank": one, "two_ranks": two, "scaling_efficiency": eff,
+                  "allreduce_share_of_step": two["allreduce_in_step_secs"].as_f64().unwrap_or(0.0) / two["step_secs"].as_f64().unwrap_or(f64::NAN)}))
+    };
+    run().unwrap_or_else(|e| json!({"error": format!("{e:#}")}))
 }
 
 /// The training stream of the default world when it exists (so the data path is part of the
@@ -398,12 +525,19 @@ fn run_all(a: &Args) -> Result<()> {
     let paired = paired_rounds(a, &cfg, threads, &dflt, &reference)?;
     eprintln!("bench: serving under load (continuous batching vs one request at a time)");
     let serving = serve_bench(a.device);
+    let distributed = if cpu {
+        eprintln!("bench: data-parallel training, 1 rank against 2 under torchrun (Gloo, one thread each)");
+        distributed_bench(&a.python)
+    } else {
+        json!({"skipped": "measured on the CPU (Gloo); NCCL across GPUs needs a machine with several"})
+    };
     let machine = Machine {
         device: device_name(device),
         threads,
         peaks,
     };
-    let results = results_json(&machine, &ours, &reference, &paired, serving, t_all);
+    let mut results = results_json(&machine, &ours, &reference, &paired, serving, t_all);
+    results["distributed"] = distributed;
     if let Some(p) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(p)?;
     }
@@ -723,6 +857,23 @@ fn print_table(results: &Value, cpu: bool) {
         "| time outside libtorch per step (data + bookkeeping) | {:.2}% | | |",
         100.0 * ours["outside_libtorch_fraction"].as_f64().unwrap_or(f64::NAN)
     );
+    let dp = &results["distributed"];
+    if dp["two_ranks"].is_object() {
+        println!(
+            "| data-parallel, default fp32, 1 thread per rank: 1 rank / 2 ranks (tok/s) | {} / {} | | scaling efficiency {:.0}% |",
+            tf(&dp["one_rank"]["tok_per_s"]),
+            tf(&dp["two_ranks"]["tok_per_s"]),
+            100.0 * dp["scaling_efficiency"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "| — gradient all-reduce, {:.1} MB over Gloo (ms; share of the 2-rank step) | {:.1} ({:.1}%) | | |",
+            dp["two_ranks"]["grad_mb"].as_f64().unwrap_or(f64::NAN),
+            1e3 * dp["two_ranks"]["allreduce_secs"].as_f64().unwrap_or(f64::NAN),
+            100.0 * dp["allreduce_share_of_step"].as_f64().unwrap_or(f64::NAN)
+        );
+    } else {
+        println!("| data-parallel | {} | | |", dp);
+    }
 }
 
 fn main() -> ExitCode {
@@ -741,6 +892,12 @@ fn main() -> ExitCode {
             }
             Some(One::Data) => {
                 println!("{}", one_data()?);
+                Ok(())
+            }
+            Some(One::DistTrain(t)) => {
+                if let Some(v) = one_dist_train(t, device)? {
+                    println!("{v}");
+                }
                 Ok(())
             }
             None => run_all(&a),
