@@ -237,15 +237,22 @@ impl Dist {
         Ok(t.double_value(&[0]) > 0.0)
     }
 
-    /// Sums the gradients of `vars` (those that have one) and `extra` (e.g. a loss) over the
+    /// Sums the gradients of `vars` (trainable; zeros where this rank made none) and `extra` (e.g. a loss) over the
     /// ranks, in buckets of about 25 MB (one collective per bucket, as DDP): each bucket is
     /// flattened into one buffer, reduced, and copied back. Returns the summed `extra`.
     pub fn sum_grads(&self, vars: &[Tensor], extra: &[f64]) -> Result<Vec<f64>> {
         if !self.is_parallel() {
             return Ok(extra.to_vec());
         }
+        // A variable no micro-batch of this rank reached has no gradient yet: give it zeros, so
+        // that every rank reduces the same buffers and applies the same sum.
+        for v in vars {
+            if !v.grad().defined() {
+                (v.sum(Kind::Float) * 0.0).backward();
+            }
+        }
         let _guard = tch::no_grad_guard();
-        let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        let grads: Vec<Tensor> = vars.iter().map(Tensor::grad).collect();
         let device = grads.first().map_or(Device::Cpu, Tensor::device);
         let mut extra_t = Tensor::from_slice(extra).to_kind(Kind::Float).to_device(device);
         const BUCKET_BYTES: i64 = 25 << 20;

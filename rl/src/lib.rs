@@ -63,15 +63,6 @@ impl TrainerState for RlState {
 
 /// Runs the RL stage; returns the final metadata.
 pub fn run(cfg: &RlConfig, args: &CommonArgs) -> Result<Meta> {
-    let ranks = common::dist::ranks();
-    if ranks.world > 1 {
-        anyhow::bail!(
-            "rl does not run data-parallel yet (started as rank {} of {}): start it as one process, without torchrun; \
-             pretrain, midtrain and sft do",
-            ranks.rank,
-            ranks.world
-        );
-    }
     let (mut stage, resumed) = match Stage::open::<RlState>(stage_options(cfg, args)?, None)? {
         Opened::Complete(meta) => return Ok(*meta),
         Opened::Run { stage, resumed } => (stage, resumed),
@@ -233,8 +224,11 @@ fn finish(
     stage.meta.metrics.prompt_repeats = Some(prompts.repeats());
     stage.meta.metrics.curriculum = Some(slot_logs(&prompts.curriculum));
     stage.meta.metrics.train = Some(TrainMetrics::Rl(train_summary(&stage.log.lines, st)));
-    let out = stage.out.clone();
+    let (out, main) = (stage.out.clone(), stage.dist.is_main());
     let meta = stage.finish(st)?;
+    if !main {
+        return Ok(meta);
+    }
     eprintln!(
         "rl: done: {} steps in {}; checkpoint {}",
         st.step,
@@ -259,6 +253,9 @@ fn reference_model(cfg: &RlConfig, device: tch::Device) -> Result<Option<(tch::n
 }
 
 fn print_header(stage: &Stage, cfg: &RlConfig) -> Result<()> {
+    if !stage.dist.is_main() {
+        return Ok(());
+    }
     let (n_prompts, g) = (cfg.rl.prompts_per_step, cfg.rl.group_size);
     eprintln!(
         "rl: {} loss, {} prompts x {} samples = {} completions per step, {} inner epoch(s), clip [{}, {}], kl {}, rewards correct {} / abstain {} / wrong {} / format {}, overlong {:?}, on {}",
@@ -329,6 +326,10 @@ impl Grading {
         let (Some(opts), Some(list)) = (&self.opts, list) else {
             return Ok(None);
         };
+        // Rank 0 alone grades a data-parallel run.
+        if !stage.dist.is_main() {
+            return Ok(None);
+        }
         let r = evaluate_tasks(model, &stage.tok, list, grader, opts)?;
         eprintln!("rl: {what}: {}", summarize(&r));
         Ok(Some(r))
@@ -378,7 +379,7 @@ impl Grading {
     /// The practised prompts graded by the final model and by the starting one (loaded
     /// again from `--init`): a gain there that held-out questions do not show is memorised.
     fn practised(&self, stage: &mut Stage, grader: &Grader, cfg: &RlConfig, tasks: &[Task]) -> Result<()> {
-        let Some(init) = cfg.init.as_ref().filter(|_| !tasks.is_empty()) else {
+        let Some(init) = cfg.init.as_ref().filter(|_| !tasks.is_empty() && stage.dist.is_main()) else {
             return Ok(());
         };
         let list = Some(tasks.to_vec());
@@ -454,7 +455,15 @@ fn update(
         let target = seqs.target.to_device(device);
         let mask = seqs.mask.to_device(device);
         let adv = Tensor::from_slice(&seqs.adv.iter().map(|&a| a as f32).collect::<Vec<_>>()).to_device(device);
-        let ranges = micro_ranges(seqs.n, cfg.train.micro_batch_size as usize);
+        // Data-parallel ranks each run their share of the micro-batches (all hold the whole
+        // rollout); the gradients are summed before every optimiser step.
+        let dist = stage.dist;
+        let ranges: Vec<(i64, i64)> = micro_ranges(seqs.n, cfg.train.micro_batch_size as usize)
+            .into_iter()
+            .enumerate()
+            .filter(|(j, _)| j % dist.world == dist.rank)
+            .map(|(_, r)| r)
+            .collect();
         let logps_of = |m: &Gpt| -> Vec<Tensor> {
             ranges
                 .iter()
@@ -498,6 +507,12 @@ fn update(
                     stats.counted += parts.tokens;
                     stats.kl_sum += parts.kl_sum;
                 }
+            }
+            let (clipped, counted, kl) = (stats.clipped, stats.counted, stats.kl_sum);
+            let summed = dist.sum_grads(&stage.opt.vars(), &[total, clipped, counted, kl])?;
+            total = summed[0];
+            if epoch + 1 == cfg.rl.inner_epochs {
+                (stats.clipped, stats.counted, stats.kl_sum) = (summed[1], summed[2], summed[3]);
             }
             if !total.is_finite() {
                 bail!("rl: loss became {total}; stopped without saving (last good checkpoint kept). Lower train.lr");

@@ -5,7 +5,7 @@ use crate::grpo::{advantages, batch_normaliser, flat_groups, LossKind};
 use anyhow::{bail, Result};
 use common::device::seed_everything;
 use common::prompts::{Drawn, PromptStream};
-use common::sampling::{fits_context, generate};
+use common::sampling::{fits_context, generate, Generation};
 use common::stage::Stage;
 use common::verify::{Grader, Task, Verdict};
 use serde::{Deserialize, Serialize};
@@ -82,28 +82,45 @@ pub fn rollout(
         for d in &drawn {
             practised.record(&d.task);
         }
+        let dist = stage.dist;
+        // Data-parallel ranks sample and grade whole groups (group j on rank j mod world), each
+        // from its own seed, and share the results: every rank then holds the whole step.
         seed_everything(
             cfg.train
                 .seed
                 .wrapping_add(step * 7919)
-                .wrapping_add(round as u64 * 104_729),
+                .wrapping_add(round as u64 * 104_729)
+                .wrapping_add(dist.rank as u64 * 1_000_003),
         );
-        let gen = generate(
+        let mine: Vec<usize> = (0..prompts.len())
+            .filter(|i| (i / g) % dist.world == dist.rank)
+            .collect();
+        let my_prompts: Vec<Vec<u32>> = mine.iter().map(|&i| prompts[i].clone()).collect();
+        let my_gen = generate(
             &stage.model,
-            &prompts,
+            &my_prompts,
             &cfg.sampling,
             tok.stops(),
             tok.pad,
             stage.device,
         )?;
-        out.gen_secs += gen.secs;
-        let texts: Vec<String> = gen.tokens.iter().map(|t| tok.decode(t)).collect::<Result<_>>()?;
-        let items: Vec<(&Task, &str, bool)> = texts
+        out.gen_secs += my_gen.secs;
+        let my_texts: Vec<String> = my_gen.tokens.iter().map(|t| tok.decode(t)).collect::<Result<_>>()?;
+        let items: Vec<(&Task, &str, bool)> = my_texts
             .iter()
+            .zip(&mine)
             .enumerate()
-            .map(|(i, c)| (&drawn[i / g].task, c.as_str(), gen.finished[i]))
+            .map(|(k, (c, &i))| (&drawn[i / g].task, c.as_str(), my_gen.finished[k]))
             .collect();
-        let verdicts = grader.grade_all(&items);
+        let my_verdicts = grader.grade_all(&items);
+        let (gen, verdicts) = share_groups(
+            dist,
+            prompts.len(),
+            &mine,
+            my_gen,
+            my_verdicts,
+            cfg.sampling.max_new_tokens,
+        )?;
         let rewards: Vec<f64> = verdicts
             .iter()
             .zip(&gen.finished)
@@ -170,6 +187,81 @@ pub fn rollout(
         .map(|i| in_loss[i] && (cfg.rl.kl_coef > 0.0 || out.adv[i] != 0.0))
         .collect();
     Ok(out)
+}
+
+/// Every rank's sampled rows and verdicts on every rank: this rank's rows (`mine`, of `n`) are
+/// written into zeroed buffers that are summed across ranks. World size 1: as given.
+fn share_groups(
+    dist: &common::dist::Dist,
+    n: usize,
+    mine: &[usize],
+    gen: Generation,
+    verdicts: Vec<Verdict>,
+    max_new: i64,
+) -> Result<(Generation, Vec<Verdict>)> {
+    if !dist.is_parallel() {
+        return Ok((gen, verdicts));
+    }
+    let width = gen
+        .tokens
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+        .max(max_new as usize)
+        .max(1);
+    // Per row: tokens (+1, 0 = none), then length, finished, stop token + 1 (0 = none).
+    let cols = width + 3;
+    let mut ints = vec![0i64; n * cols];
+    // Per row: reward, correct, abstained, formatted, errored.
+    let mut floats = vec![0f64; n * 5];
+    for (k, &i) in mine.iter().enumerate() {
+        let row = &mut ints[i * cols..(i + 1) * cols];
+        for (j, &t) in gen.tokens[k].iter().enumerate() {
+            row[j] = i64::from(t) + 1;
+        }
+        row[width] = gen.tokens[k].len() as i64;
+        row[width + 1] = i64::from(gen.finished[k]);
+        row[width + 2] = gen.ended_with[k].map_or(0, |t| i64::from(t) + 1);
+        let v = &verdicts[k];
+        let f = &mut floats[i * 5..(i + 1) * 5];
+        f.copy_from_slice(&[
+            v.reward,
+            f64::from(u8::from(v.correct)),
+            f64::from(u8::from(v.abstained)),
+            f64::from(u8::from(v.formatted)),
+            f64::from(u8::from(v.errored)),
+        ]);
+    }
+    let (ti, tf) = (Tensor::from_slice(&ints), Tensor::from_slice(&floats));
+    dist.all_reduce(&ti, common::dist::Op::Sum)?;
+    dist.all_reduce(&tf, common::dist::Op::Sum)?;
+    let (ints, floats) = (Vec::<i64>::try_from(&ti)?, Vec::<f64>::try_from(&tf)?);
+    let mut all = Generation {
+        tokens: Vec::with_capacity(n),
+        finished: Vec::with_capacity(n),
+        ended_with: Vec::with_capacity(n),
+        tokens_per_sec: gen.tokens_per_sec,
+        secs: gen.secs,
+    };
+    let mut vs = Vec::with_capacity(n);
+    for i in 0..n {
+        let row = &ints[i * cols..(i + 1) * cols];
+        let len = row[width] as usize;
+        all.tokens.push(row[..len].iter().map(|&t| (t - 1) as u32).collect());
+        all.finished.push(row[width + 1] != 0);
+        all.ended_with
+            .push((row[width + 2] > 0).then(|| (row[width + 2] - 1) as u32));
+        let f = &floats[i * 5..(i + 1) * 5];
+        vs.push(Verdict {
+            reward: f[0],
+            correct: f[1] > 0.5,
+            abstained: f[2] > 0.5,
+            formatted: f[3] > 0.5,
+            errored: f[4] > 0.5,
+        });
+    }
+    Ok((all, vs))
 }
 
 /// Draws `need` prompts that fit the model's context, each rendered and repeated `g` times;
