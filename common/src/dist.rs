@@ -313,9 +313,15 @@ impl Dist {
     }
 
     fn failed(&self, what: &str) -> String {
+        let others = if self.world == 2 {
+            format!("rank {}", 1 - self.rank)
+        } else {
+            "another rank".into()
+        };
         format!(
-            "rank {} of {}: {what} failed (the Python traceback above says why; a rank that died shows as a \
-             closed connection or a timeout, and torchrun names it in its summary)",
+            "rank {} of {}: {what} failed: {others} died or stopped answering (a closed connection, or no answer \
+             within L2E_DIST_TIMEOUT_S; the Python traceback above has the details, and torchrun's summary names \
+             the rank that exited first)",
             self.rank, self.world
         )
     }

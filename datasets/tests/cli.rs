@@ -57,7 +57,7 @@ fn help_bad_arguments_build_inspect_and_decontaminate() -> Result<()> {
         .output()?;
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
-        o.status.success() && text.contains("messages") && text.contains("rows 4000") && text.contains("tokens"),
+        o.status.success() && text.contains("messages") && text.contains("rows 4400") && text.contains("tokens"),
         "{text}"
     );
     let o = bin().args(["inspect", "/no/such/file.parquet"]).output()?;

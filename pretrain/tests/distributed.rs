@@ -120,7 +120,7 @@ fn a_rank_that_dies_ends_the_other_with_an_error() -> Result<()> {
     assert!(!o.status.success());
     assert!(waited < Duration::from_secs(90), "rank 0 took {waited:?} to notice");
     let err = stderr(&o);
-    assert!(err.contains("rank 0 of 2") && err.contains("failed"), "{err}");
+    assert!(err.contains("rank 0 of 2") && err.contains("rank 1 died"), "{err}");
     Ok(())
 }
 

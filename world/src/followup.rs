@@ -70,6 +70,23 @@ pub(crate) fn arith_followup(r: &mut R, v: i64) -> (String, Arith) {
     }
 }
 
+/// The problem `x op y` as one worked step, whatever its value (an annotator's earlier slip
+/// may take it out of the world's usual range).
+fn one_step(op: char, x: i64, y: i64) -> Arith {
+    let value = match op {
+        '+' => x + y,
+        '-' => x - y,
+        _ => x * y,
+    };
+    let tree = ATree::Bin(op, Box::new(ATree::Num(x)), Box::new(ATree::Num(y)));
+    Arith {
+        expr: tree.render(),
+        steps: vec![format!("{x} {op} {y} = {value}")],
+        tree,
+        value,
+    }
+}
+
 /// Follow-up questions about attribute `a` of the entity the previous turn was about, which
 /// they name by a pronoun or "that town/person/...".
 fn followup_questions(a: Attr) -> &'static [&'static str] {
@@ -125,16 +142,26 @@ fn sft_followup_conversation(r: &mut R, ctx: &Ctx) -> Vec<Message> {
         let columns = |a: &Arith| works_in_columns("sft", &a.expr, ctx.column_sft);
         conv.push(msg("user", arith_prompt(r, &a)));
         conv.push(msg("assistant", ctx.annotator.worked(&a, columns(&a))));
-        // The follow-up works on the value the annotator wrote, right or not.
-        let mut v = ctx.annotator.solve(&a).1;
+        // The questions follow the right values (so they are the same whoever annotates);
+        // the annotator works on the value it wrote itself, right or not.
+        let (mut right, mut theirs) = (a.value, ctx.annotator.solve(&a).1);
         for _ in 0..turns {
-            if !(0..=999).contains(&v) {
-                break;
-            }
-            let (q, f) = arith_followup(r, v);
+            let (q, f) = arith_followup(r, right);
+            let (op, n) = match &f.tree {
+                ATree::Bin(op, _, y) => match **y {
+                    ATree::Num(n) => (*op, n),
+                    _ => unreachable!("a follow-up is one operation on a number"),
+                },
+                ATree::Num(_) => unreachable!("a follow-up is one operation"),
+            };
+            let asked = if theirs == right {
+                f.clone()
+            } else {
+                one_step(op, theirs, n)
+            };
             conv.push(msg("user", q));
-            conv.push(msg("assistant", ctx.annotator.worked(&f, columns(&f))));
-            v = ctx.annotator.solve(&f).1;
+            conv.push(msg("assistant", ctx.annotator.worked(&asked, columns(&asked))));
+            (right, theirs) = (f.value, ctx.annotator.solve(&asked).1);
         }
     } else if r.random_bool(0.1) {
         // About a throwaway entity the annotator has no record of: the follow-up too.
