@@ -268,6 +268,46 @@ pub struct TrainSection {
     /// LoRA scale numerator: adapters are scaled by lora_alpha / lora_rank.
     #[serde(default = "crate::lora::default_alpha")]
     pub lora_alpha: f64,
+    /// adamw | muon: Muon for the blocks' weight matrices, AdamW (at `lr`) for the rest.
+    // Left out of saved configs at their defaults, so runs started before they existed resume.
+    #[serde(default, skip_serializing_if = "Optimizer::is_adamw")]
+    pub optimizer: Optimizer,
+    /// Muon's peak learning rate (the schedule scales it as it scales `lr`).
+    #[serde(default = "default_muon_lr", skip_serializing_if = "is_default_muon_lr")]
+    pub muon_lr: f64,
+    /// Muon's (Nesterov) momentum.
+    #[serde(default = "default_muon_momentum", skip_serializing_if = "is_default_muon_momentum")]
+    pub muon_momentum: f64,
+}
+
+/// Which optimiser trains the weight matrices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// AdamW for every parameter.
+    #[default]
+    Adamw,
+    /// Muon for the blocks' 2-D matrices, AdamW for embeddings, head and norms.
+    Muon,
+}
+
+impl Optimizer {
+    fn is_adamw(&self) -> bool {
+        *self == Optimizer::Adamw
+    }
+}
+
+fn default_muon_lr() -> f64 {
+    0.02
+}
+fn is_default_muon_lr(x: &f64) -> bool {
+    *x == default_muon_lr()
+}
+fn default_muon_momentum() -> f64 {
+    0.95
+}
+fn is_default_muon_momentum(x: &f64) -> bool {
+    *x == default_muon_momentum()
 }
 
 fn default_batch() -> i64 {
@@ -326,6 +366,11 @@ impl TrainSection {
             beta2: self.beta2,
             eps: self.eps,
             weight_decay: self.weight_decay,
+            muon: (self.optimizer == Optimizer::Muon).then(|| crate::optim::MuonConfig {
+                lr_scale: self.muon_lr / self.lr,
+                momentum: self.muon_momentum,
+                ns_steps: 5,
+            }),
         }
     }
 
@@ -372,6 +417,18 @@ impl TrainSection {
         }
         if !(self.weight_decay >= 0.0) || !(self.grad_clip >= 0.0) || !(self.eps > 0.0) {
             bail!("train.weight_decay and train.grad_clip must be >= 0 and train.eps > 0");
+        }
+        if self.optimizer == Optimizer::Muon {
+            if !(self.muon_lr > 0.0) || !(0.0..1.0).contains(&self.muon_momentum) {
+                bail!(
+                    "train.muon_lr must be > 0 and train.muon_momentum in [0, 1), got {} and {}",
+                    self.muon_lr,
+                    self.muon_momentum
+                );
+            }
+            if !(self.lr > 0.0) {
+                bail!("train.optimizer = \"muon\" scales train.muon_lr with the schedule of train.lr: train.lr must be > 0");
+            }
         }
         self.lora()?;
         Ok(())

@@ -964,6 +964,7 @@ mod tests {
                 beta2: 0.95,
                 eps: 1e-8,
                 weight_decay: 0.0,
+                muon: None,
             },
         );
         for _ in 0..2 {

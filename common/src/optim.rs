@@ -15,6 +15,51 @@ pub struct AdamWConfig {
     pub eps: f64,
     /// Decoupled weight decay (applied to matrices only).
     pub weight_decay: f64,
+    /// Muon for the hidden weight matrices (`None`: AdamW for every parameter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muon: Option<MuonConfig>,
+}
+
+/// Muon (momentum orthogonalised by Newton–Schulz iterations, as in modded-nanogpt and
+/// nanochat) for the 2-D weight matrices of the transformer blocks; the embeddings, the output
+/// head and the norms stay on AdamW.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MuonConfig {
+    /// Muon's learning rate over AdamW's: the schedule's rate times this (e.g. 0.02 / 3e-3).
+    pub lr_scale: f64,
+    /// Momentum (Nesterov).
+    pub momentum: f64,
+    /// Newton–Schulz iterations.
+    pub ns_steps: usize,
+}
+
+/// Whether Muon trains a parameter: a 2-D matrix inside the blocks (not the embeddings, the
+/// output head, norms or LoRA adapters).
+pub fn muon_trains(name: &str, dims: usize) -> bool {
+    dims == 2 && name.contains("layers.") && !name.contains("lora")
+}
+
+/// The orthogonalisation of Muon: about `U Vᵀ` of `g = U S Vᵀ`, by `steps` quintic
+/// Newton–Schulz iterations with the coefficients (3.4445, −4.7750, 2.0315) of Keller
+/// Jordan's Muon, on the matrix scaled to unit Frobenius norm (in fp32).
+pub fn newton_schulz(g: &Tensor, steps: usize) -> Tensor {
+    let (a, b, c) = (3.4445, -4.7750, 2.0315);
+    let size = g.size();
+    let tall = size[0] > size[1];
+    let mut x = g.to_kind(Kind::Float);
+    if tall {
+        x = x.tr();
+    }
+    x = &x / (x.norm() + 1e-7);
+    for _ in 0..steps {
+        let xa = x.matmul(&x.tr());
+        let xb = &xa * b + xa.matmul(&xa) * c;
+        x = &x * a + xb.matmul(&x);
+    }
+    if tall {
+        x = x.tr();
+    }
+    x
 }
 
 struct Param {
@@ -23,6 +68,8 @@ struct Param {
     m: Tensor,
     v: Tensor,
     decay: bool,
+    /// Trained by Muon (`m` is its momentum; `v` stays zero).
+    muon: bool,
 }
 
 /// AdamW over the variables of a `VarStore`.
@@ -53,6 +100,7 @@ impl AdamW {
                 Param {
                     m: var.zeros_like(),
                     v: var.zeros_like(),
+                    muon: cfg.muon.is_some() && muon_trains(&name, var.dim()),
                     name,
                     var,
                     decay,
@@ -119,12 +167,28 @@ impl AdamW {
             beta2,
             eps,
             weight_decay,
+            muon,
         } = self.cfg;
         let bc1 = 1.0 - beta1.powi(self.step as i32);
         let bc2 = 1.0 - beta2.powi(self.step as i32);
         for p in &mut self.params {
             let g = p.var.grad();
             if !g.defined() {
+                continue;
+            }
+            if let (true, Some(mu)) = (p.muon, muon) {
+                // Muon: m ← μ·m + g; the Nesterov direction g + μ·m, orthogonalised, scaled by
+                // √max(1, rows/cols); decoupled weight decay as AdamW's.
+                let lr = lr * mu.lr_scale;
+                let _ = p.m.g_mul_scalar_(mu.momentum).g_add_(&g);
+                let dir = g.g_add(&p.m.g_mul_scalar(mu.momentum));
+                let o = newton_schulz(&dir, mu.ns_steps);
+                let size = p.var.size();
+                let scale = (size[0] as f64 / size[1] as f64).max(1.0).sqrt();
+                if p.decay && weight_decay > 0.0 {
+                    let _ = p.var.g_mul_scalar_(1.0 - lr * weight_decay);
+                }
+                let _ = p.var.g_add_(&o.to_kind(p.var.kind()).g_mul_scalar(-lr * scale));
                 continue;
             }
             // The update of torch.optim.AdamW, in place with one temporary besides g·(1 − β2):
@@ -192,6 +256,144 @@ mod tests {
     use super::*;
     use tch::Device;
 
+    /// Singular values of `x` (fp64).
+    fn singular_values(x: &Tensor) -> Vec<f64> {
+        let (_, s, _) = x.to_kind(Kind::Double).svd(true, false);
+        Vec::try_from(s).unwrap_or_default()
+    }
+
+    #[test]
+    fn newton_schulz_orthogonalises() -> Result<()> {
+        tch::manual_seed(3);
+        for shape in [[24i64, 40], [40, 24]] {
+            // An ill-conditioned matrix: singular values from 0.01 to 1 ...
+            let (u, _, v) = Tensor::randn(shape, (Kind::Double, Device::Cpu)).svd(true, true);
+            let k = shape[0].min(shape[1]);
+            let s = Tensor::logspace(-2.0, 0.0, k, 10.0, (Kind::Double, Device::Cpu));
+            let g = u.matmul(&s.diag(0)).matmul(&v.tr());
+            // ... comes out with all of them near 1 (the quintic's band, about 0.7 to 1.2),
+            // the same singular vectors, and its own shape.
+            let o = newton_schulz(&g, 5);
+            assert_eq!(o.size(), shape.to_vec());
+            let sv = singular_values(&o);
+            assert!(sv.iter().all(|x| (0.6..1.25).contains(x)), "{shape:?}: {sv:?}");
+            let aligned = (u.tr().matmul(&o.to_kind(Kind::Double)).matmul(&v)).diagonal(0, 0, 1);
+            let aligned: Vec<f64> = Vec::try_from(aligned)?;
+            assert!(aligned.iter().all(|x| *x > 0.5), "{aligned:?}");
+        }
+        Ok(())
+    }
+
+    /// Two Muon steps in this optimiser against the same two steps computed by PyTorch from
+    /// Keller Jordan's published algorithm (the venv's torch), on a tall and a wide matrix; the
+    /// embedding beside them stays on AdamW.
+    #[test]
+    fn muon_matches_a_pytorch_reference() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        // Named as the model names them (model.layers.0.mlp.up_proj, ...): a tall and a wide one.
+        let block = &root / "model" / "layers" / 0;
+        let shapes = [("mlp", "up_proj", [48i64, 32]), ("self_attn", "o_proj", [32, 48])];
+        let vars: Vec<Tensor> = shapes
+            .iter()
+            .map(|(m, n, s)| (&block / *m).var(n, s, nn::Init::Randn { mean: 0.0, stdev: 0.1 }))
+            .collect();
+        let emb = (&root / "model").var("embed_tokens", &[10, 4], nn::Init::Const(0.5));
+        let mu = MuonConfig {
+            lr_scale: 10.0,
+            momentum: 0.95,
+            ns_steps: 5,
+        };
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            muon: Some(mu),
+        };
+        let mut opt = AdamW::new(&vs, cfg);
+        let mut saved: Vec<(String, Tensor)> = Vec::new();
+        for (i, v) in vars.iter().enumerate() {
+            saved.push((format!("w{i}"), v.detach().copy()));
+        }
+        let lr = 0.002;
+        for step in 0..2 {
+            let grads: Vec<Tensor> = shapes
+                .iter()
+                .map(|(_, _, s)| Tensor::randn(*s, (Kind::Float, Device::Cpu)))
+                .collect();
+            let loss = vars
+                .iter()
+                .zip(&grads)
+                .map(|(v, g)| (v * g).sum(Kind::Float))
+                .fold(emb.sum(Kind::Float), |a, b| a + b);
+            opt.zero_grad();
+            loss.backward();
+            opt.step(lr);
+            for (i, g) in grads.iter().enumerate() {
+                saved.push((format!("g{step}_{i}"), g.copy()));
+            }
+        }
+        for (i, v) in vars.iter().enumerate() {
+            saved.push((format!("out{i}"), v.detach().copy()));
+        }
+        let input = dir.path().join("in.safetensors");
+        Tensor::write_safetensors(&saved, &input)?;
+        let script = r#"
+import sys, torch
+from safetensors.torch import load_file, save_file
+t = load_file(sys.argv[1])
+lr, wd, mom = float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+def zeropower_via_newtonschulz5(G, steps):
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.float()
+    if G.size(0) > G.size(1):
+        X = X.T
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    if G.size(0) > G.size(1):
+        X = X.T
+    return X
+out = {}
+for i in range(2):
+    w = t[f"w{i}"].clone()
+    buf = torch.zeros_like(w)
+    for step in range(2):
+        g = t[f"g{step}_{i}"]
+        buf.mul_(mom).add_(g)
+        u = zeropower_via_newtonschulz5(g.add(buf, alpha=mom), 5)
+        w.mul_(1 - lr * wd)
+        w.add_(u, alpha=-lr * max(1, w.size(0) / w.size(1)) ** 0.5)
+    out[f"ref{i}"] = w
+save_file(out, sys.argv[5])
+"#;
+        let output = dir.path().join("ref.safetensors");
+        let o = std::process::Command::new(testkit::venv_python())
+            .args(["-c", script])
+            .arg(&input)
+            .args([format!("{}", lr * mu.lr_scale), "0.1".into(), "0.95".into()])
+            .arg(&output)
+            .output()?;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let refs: BTreeMap<String, Tensor> = Tensor::read_safetensors(&output)?.into_iter().collect();
+        for (i, v) in vars.iter().enumerate() {
+            let diff = (v - &refs[&format!("ref{i}")]).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "matrix {i} differs from PyTorch's by {diff}");
+            // Muon moved it (by about lr · scale per step, not by AdamW's ±lr per element).
+            let moved = (v - &saved[i].1).abs().max().double_value(&[]);
+            assert!(moved > 1e-3, "matrix {i} moved {moved}");
+        }
+        // The embedding stayed on AdamW: two steps of ±lr, no decay on embeddings.
+        let e: Vec<f32> = Vec::try_from(emb.flatten(0, -1))?;
+        assert!(e.iter().all(|x| (*x as f64 - (0.5 - 2.0 * lr)).abs() < 1e-5), "{e:?}");
+        Ok(())
+    }
+
     #[test]
     fn matches_hand_computed_adamw_step() -> Result<()> {
         let vs = nn::VarStore::new(Device::Cpu);
@@ -202,6 +404,7 @@ mod tests {
             beta2: 0.99,
             eps: 1e-8,
             weight_decay: 0.5,
+            muon: None,
         };
         let mut opt = AdamW::new(&vs, cfg);
         let loss = (&w * Tensor::from_slice(&[2.0f32, -3.0]).view([1, 2])).sum(Kind::Float) + n.sum(Kind::Float);
@@ -229,6 +432,7 @@ mod tests {
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
+            muon: None,
         };
         let mut opt = AdamW::new(&vs, cfg);
         // Reference in f64, element by element, as torch.optim.AdamW writes it.
@@ -270,6 +474,7 @@ mod tests {
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.0,
+            muon: None,
         };
         let mut opt = AdamW::new(&vs, cfg);
         (&w * 3.0).sum(Kind::Float).backward(); // grad = 3 everywhere, norm = 6

@@ -121,6 +121,7 @@ fn one_train(t: &TrainArgs, device: Device) -> Result<Value> {
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
+            muon: None,
         },
     );
     let mut sampler = real_data(t.seq)?;
@@ -151,6 +152,7 @@ fn one_dist_train(t: &TrainArgs, device: Device) -> Result<Option<Value>> {
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
+            muon: None,
         },
     );
     let accum = (t.batch / t.micro) as usize;
