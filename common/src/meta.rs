@@ -82,6 +82,9 @@ pub struct Meta {
     pub version: String,
     /// Checkpoint layout version.
     pub format: u32,
+    /// Data-parallel ranks that trained it last (absent: one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
 }
 
 impl Meta {
@@ -102,6 +105,7 @@ impl Meta {
             metrics: Default::default(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             format: FORMAT_VERSION,
+            world_size: None,
         }
     }
 }

@@ -247,6 +247,17 @@ impl Stage {
             MetricsLog::in_memory()
         };
         let mut meta = meta;
+        if resumed.is_some() && dist.is_main() {
+            let before = meta.world_size.unwrap_or(1);
+            if before != dist.world {
+                eprintln!(
+                    "{stage}: the checkpoint was saved by {before} rank(s) and resumes with {}: the same run goes on \
+                     (train.batch_size is the global batch, shared out over the ranks; the data cursor is the same for any number)",
+                    dist.world
+                );
+            }
+        }
+        meta.world_size = dist.is_parallel().then_some(dist.world);
         meta.stage = stage.to_string();
         // A run in progress is not complete (a complete run continued with --force neither).
         meta.complete = false;

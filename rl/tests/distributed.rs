@@ -64,21 +64,22 @@ fn two_ranks_share_whole_groups_and_resume_after_a_kill() -> Result<()> {
     // Killed (launcher and ranks) once a checkpoint exists, then resumed: the same end.
     let b = d.join("b/rl");
     let mut c = two_ranks(&cfg, &init, &b, &[]);
-    std::os::unix::process::CommandExt::process_group(&mut c, 0);
     let mut child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let t0 = Instant::now();
     while !b.join("meta.json").exists() && t0.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(-(child.id() as i32)),
-        nix::sys::signal::Signal::SIGKILL,
-    )?;
+    testkit::kill_tree(child.id());
     child.wait()?;
     let step = common::checkpoint::load(&b)?.meta.step;
     assert!((2..6).contains(&step), "killed at step {step}");
     let o = two_ranks(&cfg, &init, &b, &["--resume"]).output()?;
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("resuming {} from step {step}", b.display())),
+        "{}",
+        stderr(&o)
+    );
     let (la, lb) = (steps_logged(&a)?, steps_logged(&b)?);
     for (x, y) in la.iter().zip(&lb) {
         assert_eq!(x["reward_mean"], y["reward_mean"], "step {}", x["step"]);

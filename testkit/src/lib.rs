@@ -49,6 +49,36 @@ pub fn torchrun(nproc: usize, exe: impl AsRef<std::ffi::OsStr>) -> Command {
     c
 }
 
+/// Kills process `root` and every process below it with SIGKILL, as a power cut would
+/// (torchrun's workers run in their own sessions: killing the launcher's process group alone
+/// leaves them running).
+pub fn kill_tree(root: u32) {
+    let parent_of = |pid: &str| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces, so read after the last ')'.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut tree = vec![root];
+    loop {
+        let mut grew = false;
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(pid) = name.parse::<u32>() else { continue };
+            if !tree.contains(&pid) && parent_of(&name).is_some_and(|p| tree.contains(&p)) {
+                tree.push(pid);
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    let _ = Command::new("kill")
+        .arg("-9")
+        .args(tree.iter().map(u32::to_string))
+        .status();
+}
+
 /// The `(step, loss)` lines of a checkpoint's `metrics.jsonl`.
 pub fn logged_losses(dir: &Path) -> Result<Vec<(u64, f64)>> {
     Ok(std::fs::read_to_string(dir.join("metrics.jsonl"))?
