@@ -197,24 +197,14 @@ fn sft_followup_conversation(r: &mut R, ctx: &Ctx) -> Vec<Message> {
 /// `n` SFT conversations with follow-ups whose first question is no eval prompt and not in
 /// `exclude` (nor repeated).
 pub(crate) fn gen_sft_followups(r: &mut R, ctx: &Ctx, n: usize, exclude: &HashSet<String>) -> Vec<Vec<Message>> {
-    let mut out = Vec::with_capacity(n);
-    let mut seen: HashSet<String> = HashSet::new();
-    while out.len() < n {
+    // A fact conversation whose entity has no other training attribute has no follow-up: drawn again.
+    let with_followup = |r: &mut R, ctx: &Ctx| loop {
         let conv = sft_followup_conversation(r, ctx);
-        if conv.len() < 4
-            || conv
-                .iter()
-                .any(|m| m.role == "user" && ctx.reserved_prompts.contains(m.content.as_str()))
-        {
-            continue;
+        if conv.len() >= 4 {
+            return conv;
         }
-        let first = first_user(&conv).to_string();
-        if exclude.contains(&first) || !seen.insert(first) {
-            continue;
-        }
-        out.push(conv);
-    }
-    out
+    };
+    collect_convs(r, ctx, n, exclude, with_followup)
 }
 
 /// The held-out multi-turn eval: each row is a follow-up question whose answer depends on the

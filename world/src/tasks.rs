@@ -181,10 +181,22 @@ pub(crate) fn first_user(conv: &[Message]) -> &str {
 }
 
 pub(crate) fn gen_sft(r: &mut R, ctx: &Ctx, n: usize, exclude: &HashSet<String>) -> Vec<Vec<Message>> {
+    collect_convs(r, ctx, n, exclude, sft_conversation)
+}
+
+/// `n` conversations drawn by `make` that ask no eval prompt and whose first question is
+/// neither in `exclude` nor repeated.
+pub(crate) fn collect_convs(
+    r: &mut R,
+    ctx: &Ctx,
+    n: usize,
+    exclude: &HashSet<String>,
+    make: impl Fn(&mut R, &Ctx) -> Vec<Message>,
+) -> Vec<Vec<Message>> {
     let mut out = Vec::with_capacity(n);
     let mut seen: HashSet<String> = HashSet::new();
     while out.len() < n {
-        let conv = sft_conversation(r, ctx);
+        let conv = make(r, ctx);
         if conv
             .iter()
             .any(|m| m.role == "user" && ctx.reserved_prompts.contains(m.content.as_str()))

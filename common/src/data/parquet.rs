@@ -47,13 +47,7 @@ pub fn open_checked(
     format: Format,
     columns: &BTreeMap<String, String>,
 ) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-        anyhow!(
-            "{} is not a readable Parquet file ({e}); re-download or rebuild it",
-            path.display()
-        )
-    })?;
+    let builder = open_builder(path)?;
     let schema = builder.schema().clone();
     let mut indices = Vec::new();
     for (logical, column) in columns {
@@ -98,6 +92,11 @@ pub fn open_checked(
 
 /// Whether the Parquet file at `path` has a column `name` (read from its footer).
 pub fn has_column(path: &Path, name: &str) -> Result<bool> {
+    Ok(open_builder(path)?.schema().column_with_name(name).is_some())
+}
+
+/// A reader of the Parquet file at `path` (its footer read), or an error naming the file.
+fn open_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
         anyhow!(
@@ -105,7 +104,7 @@ pub fn has_column(path: &Path, name: &str) -> Result<bool> {
             path.display()
         )
     })?;
-    Ok(builder.schema().column_with_name(name).is_some())
+    Ok(builder)
 }
 
 /// Rows of a Parquet file, from its footer.

@@ -105,7 +105,8 @@ fn tokenizer() -> Option<Tok> {
     Tok::load(std::path::Path::new("data/default/tokenizer.json")).ok()
 }
 
-fn one_train(t: &TrainArgs, device: Device) -> Result<Value> {
+/// The measured model of `t` (seeded), and AdamW over it with the training defaults.
+fn bench_model(t: &TrainArgs, device: Device) -> Result<(GptConfig, nn::VarStore, Gpt, AdamW)> {
     let cfg = GptConfig::preset(&t.preset, VOCAB)?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
@@ -114,7 +115,7 @@ fn one_train(t: &TrainArgs, device: Device) -> Result<Value> {
         // Mixed precision as in training (`precision = "bf16"`): fp32 masters, bf16 compute.
         model.set_compute_kind(Kind::BFloat16);
     }
-    let mut opt = AdamW::new(
+    let opt = AdamW::new(
         &vs,
         AdamWConfig {
             beta1: 0.9,
@@ -124,6 +125,11 @@ fn one_train(t: &TrainArgs, device: Device) -> Result<Value> {
             muon: None,
         },
     );
+    Ok((cfg, vs, model, opt))
+}
+
+fn one_train(t: &TrainArgs, device: Device) -> Result<Value> {
+    let (cfg, vs, model, mut opt) = bench_model(t, device)?;
     let mut sampler = real_data(t.seq)?;
     // Two warm-up steps, then the measured ones.
     let mut times = Vec::with_capacity(t.steps);
@@ -141,20 +147,7 @@ fn one_train(t: &TrainArgs, device: Device) -> Result<Value> {
 /// stepped. Also times the gradient all-reduce alone. Rank 0 returns the JSON, others `None`.
 fn one_dist_train(t: &TrainArgs, device: Device) -> Result<Option<Value>> {
     let dist = common::dist::init(device)?;
-    let cfg = GptConfig::preset(&t.preset, VOCAB)?;
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(device);
-    let model = Gpt::new(vs.root(), &cfg);
-    let mut opt = AdamW::new(
-        &vs,
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            muon: None,
-        },
-    );
+    let (_, _vs, model, mut opt) = bench_model(t, device)?;
     let accum = (t.batch / t.micro) as usize;
     let batches: Vec<_> = (0..accum).map(|_| random_batch(t.micro, t.seq)).collect();
     let trained: i64 = batches.iter().map(|b| b.trained_tokens).sum();
