@@ -773,9 +773,14 @@ impl Gpt {
         self.norm.forward(&x)
     }
 
+    /// The output head's weight `[vocab, d]` (the embedding when tied), in its own precision.
+    pub fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     /// Output head applied to hidden states.
     pub fn logits(&self, h: &Tensor) -> Tensor {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let w = self.head_weight();
         if h.kind() == w.kind() {
             h.linear::<Tensor>(w, None)
         } else {
