@@ -370,6 +370,7 @@ impl TrainSection {
                 lr_scale: self.muon_lr / self.lr,
                 momentum: self.muon_momentum,
                 ns_steps: 5,
+                ns_bf16: self.precision == Precision::Bf16,
             }),
         }
     }

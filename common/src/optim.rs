@@ -31,6 +31,10 @@ pub struct MuonConfig {
     pub momentum: f64,
     /// Newton–Schulz iterations.
     pub ns_steps: usize,
+    /// Run the iterations in bf16 (as Keller Jordan's published Muon does; ~4x cheaper on a
+    /// CPU with bf16 matrix units, and on GPUs) instead of fp32. On with `precision = "bf16"`.
+    #[serde(default)]
+    pub ns_bf16: bool,
 }
 
 /// Whether Muon trains a parameter: a 2-D matrix inside the blocks (not the embeddings, the
@@ -43,21 +47,33 @@ pub fn muon_trains(name: &str, dims: usize) -> bool {
 /// Newton–Schulz iterations with the coefficients (3.4445, −4.7750, 2.0315) of Keller
 /// Jordan's Muon, on the matrix scaled to unit Frobenius norm (in fp32).
 pub fn newton_schulz(g: &Tensor, steps: usize) -> Tensor {
+    newton_schulz_batched(&g.unsqueeze(0), steps, Kind::Float).squeeze_dim(0)
+}
+
+/// [`newton_schulz`] of each matrix of a stack `[n, rows, cols]` at once (batched products:
+/// one call for all same-shaped matrices of a model), computed in `kind`; the result is in
+/// `kind`.
+pub fn newton_schulz_batched(g: &Tensor, steps: usize, kind: Kind) -> Tensor {
     let (a, b, c) = (3.4445, -4.7750, 2.0315);
     let size = g.size();
-    let tall = size[0] > size[1];
-    let mut x = g.to_kind(Kind::Float);
+    let tall = size[1] > size[2];
+    let mut x = g.to_kind(kind);
     if tall {
-        x = x.tr();
+        x = x.transpose(1, 2);
     }
-    x = &x / (x.norm() + 1e-7);
+    let norm = x
+        .to_kind(Kind::Float)
+        .norm_scalaropt_dim(2.0, [1, 2], true)
+        .g_add_scalar(1e-7)
+        .to_kind(kind);
+    x = &x / norm;
     for _ in 0..steps {
-        let xa = x.matmul(&x.tr());
-        let xb = &xa * b + xa.matmul(&xa) * c;
-        x = &x * a + xb.matmul(&x);
+        let xa = x.bmm(&x.transpose(1, 2));
+        let xb = xa.baddbmm(&xa, &xa, b, c);
+        x = x.baddbmm(&xb, &x, a, 1.0);
     }
     if tall {
-        x = x.tr();
+        x = x.transpose(1, 2);
     }
     x
 }
@@ -171,24 +187,18 @@ impl AdamW {
         } = self.cfg;
         let bc1 = 1.0 - beta1.powi(self.step as i32);
         let bc2 = 1.0 - beta2.powi(self.step as i32);
-        for p in &mut self.params {
+        // Muon's directions, grouped by shape: each group is orthogonalised in one batched call.
+        let mut muon_dirs: BTreeMap<Vec<i64>, Vec<(usize, Tensor)>> = BTreeMap::new();
+        for (i, p) in self.params.iter_mut().enumerate() {
             let g = p.var.grad();
             if !g.defined() {
                 continue;
             }
             if let (true, Some(mu)) = (p.muon, muon) {
-                // Muon: m ← μ·m + g; the Nesterov direction g + μ·m, orthogonalised, scaled by
-                // √max(1, rows/cols); decoupled weight decay as AdamW's.
-                let lr = lr * mu.lr_scale;
+                // Muon: m ← μ·m + g; the Nesterov direction g + μ·m (orthogonalised below).
                 let _ = p.m.g_mul_scalar_(mu.momentum).g_add_(&g);
                 let dir = g.g_add(&p.m.g_mul_scalar(mu.momentum));
-                let o = newton_schulz(&dir, mu.ns_steps);
-                let size = p.var.size();
-                let scale = (size[0] as f64 / size[1] as f64).max(1.0).sqrt();
-                if p.decay && weight_decay > 0.0 {
-                    let _ = p.var.g_mul_scalar_(1.0 - lr * weight_decay);
-                }
-                let _ = p.var.g_add_(&o.to_kind(p.var.kind()).g_mul_scalar(-lr * scale));
+                muon_dirs.entry(p.var.size()).or_default().push((i, dir));
                 continue;
             }
             // The update of torch.optim.AdamW, in place with one temporary besides g·(1 − β2):
@@ -208,6 +218,24 @@ impl AdamW {
                 .g_add_scalar_(eps)
                 .g_mul_scalar_(-bc1 / lr);
             let _ = p.var.addcdiv_(&p.m, &denom);
+        }
+        let Some(mu) = muon else { return };
+        // The directions orthogonalised, scaled by √max(1, rows/cols); decoupled weight decay as
+        // AdamW's.
+        let lr = lr * mu.lr_scale;
+        let kind = if mu.ns_bf16 { Kind::BFloat16 } else { Kind::Float };
+        for (size, dirs) in muon_dirs {
+            let stack = Tensor::stack(&dirs.iter().map(|(_, d)| d).collect::<Vec<_>>(), 0);
+            let orth = newton_schulz_batched(&stack, mu.ns_steps, kind);
+            let scale = (size[0] as f64 / size[1] as f64).max(1.0).sqrt();
+            for (j, (i, _)) in dirs.iter().enumerate() {
+                let p = &mut self.params[*i];
+                if p.decay && weight_decay > 0.0 {
+                    let _ = p.var.g_mul_scalar_(1.0 - lr * weight_decay);
+                }
+                let o = orth.get(j as i64).to_kind(p.var.kind());
+                let _ = p.var.g_add_(&o.g_mul_scalar(-lr * scale));
+            }
         }
     }
 
@@ -284,6 +312,23 @@ mod tests {
         Ok(())
     }
 
+    /// The batched bf16 iteration (what `precision = "bf16"` runs) orthogonalises a stack of
+    /// tall and of wide matrices as the fp32 one does each matrix alone, to bf16's precision.
+    #[test]
+    fn batched_bf16_newton_schulz_matches_fp32() {
+        tch::manual_seed(5);
+        for shape in [[3i64, 48, 32], [2, 32, 48]] {
+            let g = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+            let batched = newton_schulz_batched(&g, 5, Kind::BFloat16).to_kind(Kind::Float);
+            assert_eq!(batched.size(), shape.to_vec());
+            for i in 0..shape[0] {
+                let one = newton_schulz(&g.get(i), 5);
+                let rel = (&one - batched.get(i)).norm().double_value(&[]) / one.norm().double_value(&[]);
+                assert!(rel < 0.05, "{shape:?}[{i}]: bf16 batched differs from fp32 by {rel}");
+            }
+        }
+    }
+
     /// Two Muon steps in this optimiser against the same two steps computed by PyTorch from
     /// Keller Jordan's published algorithm (the venv's torch), on a tall and a wide matrix; the
     /// embedding beside them stays on AdamW.
@@ -305,6 +350,7 @@ mod tests {
             lr_scale: 10.0,
             momentum: 0.95,
             ns_steps: 5,
+            ns_bf16: false,
         };
         let cfg = AdamWConfig {
             beta1: 0.9,
