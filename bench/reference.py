@@ -142,8 +142,102 @@ def sample_tps(model, c, batch, prompt, new):
     return best
 
 
+def ttq(c):
+    """Time to quality: train from our initial weights on our dumped batches with AdamW (the
+    pretraining schedule, clipping, weight decay on matrices but not the embedding, bf16 autocast
+    when the stage trains in bf16) until the pooled held-out bpb reaches the target."""
+    from safetensors.torch import load_file
+
+    d = c["dir"]
+    train, held, init = (load_file(f"{d}/{n}.safetensors") for n in ("train", "heldout", "init"))
+    m = c["model"]
+    model = GPT(m)
+    names = {"model.embed_tokens.weight": "emb.weight", "model.norm.weight": "norm", "lm_head.weight": "head.weight"}
+    parts = {"self_attn.q_proj": "q", "self_attn.k_proj": "k", "self_attn.v_proj": "v", "self_attn.o_proj": "o",
+             "mlp.gate_proj": "gate", "mlp.up_proj": "up", "mlp.down_proj": "down"}
+    for i in range(m["n_layer"]):
+        names[f"model.layers.{i}.input_layernorm.weight"] = f"blocks.{i}.ln1"
+        names[f"model.layers.{i}.post_attention_layernorm.weight"] = f"blocks.{i}.ln2"
+        for ours, theirs in parts.items():
+            names[f"model.layers.{i}.{ours}.weight"] = f"blocks.{i}.{theirs}.weight"
+    state = {names[k]: v for k, v in init.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SystemExit(f"initial weights do not map: missing {missing}, unexpected {unexpected}")
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("emb")]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("emb"))]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]}, {"params": rest, "weight_decay": 0.0}],
+                            lr=c["lrs"][0], betas=(c["beta1"], c["beta2"]), eps=c["eps"])
+    fwd = torch.compile(model) if c.get("compile") else model
+    v = m["vocab_size"]
+    bf16 = c["bf16"]
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else (lambda: torch.autocast("cpu", enabled=False))
+    inputs, targets = train["input"], train["target"]
+    accum = c["accum"]
+
+    def backward(i, scale):
+        with ctx():
+            logits = fwd(inputs[i])
+        loss = F.cross_entropy(logits.float().view(-1, v), targets[i].reshape(-1), reduction="sum") * scale
+        loss.backward()
+        return loss.item()
+
+    @torch.no_grad()
+    def heldout_bpb():
+        nats, nbytes = 0.0, 0
+        for s in c["sources"]:
+            x, y = held[f"{s}.input"], held[f"{s}.target"]
+            for j in range(0, x.shape[0], 32):
+                with ctx():
+                    logits = fwd(x[j : j + 32])
+                nats += F.cross_entropy(logits.float().view(-1, v), y[j : j + 32].reshape(-1), reduction="sum", ignore_index=-100).item()
+            nbytes += int(held[f"{s}.bytes"][0])
+        return nats / math.log(2) / nbytes
+
+    t0 = time.perf_counter()
+    backward(0, 1.0 / targets[0].numel())  # warm-up (compiles under torch.compile); no update
+    opt.zero_grad(set_to_none=True)
+    warmup = time.perf_counter() - t0
+    curve, secs, reached, done, step_secs = [[0, 0.0, heldout_bpb()]], 0.0, None, 0, []
+    tokens = accum * targets[0].numel()
+    for step in range(c["steps"]):
+        t = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = c["lrs"][step]
+        opt.zero_grad(set_to_none=True)
+        loss = sum(backward(step * accum + k, 1.0 / tokens) for k in range(accum))
+        if not math.isfinite(loss):
+            raise SystemExit(f"loss became {loss} at step {step}")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
+        opt.step()
+        secs += time.perf_counter() - t
+        step_secs.append(time.perf_counter() - t)
+        done = step + 1
+        if done % c["every"] == 0 or done == c["steps"]:
+            bpb = heldout_bpb()
+            curve.append([done, secs, bpb])
+            print(f"reference ttq{' compiled' if c.get('compile') else ''}: step {done} {secs:.1f}s held-out {bpb:.4f} bpb", file=sys.stderr)
+            if bpb <= c["target_bpb"]:
+                reached = (done, secs, bpb)
+                break
+    return {"optimizer": "adamw", "compiled": bool(c.get("compile")), "reached": reached is not None,
+            "steps": reached and reached[0], "secs": reached and reached[1], "bpb": reached and reached[2],
+            "warmup_secs": warmup, "curve": curve, "tok_per_s": tokens * done / max(secs, 1e-9),
+            "median_step_secs": sorted(step_secs)[len(step_secs) // 2]}
+
+
 def main():
     c = json.loads(sys.argv[1])
+    if c.get("ttq"):
+        torch.manual_seed(0)
+        torch.set_num_threads(c["threads"])
+        try:
+            print(json.dumps(ttq(c)))
+        except Exception as e:  # torch.compile needs a working C++ toolchain; report, do not fail
+            if not c.get("compile"):
+                raise
+            print(json.dumps({"error": str(e).splitlines()[0][:200]}))
+        return
     torch.manual_seed(0)
     torch.set_num_threads(c["threads"])
     model = GPT(c)

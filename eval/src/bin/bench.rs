@@ -23,6 +23,9 @@ use std::process::{Command, ExitCode};
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
+#[path = "../ttq.rs"]
+mod ttq;
+
 /// Benchmark lib2expert against the machine's peak and a PyTorch reference.
 ///
 /// Measures the machine's matmul peak; training throughput (tokens/s, MFU, peak memory) of the
@@ -43,10 +46,10 @@ struct Args {
     #[arg(long, default_value = "bench/results.json")]
     out: PathBuf,
     /// Python with torch, for the reference.
-    #[arg(long, default_value = ".venv/bin/python")]
+    #[arg(long, default_value = ".venv/bin/python", global = true)]
     python: String,
     /// Also time torch.compile in the reference (slow to compile on CPU).
-    #[arg(long)]
+    #[arg(long, global = true)]
     compile: bool,
 }
 
@@ -69,6 +72,29 @@ enum One {
     /// rank 0 prints JSON.
     #[command(hide = true)]
     DistTrain(TrainArgs),
+    /// Time to quality alone: ours (Muon and AdamW) and the PyTorch reference (AdamW; add
+    /// --compile for torch.compile) pretraining the default model to the same held-out bpb;
+    /// prints the JSON and the table rows (the full bench runs it too).
+    Quality,
+    /// (internal) writes the time-to-quality data into --dir; prints what the runs need.
+    #[command(hide = true)]
+    TtqData {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// (internal) one time-to-quality run of ours on data written by the bench, printed as JSON.
+    #[command(hide = true)]
+    Ttq {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        optimizer: String,
+        #[arg(long, default_value_t = 10)]
+        every: u64,
+        /// Held-out bpb to reach (default: the bench's target).
+        #[arg(long, default_value_t = ttq::TARGET_BPB)]
+        target: f64,
+    },
 }
 
 /// One training measurement: a model preset trained on batches of this shape.
@@ -86,6 +112,9 @@ struct TrainArgs {
     steps: usize,
     #[arg(long)]
     bf16: bool,
+    /// Muon for the blocks' matrices (the LM stages' default), Newton–Schulz in bf16 with --bf16.
+    #[arg(long)]
+    muon: bool,
 }
 
 const VOCAB: i64 = 4096;
@@ -122,7 +151,12 @@ fn bench_model(t: &TrainArgs, device: Device) -> Result<(GptConfig, nn::VarStore
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.1,
-            muon: None,
+            muon: t.muon.then_some(common::optim::MuonConfig {
+                lr_scale: 0.02 / 3e-3,
+                momentum: 0.95,
+                ns_steps: 5,
+                ns_bf16: t.bf16,
+            }),
         },
     );
     Ok((cfg, vs, model, opt))
@@ -371,7 +405,7 @@ fn train_summary(t: &TrainArgs, cfg: &GptConfig, times: &[StepTime], real_data: 
     let total_s: f64 = times.iter().map(|s| s.total).sum();
     let phase_secs = json!({"forward_backward": med(&|s| s.forward_backward), "clip": med(&|s| s.clip), "optimizer": med(&|s| s.optimizer)});
     json!({
-        "preset": t.preset, "params": cfg.num_params(), "matmul_params": cfg.matmul_params(), "bf16": t.bf16,
+        "preset": t.preset, "params": cfg.num_params(), "matmul_params": cfg.matmul_params(), "bf16": t.bf16, "muon": t.muon,
         "batch": t.batch, "micro_batch": t.micro, "seq_len": t.seq, "tok_per_s": tps,
         "flops_per_token": cfg.train_flops_per_token(t.seq), "peak_rss_mb": peak_rss_mb(),
         "data_fraction": data_s / total_s, "outside_libtorch_fraction": (total_s - compute_s) / total_s,
@@ -531,8 +565,10 @@ fn run_all(a: &Args) -> Result<()> {
         threads,
         peaks,
     };
+    let quality = time_to_quality(a, threads, cpu);
     let mut results = results_json(&machine, &ours, &reference, &paired, serving, t_all);
     results["distributed"] = distributed;
+    results["time_to_quality"] = quality;
     if let Some(p) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(p)?;
     }
@@ -545,6 +581,69 @@ fn run_all(a: &Args) -> Result<()> {
         t_all.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Time to quality: ours (Muon, the default, and AdamW) against the PyTorch reference's AdamW
+/// (eager; `torch.compile` with `--compile`) reaching the same held-out bpb from the same
+/// weights on the same batches (see `ttq.rs`).
+fn time_to_quality(a: &Args, threads: usize, cpu: bool) -> Value {
+    let dir = std::env::temp_dir().join(format!("lib2expert-ttq-{}", std::process::id()));
+    let run = || -> Result<Value> {
+        eprintln!(
+            "bench: time to quality: pretraining the default model to {} held-out bpb (at most {} steps)",
+            ttq::TARGET_BPB,
+            ttq::STEPS
+        );
+        let mut data = ttq::write_data(&dir)?;
+        let d = dir.to_string_lossy().to_string();
+        let ours = |opt: &str| {
+            sub(&["ttq", "--dir", &d, "--optimizer", opt, "--every", "10"], a.device)
+                .unwrap_or_else(|e| json!({"error": format!("{e:#}")}))
+        };
+        let muon = ours("muon");
+        let adamw = ours("adamw");
+        let mut reference = |compile: bool| -> Value {
+            if !cpu {
+                return json!({"skipped": "the reference runs on the CPU only"});
+            }
+            data["ttq"] = json!(true);
+            data["dir"] = json!(d);
+            data["every"] = json!(10);
+            data["threads"] = json!(threads);
+            data["compile"] = json!(compile);
+            let cfg = GptConfig::preset("default", VOCAB).expect("preset");
+            run_reference(&a.python, &cfg, data.clone()).unwrap_or_else(|e| json!({"error": format!("{e:#}")}))
+        };
+        let eager = reference(false);
+        // Both sides start from the same weights: their first held-out figure must agree.
+        let start = |v: &Value| v["curve"][0][2].as_f64();
+        if let (Some(o), Some(r)) = (start(&muon), start(&eager)) {
+            if (o - r).abs() > 1e-3 * o.abs() {
+                bail!("the reference model is not ours at step 0 (held-out {r:.4} bpb against our {o:.4}): bench/reference.py's architecture or weight mapping drifted");
+            }
+        }
+        let compiled = if a.compile {
+            reference(true)
+        } else {
+            json!({"skipped": "run with --compile"})
+        };
+        let secs = |v: &Value| v["secs"].as_f64().filter(|_| v["reached"].as_bool() == Some(true));
+        let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if y > 0.0 => json!(x / y),
+            _ => Value::Null,
+        };
+        Ok(json!({
+            "target_bpb": ttq::TARGET_BPB, "max_steps": ttq::STEPS,
+            "ours_muon": muon, "ours_adamw": adamw, "pytorch_adamw_eager": eager, "pytorch_adamw_compiled": compiled,
+            "pytorch_eager_over_ours_muon": ratio(secs(&eager), secs(&muon)),
+            "pytorch_eager_over_ours_adamw": ratio(secs(&eager), secs(&adamw)),
+            "pytorch_compiled_over_ours_muon": ratio(secs(&compiled), secs(&muon)),
+            "ours_adamw_over_ours_muon": ratio(secs(&adamw), secs(&muon)),
+        }))
+    };
+    let out = run().unwrap_or_else(|e| json!({"error": format!("{e:#}")}));
+    let _ = std::fs::remove_dir_all(&dir);
+    out
 }
 
 /// The machine's measured matmul peaks (GFLOP/s), and the one MFU is measured against.
@@ -852,6 +951,7 @@ fn print_table(results: &Value, cpu: bool) {
         "| time outside libtorch per step (data + bookkeeping) | {:.2}% | | |",
         100.0 * ours["outside_libtorch_fraction"].as_f64().unwrap_or(f64::NAN)
     );
+    print_quality(&results["time_to_quality"]);
     let dp = &results["distributed"];
     if dp["two_ranks"].is_object() {
         println!(
@@ -869,6 +969,44 @@ fn print_table(results: &Value, cpu: bool) {
     } else {
         println!("| data-parallel | {} | | |", dp);
     }
+}
+
+/// The time-to-quality rows of the results table.
+fn print_quality(q: &Value) {
+    let fmt = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.2}"));
+    let row = |name: &str, v: &Value| {
+        let cell = if v["reached"].as_bool() == Some(true) {
+            format!(
+                "{:.0} s ({} steps, median step {:.2} s)",
+                v["secs"].as_f64().unwrap_or(f64::NAN),
+                v["steps"],
+                v["median_step_secs"].as_f64().unwrap_or(f64::NAN)
+            )
+        } else if v["reached"].as_bool() == Some(false) {
+            format!("not reached in {} steps", q["max_steps"])
+        } else {
+            v.get("error")
+                .or(v.get("skipped"))
+                .map_or("n/a".into(), |e| e.to_string())
+        };
+        println!("| time to {} held-out bpb, {name} | {cell} | | |", q["target_bpb"]);
+    };
+    row("ours, Muon (the default)", &q["ours_muon"]);
+    row("ours, AdamW", &q["ours_adamw"]);
+    row("PyTorch eager, AdamW", &q["pytorch_adamw_eager"]);
+    row("PyTorch torch.compile, AdamW", &q["pytorch_adamw_compiled"]);
+    println!(
+        "| — time to quality, PyTorch eager AdamW / ours Muon | | | {} |",
+        fmt(&q["pytorch_eager_over_ours_muon"])
+    );
+    println!(
+        "| — time to quality, PyTorch eager AdamW / ours AdamW (implementation alone) | | | {} |",
+        fmt(&q["pytorch_eager_over_ours_adamw"])
+    );
+    println!(
+        "| — time to quality, PyTorch torch.compile AdamW / ours Muon | | | {} |",
+        fmt(&q["pytorch_compiled_over_ours_muon"])
+    );
 }
 
 fn main() -> ExitCode {
@@ -893,6 +1031,31 @@ fn main() -> ExitCode {
                 if let Some(v) = one_dist_train(t, device)? {
                     println!("{v}");
                 }
+                Ok(())
+            }
+            Some(One::Ttq {
+                dir,
+                optimizer,
+                every,
+                target,
+            }) => {
+                let opt = match optimizer.as_str() {
+                    "adamw" => common::config::Optimizer::Adamw,
+                    "muon" => common::config::Optimizer::Muon,
+                    other => bail!("--optimizer {other}: expected adamw or muon"),
+                };
+                println!("{}", ttq::run_ours(dir, opt, *every, *target, device)?);
+                Ok(())
+            }
+            Some(One::TtqData { dir }) => {
+                println!("{}", ttq::write_data(dir)?);
+                Ok(())
+            }
+            Some(One::Quality) => {
+                let threads = configure_threads();
+                let q = time_to_quality(&a, threads, device == Device::Cpu);
+                println!("{}", serde_json::to_string_pretty(&q)?);
+                print_quality(&q);
                 Ok(())
             }
             None => run_all(&a),
