@@ -30,8 +30,9 @@ mod ttq;
 ///
 /// Measures the machine's matmul peak; training throughput (tokens/s, MFU, peak memory) of the
 /// default model and a larger preset; KV-cache sampling against full recomputation; the data
-/// path; the same training and sampling in PyTorch (bench/reference.py); and serving with
-/// continuous batching against one request at a time (serve-bench). Writes a JSON results file.
+/// path; the same training and sampling in PyTorch (bench/reference.py); serving with
+/// continuous batching against one request at a time (serve-bench); and time to quality (the
+/// default pretraining to a fixed held-out bpb, ours against PyTorch). Writes a JSON results file.
 ///
 /// Example: bench --out bench/results.json   (or: just bench)
 #[derive(Parser, Debug)]
