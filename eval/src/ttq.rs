@@ -37,10 +37,20 @@ pub const TARGET_BPB: f64 = 0.5;
 /// shortened to this many steps); a run that misses the target by then says so.
 pub const STEPS: u64 = 200;
 
-/// The pretraining config the measurement follows (`configs/pretrain.toml`).
-pub fn pretrain_config() -> Result<LmConfig> {
+/// AdamW's peak rate in the AdamW runs (ours and the reference): the rate the AdamW ladder
+/// used for every parameter before Muon (the pretraining config's `lr` is now tuned for the
+/// parameters Muon leaves to AdamW: embeddings, head and norms).
+pub const ADAMW_LR: f64 = 3e-3;
+
+/// The pretraining config the measurement follows (`configs/pretrain.toml`), with `optimizer`
+/// (AdamW runs at [`ADAMW_LR`]).
+pub fn pretrain_config(optimizer: Optimizer) -> Result<LmConfig> {
     let mut cfg: LmConfig = load_toml(Path::new("configs/pretrain.toml"))?;
     cfg.train.steps = STEPS;
+    if optimizer == Optimizer::Adamw {
+        cfg.train.lr = ADAMW_LR;
+    }
+    cfg.train.optimizer = optimizer;
     Ok(cfg)
 }
 
@@ -56,7 +66,8 @@ fn tokenizer_path(cfg: &LmConfig) -> Result<std::path::PathBuf> {
 /// `<name>.target`, `<name>.bytes`) and `init.safetensors` (the initial weights). Returns what
 /// the runs need to know (shapes, the learning rate of every step, the architecture).
 pub fn write_data(dir: &Path) -> Result<Value> {
-    let cfg = pretrain_config()?;
+    // The reference runs AdamW: its schedule is AdamW's.
+    let cfg = pretrain_config(Optimizer::Adamw)?;
     let tok_path = tokenizer_path(&cfg)?;
     let tok = Tok::load(&tok_path).with_context(|| {
         format!(
@@ -139,7 +150,7 @@ pub fn write_data(dir: &Path) -> Result<Value> {
     let lrs: Vec<f64> = (0..STEPS).map(|s| schedule.lr(s)).collect();
     Ok(json!({
         "model": model_cfg, "steps": STEPS, "accum": accum, "micro": micro, "seq": seq,
-        "lrs": lrs, "muon_lr_scale": cfg.train.muon_lr / cfg.train.lr,
+        "lrs": lrs,
         "beta1": cfg.train.beta1, "beta2": cfg.train.beta2, "eps": cfg.train.eps,
         "weight_decay": cfg.train.weight_decay, "grad_clip": cfg.train.grad_clip,
         "bf16": cfg.train.precision == common::config::Precision::Bf16,
@@ -149,8 +160,7 @@ pub fn write_data(dir: &Path) -> Result<Value> {
 
 /// One of our runs (`optimizer` adamw or muon) on the data in `dir`: time to the target.
 pub fn run_ours(dir: &Path, optimizer: Optimizer, every: u64, target: f64, device: Device) -> Result<Value> {
-    let mut cfg = pretrain_config()?;
-    cfg.train.optimizer = optimizer;
+    let cfg = pretrain_config(optimizer)?;
     let tok_path = tokenizer_path(&cfg)?;
     let tok = Tok::load(&tok_path)?;
     let model_cfg = cfg
