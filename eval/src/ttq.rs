@@ -28,9 +28,9 @@ const HELDOUT_TOKENS: u64 = 8192;
 
 /// The target: pooled held-out bits per byte over pretraining's held-out sources (from 4.04
 /// at the start). Chosen so that AdamW reaches it late in a 200-step run of the default
-/// pretraining schedule (measured on the default world, 2026-12-04: ours crosses it between steps
-/// 160 and 180, PyTorch's at 160), so the measurement is about reaching a good model, not the
-/// first easy drop.
+/// pretraining schedule (measured on the default world, 2026-12-04: our AdamW crosses it at step
+/// 160-170, PyTorch's at 150-160, Muon at 100-120), so the measurement is about reaching a good
+/// model, not the first easy drop.
 pub const TARGET_BPB: f64 = 0.5;
 
 /// Optimiser steps of the schedule every run follows (the pretraining config's schedule,
