@@ -13,9 +13,9 @@
 use anyhow::{bail, Context, Result};
 use common::config::{load_toml, LmConfig, Optimizer};
 use common::data::mix::load_mix;
-use common::data::sampler::{LmSampler, PackMode, PackedBatch, SamplerOptions};
-use common::lm::{build_eval_sets, lm_backward, EvalSetOptions};
-use common::model::{Gpt, Positions};
+use common::data::sampler::{PackMode, PackedBatch};
+use common::lm::{build_eval_sets, lm_backward, lm_loss_sum, EvalSetOptions};
+use common::model::Gpt;
 use common::optim::AdamW;
 use common::tokenizer::Tok;
 use serde_json::{json, Value};
@@ -79,19 +79,7 @@ pub fn write_data(dir: &Path) -> Result<Value> {
     let micro = cfg.train.micro_batch_size as usize;
     let accum = cfg.train.accum_steps() as usize;
     let mix = load_mix(&cfg.data.mix, None)?;
-    let mut sampler = LmSampler::new(
-        &mix,
-        &tok,
-        SamplerOptions {
-            seq_len: seq,
-            mode: PackMode::Stream,
-            assistant_only: false,
-            seed: cfg.train.seed,
-            shuffle: true,
-            overlong: Default::default(),
-        },
-        None,
-    )?;
+    let mut sampler = crate::pretrain_stream(&mix, &tok, seq as i64, cfg.train.seed)?;
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
     for _ in 0..STEPS as usize * accum {
         let b = sampler.next_batch(micro)?;
@@ -203,14 +191,17 @@ pub fn run_ours(dir: &Path, optimizer: Optimizer, every: u64, target: f64, devic
         let (mut nats, mut bytes) = (0.0, 0i64);
         for s in &sources {
             let (input, target) = (&held[&format!("{s}.input")], &held[&format!("{s}.target")]);
-            for (x, y) in input.split(32, 0).iter().zip(target.split(32, 0).iter()) {
-                let logits = model.forward(&x.to_device(device), &Positions::CAUSAL, None);
-                let v = logits.size()[2];
-                nats += logits
-                    .view([-1, v])
-                    .to_kind(Kind::Float)
-                    .cross_entropy_loss::<Tensor>(&y.to_device(device).view([-1]), None, tch::Reduction::Sum, -100, 0.0)
-                    .double_value(&[]);
+            for (x, y) in input.split(32, 0).into_iter().zip(target.split(32, 0)) {
+                let rows = PackedBatch {
+                    input: x.to_device(device),
+                    target: y.to_device(device),
+                    positions: None,
+                    mask: None,
+                    trained_tokens: 0,
+                    per_source: vec![],
+                    trained_bytes: 0,
+                };
+                nats += lm_loss_sum(model, &rows)?.double_value(&[]);
             }
             bytes += held[&format!("{s}.bytes")].int64_value(&[0]);
         }

@@ -295,13 +295,14 @@ fn real_data(seq: i64) -> Result<Option<LmSampler>> {
         tokenizer(),
         load_mix(std::path::Path::new("configs/mixes/pretrain.toml"), None),
     ) {
-        (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Ok(Some(pretrain_stream(&mix, &tok, seq)?)),
+        (Some(tok), Ok(mix)) if tok.vocab_size() as i64 <= VOCAB => Ok(Some(pretrain_stream(&mix, &tok, seq, 0)?)),
         _ => Ok(None),
     }
 }
 
-/// Pretraining's sampler over `mix`: documents streamed into rows of `seq` tokens, shuffled.
-fn pretrain_stream(mix: &ResolvedMix, tok: &Tok, seq: i64) -> Result<LmSampler> {
+/// Pretraining's sampler over `mix`: documents streamed into rows of `seq` tokens, shuffled
+/// with `seed`.
+fn pretrain_stream(mix: &ResolvedMix, tok: &Tok, seq: i64, seed: u64) -> Result<LmSampler> {
     LmSampler::new(
         mix,
         tok,
@@ -309,7 +310,7 @@ fn pretrain_stream(mix: &ResolvedMix, tok: &Tok, seq: i64) -> Result<LmSampler> 
             seq_len: seq as usize,
             mode: PackMode::Stream,
             assistant_only: false,
-            seed: 0,
+            seed,
             shuffle: true,
             overlong: Default::default(),
         },
@@ -459,7 +460,7 @@ fn one_data() -> Result<Value> {
     let tok = tokenizer().context("data/default/tokenizer.json is missing: run `just datasets` first")?;
     let mix = load_mix(std::path::Path::new("configs/mixes/pretrain.toml"), None)?;
     let t0 = Instant::now();
-    let mut s = pretrain_stream(&mix, &tok, 256)?;
+    let mut s = pretrain_stream(&mix, &tok, 256, 0)?;
     let mut tokens = 0i64;
     while tokens < 1_000_000 {
         tokens += s.next_batch(32)?.trained_tokens;
