@@ -86,7 +86,7 @@ pub struct CommonArgs {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// Named preset: tiny, default, d8, d12, d20.
+    /// Named preset: tiny, default, long, d8, d6, d12, d20.
     #[serde(default = "default_preset")]
     pub preset: String,
     /// Overrides of single fields of the preset.

@@ -9,7 +9,7 @@ use crate::data::sampler::{Cursor, DocCounts, LmSampler, Overlong, PackMode, Pac
 use crate::device::device_name;
 use crate::meta::DataRecord;
 use crate::metrics::{EvalLine, HeldOut, HeldOutBySource, LmStep, LmTrainMetrics, OverlongDocs, TrainMetrics};
-use crate::model::{Gpt, Positions};
+use crate::model::Gpt;
 use crate::optim::AdamW;
 use crate::progress::{format_count, format_secs, Progress};
 use crate::sampling::SamplingConfig;
@@ -147,10 +147,7 @@ pub fn build_eval_sets(mix: &ResolvedMix, tok: &Tok, opts: &EvalSetOptions) -> R
 
 /// Summed cross-entropy (nats) of `model` over the trained targets of a batch on `device`.
 pub fn lm_loss_sum(model: &Gpt, b: &PackedBatch) -> Result<Tensor> {
-    let pos = Positions {
-        ids: b.positions.as_ref(),
-        mask: b.mask.as_ref(),
-    };
+    let pos = b.positions();
     let logits = model.forward(&b.input, &pos, None);
     let v = logits.size()[2];
     Ok(logits
@@ -730,10 +727,7 @@ pub fn lm_loss_sum_backward(model: &Gpt, b: &PackedBatch, scale: f64) -> Result<
 }
 
 fn loss_sum_backward_chunked(model: &Gpt, b: &PackedBatch, scale: f64, rows: i64) -> Result<f64> {
-    let pos = Positions {
-        ids: b.positions.as_ref(),
-        mask: b.mask.as_ref(),
-    };
+    let pos = b.positions();
     let h = model.hidden(&b.input, &pos, None);
     let d = h.size()[2];
     let h = h.view([-1, d]);

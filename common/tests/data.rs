@@ -608,7 +608,7 @@ fn exhausted_source_is_an_error_not_a_silent_repeat() -> Result<()> {
 
 #[test]
 fn masked_user_tokens_contribute_no_gradient() -> Result<()> {
-    use common::model::{Gpt, GptConfig, Positions};
+    use common::model::{Gpt, GptConfig};
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let tok = tok(d)?;
@@ -644,10 +644,7 @@ fn masked_user_tokens_contribute_no_gradient() -> Result<()> {
     tch::manual_seed(0);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let model = Gpt::new(vs.root(), &GptConfig::preset("tiny", tok.vocab_size() as i64)?);
-    let pos = Positions {
-        ids: b.positions.as_ref(),
-        mask: b.mask.as_ref(),
-    };
+    let pos = b.positions();
     let logits = model.forward(&b.input, &pos, None).detach().set_requires_grad(true);
     let loss_of = |target: &tch::Tensor| {
         logits

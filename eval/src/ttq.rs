@@ -249,12 +249,7 @@ pub fn run_ours(dir: &Path, optimizer: Optimizer, every: u64, target: f64, devic
     Ok(json!({
         "optimizer": format!("{optimizer:?}").to_lowercase(), "target_bpb": target, "reached": reached.is_some(),
         "steps": reached.map(|r| r.0), "secs": reached.map(|r| r.1), "bpb": reached.map(|r| r.2),
-        "warmup_secs": warmup_secs, "curve": curve, "median_step_secs": median(step_secs),
+        "warmup_secs": warmup_secs, "curve": curve, "median_step_secs": super::median(&step_secs),
         "tok_per_s": tokens_per_step * trained_steps as f64 / secs.max(1e-9),
     }))
-}
-
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied()
 }

@@ -58,7 +58,7 @@ pub const EXPERIMENTS: &[Experiment] = &[
     },
     Experiment {
         name: "rl-scaling",
-        claim: "RL's held-out gain grows with model size, RL steps and fresh prompts (tiny, default, d8)",
+        claim: "RL's held-out gain grows with model size, RL steps and fresh prompts (tiny, default, d6)",
         run: scaling::run,
     },
 ];

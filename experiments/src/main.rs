@@ -60,8 +60,8 @@ struct RunArgs {
     /// mineral, river), comma-separated; the others measure transfer.
     #[arg(long, default_value = "town,person", value_delimiter = ',')]
     trained_kinds: Vec<String>,
-    /// rl-scaling: model presets to compare (tiny, default, d8, d12, d20), comma-separated.
-    #[arg(long, default_value = "tiny,default,d8", value_delimiter = ',')]
+    /// rl-scaling: model presets to compare (tiny, default, d8, d6, d12, d20), comma-separated.
+    #[arg(long, default_value = "tiny,default,d6", value_delimiter = ',')]
     sizes: Vec<String>,
     /// rl-scaling: RL steps for each size.
     #[arg(long, default_value_t = 80)]

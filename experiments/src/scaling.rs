@@ -1,8 +1,8 @@
 //! rl-scaling: from what model size on does RL buy held-out accuracy, and how does its gain grow
 //! with the RL steps taken and the fresh prompts seen?
 //!
-//! For each model preset (`--sizes`, default `tiny,default,d8`: ~0.3M, ~5M and ~8.5M parameters,
-//! d8 costing twice the default's compute), the ladder pretrain → midtrain → SFT runs with the
+//! For each model preset (`--sizes`, default `tiny,default,d6`: ~0.3M, ~5M and ~14M parameters,
+//! d6 costing ~2.9x the default's compute per token), the ladder pretrain → midtrain → SFT runs with the
 //! base run's configs and only the `[model]` preset changed (a preset identical to the base run's
 //! model reuses the base run's checkpoints). RL then runs `--rl-steps` steps from each SFT model
 //! with the base run's RL config (its prompt stream, curriculum and rewards), grading the held-out

@@ -93,6 +93,14 @@ impl PackedBatch {
             trained_bytes: self.trained_bytes,
         }
     }
+
+    /// The batch's positions and attention mask, as the model's forward pass takes them.
+    pub fn positions(&self) -> crate::model::Positions<'_> {
+        crate::model::Positions {
+            ids: self.positions.as_ref(),
+            mask: self.mask.as_ref(),
+        }
+    }
 }
 
 /// A token of the packing buffer: id, whether it is trained on, the document it belongs to, its source.

@@ -120,6 +120,13 @@ struct TrainArgs {
 
 const VOCAB: i64 = 4096;
 
+/// The median of some measurements (the upper one of an even count); `None` when there are none.
+fn median(xs: &[f64]) -> Option<f64> {
+    let mut r = xs.to_vec();
+    r.sort_by(f64::total_cmp);
+    r.get(r.len() / 2).copied()
+}
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -215,18 +222,14 @@ fn one_dist_train(t: &TrainArgs, device: Device) -> Result<Option<Value>> {
         dist.sum_grads(&opt.vars(), &[0.0])?;
         alone.push(t0.elapsed().as_secs_f64());
     }
-    let median = |xs: &mut Vec<f64>| {
-        xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
-    };
     let grad_mb = opt.vars().iter().map(|v| v.numel() as f64 * 4.0).sum::<f64>() / 1e6;
-    let step = median(&mut steps);
+    let step = median(&steps).context("no distributed step was timed")?;
     Ok(dist.is_main().then(|| {
         json!({
             "ranks": dist.world, "threads_per_rank": tch::get_num_threads(), "preset": t.preset,
             "batch": t.batch, "micro": t.micro, "seq": t.seq,
             "tok_per_s": (t.batch * t.seq) as f64 / step, "step_secs": step,
-            "allreduce_in_step_secs": median(&mut reduces), "allreduce_secs": median(&mut alone), "grad_mb": grad_mb,
+            "allreduce_in_step_secs": median(&reduces), "allreduce_secs": median(&alone), "grad_mb": grad_mb,
         })
     }))
 }
@@ -749,11 +752,6 @@ fn results_json(m: &Machine, o: &Ours, reference: &Value, paired: &Paired, servi
     let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
         (Some(x), Some(y)) if y > 0.0 => json!(x / y),
         _ => Value::Null,
-    };
-    let median = |xs: &[f64]| {
-        let mut r = xs.to_vec();
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied()
     };
     let (ours, ours_bf16, big, sample, data) = (&o.default_fp32, &o.default_bf16, &o.d12_fp32, &o.sample, &o.data);
     let (rounds, sample_rounds) = (&paired.0, &paired.1);
