@@ -418,11 +418,20 @@ struct UpdateStats {
     secs: f64,
 }
 
-/// Log-probs `[N, L]` of `targets` under `model` with the sampling settings.
-fn token_logps(model: &Gpt, input: &Tensor, targets: &Tensor, sampling: &SamplingConfig) -> Tensor {
-    let logits = model.forward(input, &Positions::CAUSAL, None);
-    let lp = sampling.log_probs(&logits);
-    lp.gather(2, &targets.clamp_min(0).unsqueeze(2), false).squeeze_dim(2)
+/// Log-probs `[N, L]` of `targets` under `model` with the sampling settings, where `mask` is
+/// set (0 elsewhere). The output head and the softmax over the vocabulary run on the masked
+/// positions alone: the completions are a fraction of a padded rollout (prompts, padding), and
+/// the head's fp32 logits were the largest tensors of the update.
+fn token_logps(model: &Gpt, input: &Tensor, targets: &Tensor, mask: &Tensor, sampling: &SamplingConfig) -> Tensor {
+    let h = model.hidden(input, &Positions::CAUSAL, None);
+    let (n, l, d) = h.size3().expect("hidden states are [N, L, d]");
+    let idx = mask.reshape([-1]).gt(0.0).nonzero().squeeze_dim(1);
+    let lp = sampling.log_probs(&model.logits(&h.reshape([-1, d]).index_select(0, &idx)));
+    let t = targets.reshape([-1]).index_select(0, &idx).clamp_min(0);
+    let picked = lp.gather(1, &t.unsqueeze(1), false).squeeze_dim(1);
+    Tensor::zeros([n * l], (Kind::Float, h.device()))
+        .index_put(&[Some(idx)], &picked, false)
+        .view([n, l])
 }
 
 /// `(start, len)` of each micro-batch of `n` rows.
@@ -467,7 +476,10 @@ fn update(
         let logps_of = |m: &Gpt| -> Vec<Tensor> {
             ranges
                 .iter()
-                .map(|&(s, l)| token_logps(m, &input.narrow(0, s, l), &target.narrow(0, s, l), &cfg.sampling))
+                .map(|&(s, l)| {
+                    let (i, t, k) = (input.narrow(0, s, l), target.narrow(0, s, l), mask.narrow(0, s, l));
+                    token_logps(m, &i, &t, &k, &cfg.sampling)
+                })
                 .collect()
         };
         let (old, refl) = {
@@ -486,17 +498,19 @@ fn update(
             stage.opt.zero_grad();
             let mut total = 0.0;
             for (j, &(s, l)) in ranges.iter().enumerate() {
+                let m = mask.narrow(0, s, l);
                 let logp = token_logps(
                     &stage.model,
                     &input.narrow(0, s, l),
                     &target.narrow(0, s, l),
+                    &m,
                     &cfg.sampling,
                 );
                 let inputs = LossInputs {
                     logp: &logp,
                     old_logp: &old[j],
                     ref_logp: refl.as_ref().map(|r| &r[j]),
-                    mask: &mask.narrow(0, s, l),
+                    mask: &m,
                     adv: &adv.narrow(0, s, l),
                 };
                 let parts = policy_loss(&inputs, &settings);
@@ -579,5 +593,78 @@ fn train_summary(lines: &[Value], st: &RlState) -> RlTrainMetrics {
         first_reward: steps.first().map(|l| l.reward_mean),
         last_reward: steps.last().map(|l| l.reward_mean),
         skipped_overlong: steps.iter().map(|l| l.skipped_overlong).sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::model::GptConfig;
+
+    /// The head on the completion positions alone gives the log-probs (and gradients) of the
+    /// full-logits computation there, and 0 elsewhere, under every sampling transform.
+    #[test]
+    fn token_logps_on_masked_rows_equal_the_full_logits_path() -> Result<()> {
+        tch::manual_seed(7);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let model = Gpt::new(vs.root(), &GptConfig::preset("tiny", 61)?);
+        let input = Tensor::randint(61, [3, 9], (Kind::Int64, tch::Device::Cpu));
+        // The tokens a policy sampled lie inside its top-k / top-p set: the most likely ones do.
+        let mut target = tch::no_grad(|| model.forward(&input, &Positions::CAUSAL, None)).argmax(-1, false);
+        let mask = Tensor::from_slice(&[
+            0f32, 0., 0., 1., 1., 1., 1., 0., 0., //
+            0., 0., 0., 0., 0., 0., 1., 1., 1., //
+            0., 1., 1., 1., 1., 1., 1., 1., 1.,
+        ])
+        .view([3, 9]);
+        let _ = target.masked_fill_(&mask.eq(0.0), -100);
+        let weights = Tensor::randn([3, 9], (Kind::Float, tch::Device::Cpu));
+        for sampling in [
+            SamplingConfig::default(),
+            SamplingConfig {
+                temperature: 0.7,
+                top_k: 5,
+                top_p: 0.9,
+                ..SamplingConfig::default()
+            },
+        ] {
+            let grads = |lp: &Tensor| -> Vec<Tensor> {
+                for v in vs.trainable_variables() {
+                    let mut g = v.grad();
+                    if g.defined() {
+                        let _ = g.zero_();
+                    }
+                }
+                (lp * &mask * &weights).sum(Kind::Float).backward();
+                vs.trainable_variables().iter().map(|v| v.grad().copy()).collect()
+            };
+            let full = sampling
+                .log_probs(&model.forward(&input, &Positions::CAUSAL, None))
+                .gather(2, &target.clamp_min(0).unsqueeze(2), false)
+                .squeeze_dim(2);
+            let on = mask.gt(0.0);
+            // Outside the completions the full path may hold -inf (a padding target outside top-k).
+            let full = full.masked_fill(&on.logical_not(), 0.0);
+            let full_grads = grads(&full);
+            let rows = token_logps(&model, &input, &target, &mask, &sampling);
+            let row_grads = grads(&rows);
+            let diff = (rows.masked_select(&on) - full.masked_select(&on))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-5, "log-probs differ by {diff}");
+            assert_eq!(
+                rows.masked_select(&on.logical_not())
+                    .abs()
+                    .sum(Kind::Float)
+                    .double_value(&[]),
+                0.0
+            );
+            for (a, b) in full_grads.iter().zip(&row_grads) {
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(d < 1e-5, "gradients differ by {d}");
+            }
+        }
+        Ok(())
     }
 }
