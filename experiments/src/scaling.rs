@@ -369,7 +369,9 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
         md.push('\n');
     }
     md.push_str(
-        "\n![held-out gain over the SFT start against RL steps, per model size](rl-scaling.svg)\n\nCheckpoints:\n",
+        "\n![held-out gain over the SFT start against RL steps, per model size](rl-scaling.svg)\n\n\
+         ![held-out gain over the SFT start against the prompts RL had drawn, per model size](rl-scaling-prompts.svg)\n\n\
+         Checkpoints:\n",
     );
     for r in rows {
         md.push_str(&format!(
@@ -391,13 +393,32 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
         .collect();
     let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
     let (lo, hi) = ys.fold((-2.0f64, 2.0f64), |(a, b), y| (a.min(y), b.max(y)));
+    let y_range = (lo.floor() - 1.0, hi.ceil() + 1.0);
     crate::plot::lines(
         &ctx.out.join("rl-scaling.svg"),
         "RL's held-out gain over its SFT start, by model size",
         "RL steps",
         "points (held-out answerable)",
-        (lo.floor() - 1.0, hi.ceil() + 1.0),
+        y_range,
         &series,
+    )?;
+    // The same points against the prompts drawn by then (a group of samples each).
+    let by_prompts: Vec<(String, Vec<(f64, f64)>)> = rows
+        .iter()
+        .zip(&series)
+        .map(|(r, (name, pts))| {
+            let drawn = |step: u64| r.drawn.iter().find(|d| d.0 == step).map_or(0, |d| d.1) as f64;
+            let pts = r.curve.iter().zip(pts).map(|(c, p)| (drawn(c.0), p.1)).collect();
+            (name.clone(), pts)
+        })
+        .collect();
+    crate::plot::lines(
+        &ctx.out.join("rl-scaling-prompts.svg"),
+        "RL's held-out gain over its SFT start, against fresh prompts drawn",
+        "prompts drawn (one group of samples each)",
+        "points (held-out answerable)",
+        y_range,
+        &by_prompts,
     )?;
     ctx.write_report(&md)
 }

@@ -322,6 +322,11 @@ fn experiments_run_from_real_checkpoints() -> Result<()> {
         assert!(curve[3].starts_with(&format!("{:.1}%", 100.0 * end)), "{curve:?}");
     }
     assert!(std::fs::read_to_string(exp.join("rl-scaling.svg"))?.contains("<svg"));
+    let by_prompts = std::fs::read_to_string(exp.join("rl-scaling-prompts.svg"))?;
+    assert!(
+        by_prompts.contains("<svg") && by_prompts.contains("prompts drawn"),
+        "{by_prompts}"
+    );
     assert_eq!(
         report,
         experiment(root, "rl-scaling", &args)?,
