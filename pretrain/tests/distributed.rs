@@ -11,6 +11,18 @@ use testkit::{stderr, tiny_world, venv_python};
 
 const PRETRAIN: &str = env!("CARGO_BIN_EXE_pretrain");
 
+/// The tests of this file run one at a time. Each starts a process group on a port the OS
+/// found free. Run side by side, a CI run once failed both together: `torchrun`'s rank 0
+/// trained all its steps and exited while its own rank 1 still waited at the start-up
+/// broadcast, and the hand-started ranks never trained, which is what a rank of one run
+/// joining the other's group through a port handed out to both would do.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed while holding the lock leaves it poisoned; the next may still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `torchrun` with 2 ranks of `pretrain ARGS --out OUT`.
 fn two_ranks(args: &[&str], out: &Path) -> Command {
     let mut c = testkit::torchrun(2, PRETRAIN);
@@ -30,6 +42,7 @@ fn assert_same_run(a: &Path, b: &Path, steps: usize) -> Result<()> {
 
 #[test]
 fn two_ranks_train_as_one_with_the_whole_batch_and_resume_after_a_kill() -> Result<()> {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     tiny_world(d)?;
@@ -79,6 +92,7 @@ fn two_ranks_train_as_one_with_the_whole_batch_and_resume_after_a_kill() -> Resu
 
 #[test]
 fn a_rank_that_dies_ends_the_other_with_an_error() -> Result<()> {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     tiny_world(d)?;
