@@ -39,6 +39,13 @@ struct Row {
     rl_secs: f64,
 }
 
+impl Row {
+    /// Prompts RL had drawn by `step` (0 where the log has no such step).
+    fn drawn_by(&self, step: u64) -> usize {
+        self.drawn.iter().find(|d| d.0 == step).map_or(0, |d| d.1)
+    }
+}
+
 /// Reads a TOML config as a value.
 fn read_toml(path: &Path) -> Result<toml::Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -357,7 +364,7 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
         md.push_str(&format!("| `{}` |", r.size));
         for s in &steps {
             let cell = r.curve.iter().find(|c| c.0 == *s).map(|c| {
-                let drawn = r.drawn.iter().find(|d| d.0 == *s).map(|d| d.1).unwrap_or(0);
+                let drawn = r.drawn_by(*s);
                 if *s == 0 {
                     pct(c.1)
                 } else {
@@ -394,31 +401,42 @@ fn write_report(ctx: &Ctx, rows: &[Row], n: usize) -> Result<PathBuf> {
     let ys = series.iter().flat_map(|s| s.1.iter().map(|p| p.1));
     let (lo, hi) = ys.fold((-2.0f64, 2.0f64), |(a, b), y| (a.min(y), b.max(y)));
     let y_range = (lo.floor() - 1.0, hi.ceil() + 1.0);
-    crate::plot::lines(
-        &ctx.out.join("rl-scaling.svg"),
-        "RL's held-out gain over its SFT start, by model size",
-        "RL steps",
-        "points (held-out answerable)",
-        y_range,
-        &series,
-    )?;
     // The same points against the prompts drawn by then (a group of samples each).
     let by_prompts: Vec<(String, Vec<(f64, f64)>)> = rows
         .iter()
         .zip(&series)
         .map(|(r, (name, pts))| {
-            let drawn = |step: u64| r.drawn.iter().find(|d| d.0 == step).map_or(0, |d| d.1) as f64;
-            let pts = r.curve.iter().zip(pts).map(|(c, p)| (drawn(c.0), p.1)).collect();
+            let pts = r
+                .curve
+                .iter()
+                .zip(pts)
+                .map(|(c, p)| (r.drawn_by(c.0) as f64, p.1))
+                .collect();
             (name.clone(), pts)
         })
         .collect();
-    crate::plot::lines(
-        &ctx.out.join("rl-scaling-prompts.svg"),
-        "RL's held-out gain over its SFT start, against fresh prompts drawn",
-        "prompts drawn (one group of samples each)",
-        "points (held-out answerable)",
-        y_range,
-        &by_prompts,
-    )?;
+    for (file, title, x, lines) in [
+        (
+            "rl-scaling.svg",
+            "RL's held-out gain over its SFT start, by model size",
+            "RL steps",
+            &series,
+        ),
+        (
+            "rl-scaling-prompts.svg",
+            "RL's held-out gain over its SFT start, against fresh prompts drawn",
+            "prompts drawn (one group of samples each)",
+            &by_prompts,
+        ),
+    ] {
+        crate::plot::lines(
+            &ctx.out.join(file),
+            title,
+            x,
+            "points (held-out answerable)",
+            y_range,
+            lines,
+        )?;
+    }
     ctx.write_report(&md)
 }
