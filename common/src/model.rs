@@ -275,9 +275,7 @@ impl RmsNorm {
             eps,
         }
     }
-}
 
-impl RmsNorm {
     /// `x` normalised, handed back in `kind`. From an fp32 residual stream into bf16 (mixed
     /// precision), the row scale is computed in fp32 and the gain applied in bf16: the same
     /// forward cost as normalising in fp32 and casting, but the backward pass runs on half the
@@ -547,6 +545,7 @@ impl Attention {
         rope: &(Tensor, Tensor),
         pos: &Positions,
         cache: Option<(&mut (Tensor, Tensor), i64)>,
+        bias: &AttentionBias,
     ) -> Tensor {
         let (b, t, _) = x.size3().expect("attention input is [B, T, D]");
         let qkv = linear_many(&[&self.q_proj, &self.k_proj, &self.v_proj], x);
@@ -558,7 +557,7 @@ impl Attention {
         let k = apply_rope(&k, cos, sin);
         let gqa = self.n_kv_head != self.n_head;
         let y = match cache {
-            None => match cpu_training_attention(&q, &k, &v, pos.mask, self.n_head / self.n_kv_head) {
+            None => match cpu_training_attention(&q, &k, &v, pos.mask, self.n_head / self.n_kv_head, bias) {
                 Some(y) => y,
                 None => Tensor::scaled_dot_product_attention(&q, &k, &v, pos.mask, 0.0, pos.mask.is_none(), None, gqa),
             },
@@ -603,7 +602,17 @@ const CPU_ATTENTION_MAX_T: i64 = 384;
 /// positions the two are even and at 1024 flash attention is 2x faster. The scores are rounded to
 /// bf16 before the softmax (as under PyTorch's autocast without flash attention); the output's
 /// error against fp64 is ~2 bf16 steps where flash attention's is ~1.
-fn cpu_training_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, rep: i64) -> Option<Tensor> {
+///
+/// `bias` holds the additive mask once built: every layer of a forward pass attends under the
+/// same mask, so the first layer builds it and the others reuse it.
+fn cpu_training_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    rep: i64,
+    bias: &AttentionBias,
+) -> Option<Tensor> {
     let (b, h, t, d) = q.size4().ok()?;
     if q.device() != Device::Cpu || q.kind() != Kind::BFloat16 || !q.requires_grad() || t > CPU_ATTENTION_MAX_T {
         return None;
@@ -616,20 +625,9 @@ fn cpu_training_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tens
         };
         x.reshape([b * h, t, d])
     };
-    let neg_inf = |shape: &[i64], blocked: &Tensor| {
-        Tensor::zeros(shape, (Kind::BFloat16, q.device())).masked_fill_(blocked, f64::NEG_INFINITY)
-    };
-    let bias = match mask {
-        Some(m) => {
-            if m.size() != [b, 1, t, t] || m.any_dim(-1, false).all().int64_value(&[]) == 0 {
-                return None;
-            }
-            neg_inf(&[b, 1, t, t], &m.logical_not())
-                .expand([b, h, t, t], false)
-                .reshape([b * h, t, t])
-        }
-        None => neg_inf(&[1, t, t], &causal_mask(t, t, q.device()).view([1, t, t]).logical_not()),
-    };
+    let bias = bias
+        .get_or_init(|| attention_bias(mask, [b, h, t], q.device()))
+        .as_ref()?;
     let scores = bias.baddbmm(
         &q.reshape([b * h, t, d]),
         &kv(k).transpose(1, 2),
@@ -637,6 +635,34 @@ fn cpu_training_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tens
         1.0 / (d as f64).sqrt(),
     );
     Some(scores.softmax(-1, Kind::BFloat16).bmm(&kv(v)).view([b, h, t, d]))
+}
+
+/// The additive attention mask of [`cpu_training_attention`], built at most once per forward pass.
+type AttentionBias = std::cell::OnceCell<Option<Tensor>>;
+
+/// `0` where a query may attend a key, `-inf` elsewhere, in bf16: `[1, t, t]` (causal) or
+/// `[b · h, t, t]` (from a `[b, 1, t, t]` mask); `None` for a mask of another shape or one under
+/// which some query may attend no key.
+fn attention_bias(mask: Option<&Tensor>, [b, h, t]: [i64; 3], device: Device) -> Option<Tensor> {
+    let neg_inf = |shape: &[i64], blocked: &Tensor| {
+        Tensor::zeros(shape, (Kind::BFloat16, device)).masked_fill_(blocked, f64::NEG_INFINITY)
+    };
+    match mask {
+        Some(m) => {
+            if m.size() != [b, 1, t, t] || m.any_dim(-1, false).all().int64_value(&[]) == 0 {
+                return None;
+            }
+            Some(
+                neg_inf(&[b, 1, t, t], &m.logical_not())
+                    .expand([b, h, t, t], false)
+                    .reshape([b * h, t, t]),
+            )
+        }
+        None => Some(neg_inf(
+            &[1, t, t],
+            &causal_mask(t, t, device).view([1, t, t]).logical_not(),
+        )),
+    }
 }
 
 /// Boolean mask `[1, 1, t, total]` where query `i` (at position `total - t + i`) sees keys `<=` it.
@@ -830,11 +856,12 @@ impl Gpt {
         // default pretraining took 170 steps to a held-out bpb that PyTorch's autocast reached in
         // 150).
         let mut x = self.embed_tokens.embedding(tokens);
+        let bias = AttentionBias::new();
         for (i, block) in self.layers.iter().enumerate() {
             let c = cache.as_deref_mut().map(|c| (&mut c.layers[i], offset));
             let a = block
                 .self_attn
-                .forward(&block.input_layernorm.forward_in(&x, kind), &rope, pos, c);
+                .forward(&block.input_layernorm.forward_in(&x, kind), &rope, pos, c, &bias);
             x = x + a;
             let m = block.mlp.forward(&block.post_attention_layernorm.forward_in(&x, kind));
             x = x + m;
@@ -1297,7 +1324,8 @@ mod tests {
                 .map(|x| x.to_kind(Kind::Float).set_requires_grad(true))
                 .collect();
             let grad = Tensor::randn([b, h, t, d], (Kind::Float, Device::Cpu));
-            let y = cpu_training_attention(&ours[0], &ours[1], &ours[2], mask, h / kvh).expect("the bf16 CPU path");
+            let y = cpu_training_attention(&ours[0], &ours[1], &ours[2], mask, h / kvh, &AttentionBias::new())
+                .expect("the bf16 CPU path");
             let want = Tensor::scaled_dot_product_attention(
                 &theirs[0],
                 &theirs[1],
@@ -1326,17 +1354,25 @@ mod tests {
         let x = |t: i64, kind: Kind| Tensor::randn([1, 2, t, 8], (kind, Device::Cpu));
         let grad_bf16 = |t: i64| x(t, Kind::BFloat16).set_requires_grad(true);
         let q = x(8, Kind::Float).set_requires_grad(true);
-        assert!(cpu_training_attention(&q, &q, &q, None, 1).is_none());
+        assert!(cpu_training_attention(&q, &q, &q, None, 1, &AttentionBias::new()).is_none());
         let q = x(8, Kind::BFloat16);
-        assert!(cpu_training_attention(&q, &q, &q, None, 1).is_none());
+        assert!(cpu_training_attention(&q, &q, &q, None, 1, &AttentionBias::new()).is_none());
         let q = grad_bf16(CPU_ATTENTION_MAX_T + 1);
-        assert!(cpu_training_attention(&q, &q, &q, None, 1).is_none());
+        assert!(cpu_training_attention(&q, &q, &q, None, 1, &AttentionBias::new()).is_none());
         let q = grad_bf16(8);
         let blind = causal_mask(8, 8, Device::Cpu)
             .view([1, 1, 8, 8])
             .index_fill(2, &Tensor::from_slice(&[3i64]), 0);
-        assert!(cpu_training_attention(&q, &q, &q, Some(&blind), 1).is_none());
-        assert!(cpu_training_attention(&q, &q, &q, Some(&causal_mask(8, 8, Device::Cpu)), 1).is_some());
+        assert!(cpu_training_attention(&q, &q, &q, Some(&blind), 1, &AttentionBias::new()).is_none());
+        assert!(cpu_training_attention(
+            &q,
+            &q,
+            &q,
+            Some(&causal_mask(8, 8, Device::Cpu)),
+            1,
+            &AttentionBias::new()
+        )
+        .is_some());
         Ok(())
     }
     #[test]
