@@ -2,7 +2,8 @@
 //! that never call it never need it), started without signal handlers, running code strings
 //! in its `__main__`.
 //!
-//! This is the workspace's only `unsafe` code: five C functions of Python's stable API
+//! This is one of the workspace's two crates with `unsafe` code (the other, `hostmem`, makes one
+//! `mallopt` call): five C functions of Python's stable API
 //! (`Py_InitializeEx`, `PyEval_SaveThread`, `PyGILState_Ensure`/`Release`,
 //! `PyRun_SimpleString`). The GIL is released after start and taken only while code runs:
 //! libtorch's autograd engine, once Python's torch is imported, refuses to run while a thread
