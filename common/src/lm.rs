@@ -765,7 +765,7 @@ fn loss_sum_backward_chunked(model: &Gpt, b: &PackedBatch, scale: f64, rows: i64
         // cache); their gradients are gathered, in the compute precision, in a buffer of
         // HEAD_GROUP chunks that feeds one product for the hidden states' gradient and one for
         // the head's, so the fp32 head gradient is cast and accumulated once per group rather
-        // than once per chunk (1.15x on the head at the default model's shape on a CPU).
+        // than once per chunk (1.12-1.15x on the head at the default model's shape on a CPU).
         let group_rows = (rows * HEAD_GROUP).min(n);
         let buf = Tensor::empty([group_rows, vocab], (kind, hd.device()));
         let mut g0 = 0;
