@@ -31,17 +31,21 @@ pub enum Outcome {
 
 /// Makes glibc's `malloc` serve blocks up to 1 GiB from its heap (`M_MMAP_THRESHOLD`) and never
 /// hand freed memory back to the kernel (`M_TRIM_THRESHOLD`), unless the environment already
-/// sets the allocator up (then the user's choice stands). Call it once, early, before large
-/// allocations.
+/// sets the allocator up (then the user's choice stands). Call it early, before large
+/// allocations; it acts once per process, and later calls return the first call's outcome.
 pub fn keep_freed_memory() -> Outcome {
-    let user = std::env::vars_os().any(|(k, v)| {
-        let (k, v) = (k.to_string_lossy(), v.to_string_lossy());
-        (k == "GLIBC_TUNABLES" && v.contains("malloc")) || k.starts_with("MALLOC_")
-    });
-    if user {
-        return Outcome::UserSettings;
-    }
-    set()
+    static DONE: std::sync::OnceLock<Outcome> = std::sync::OnceLock::new();
+    *DONE.get_or_init(|| {
+        let user = std::env::vars_os().any(|(k, v)| {
+            let (k, v) = (k.to_string_lossy(), v.to_string_lossy());
+            (k == "GLIBC_TUNABLES" && v.contains("malloc")) || k.starts_with("MALLOC_")
+        });
+        if user {
+            Outcome::UserSettings
+        } else {
+            set()
+        }
+    })
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
