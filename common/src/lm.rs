@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// What a language-modelling stage asks of the shared loop.
 pub struct StageSpec {
@@ -870,7 +870,7 @@ fn eval_line(stage: &str, step: u64, eval: HeldOutBySource) -> EvalLine<HeldOutB
 mod tests {
     use super::*;
     use crate::model::GptConfig;
-    use tch::nn;
+    use tch::{nn, Reduction};
 
     fn batch(ignore_every: i64) -> PackedBatch {
         tch::manual_seed(7);
