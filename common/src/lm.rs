@@ -190,8 +190,9 @@ fn loss_sum_chunked(model: &Gpt, b: &PackedBatch, rows: i64) -> Result<Tensor> {
             .narrow(0, start, len)
             .linear::<Tensor>(&w, None)
             .log_softmax(1, Kind::Float);
+        // A target outside the vocabulary is an error naming it, as the whole-batch loss gave.
         loss = loss
-            - lp.gather(1, &target.narrow(0, start, len).unsqueeze(1), false)
+            - lp.f_gather(1, &target.narrow(0, start, len).unsqueeze(1), false)?
                 .sum(Kind::Float);
         start += len;
     }
@@ -981,6 +982,18 @@ mod tests {
     #[test]
     fn fused_head_loss_with_every_target_masked_is_zero() {
         fused_matches_plain(false, 1, false);
+    }
+
+    /// A target outside the model's vocabulary is an error that says so, not a crash.
+    #[test]
+    fn heldout_loss_with_a_target_outside_the_vocabulary_is_an_error() {
+        let cfg = GptConfig::preset("tiny", 64).unwrap();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(vs.root(), &cfg);
+        let mut b = batch(0);
+        let _ = b.target.view([-1]).narrow(0, 40, 1).fill_(100);
+        let err = lm_loss_sum(&model, &b).expect_err("target 100 in a vocabulary of 64");
+        assert!(format!("{err:#}").contains("out of bounds"), "{err:#}");
     }
 
     /// The held-out loss over chunks (partial last chunk, masked targets, tied head, bf16)
