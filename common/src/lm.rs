@@ -990,7 +990,7 @@ mod tests {
         let cfg = GptConfig::preset("tiny", 64).unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Gpt::new(vs.root(), &cfg);
-        let mut b = batch(0);
+        let b = batch(0);
         let _ = b.target.view([-1]).narrow(0, 40, 1).fill_(100);
         let err = lm_loss_sum(&model, &b).expect_err("target 100 in a vocabulary of 64");
         assert!(format!("{err:#}").contains("out of bounds"), "{err:#}");
