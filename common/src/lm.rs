@@ -9,7 +9,7 @@ use crate::data::sampler::{Cursor, DocCounts, LmSampler, Overlong, PackMode, Pac
 use crate::device::device_name;
 use crate::meta::DataRecord;
 use crate::metrics::{EvalLine, HeldOut, HeldOutBySource, LmStep, LmTrainMetrics, OverlongDocs, TrainMetrics};
-use crate::model::Gpt;
+use crate::model::{in_kind, Gpt};
 use crate::optim::AdamW;
 use crate::progress::{format_count, format_secs, Progress};
 use crate::sampling::SamplingConfig;
@@ -183,12 +183,7 @@ fn loss_sum_chunked(model: &Gpt, b: &PackedBatch, rows: i64) -> Result<Tensor> {
         // Nothing trained: zero, still connected to the parameters as the plain loss would be.
         Err(h) => return Ok(h.sum(Kind::Float) * 0.0),
     };
-    let w = model.head_weight();
-    let w = if w.kind() == h.kind() {
-        w.shallow_clone()
-    } else {
-        w.to_kind(h.kind())
-    };
+    let w = in_kind(model.head_weight(), h.kind());
     let mut loss = Tensor::zeros([], (Kind::Float, h.device()));
     let mut start = 0;
     while start < kept {

@@ -323,7 +323,7 @@ struct Lora {
     scale: f64,
 }
 
-fn in_kind(t: &Tensor, kind: Kind) -> Tensor {
+pub(crate) fn in_kind(t: &Tensor, kind: Kind) -> Tensor {
     if t.kind() == kind {
         t.shallow_clone()
     } else {
