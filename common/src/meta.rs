@@ -62,10 +62,23 @@ pub struct Meta {
     pub complete: bool,
     /// Training tokens consumed in this stage.
     pub tokens_seen: u64,
-    /// Wall-clock seconds spent training in this stage (across resumes).
+    /// Wall-clock seconds spent training in this stage (across resumes): the optimiser steps
+    /// and their data, not evaluations, task grading or saves.
     pub train_secs: f64,
+    /// Wall-clock seconds of the whole stage (across resumes), from opening `--out` to the
+    /// save: training and everything around it (evaluations, task grading, saves). 0 in
+    /// checkpoints written before it was recorded.
+    #[serde(default)]
+    pub wall_secs: f64,
     /// Device it trained on.
     pub device: String,
+    /// The machine it trained on (its last run, when resumed elsewhere); absent in
+    /// checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<crate::provenance::Machine>,
+    /// libtorch's intra-op threads per process (`L2E_THREADS`, else one per core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     /// Checkpoint it started from.
     pub parent: Option<ParentRef>,
     /// SHA-256 of this checkpoint's `model.safetensors`.
@@ -97,7 +110,10 @@ impl Meta {
             complete: false,
             tokens_seen: 0,
             train_secs: 0.0,
+            wall_secs: 0.0,
             device: "cpu".into(),
+            machine: None,
+            threads: None,
             parent: None,
             weights_sha256: String::new(),
             config: serde_json::Value::Null,

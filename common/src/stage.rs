@@ -29,6 +29,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
+use std::time::Instant;
 use tch::{nn, Device};
 
 /// What a stage saves to resume: serialised to `state/trainer.json`; its counters go into
@@ -111,6 +112,10 @@ pub struct Stage {
     pub dist: &'static crate::dist::Dist,
     /// The lock on `out`, held while the stage runs (by rank 0 alone).
     _lock: Option<crate::outdir::OutLock>,
+    /// When this process opened the stage, and the wall time of the runs before it (resumed):
+    /// `meta.wall_secs` at each save.
+    opened: Instant,
+    wall_before: f64,
 }
 
 /// What rank 0 found in `--out`, sent to the other ranks (which never touch it).
@@ -155,6 +160,7 @@ impl Stage {
         scratch: Option<&dyn Fn() -> Result<Scratch>>,
     ) -> Result<Opened<S>> {
         let stage = opts.stage;
+        let opened = Instant::now();
         let threads = configure_threads();
         let ranks = crate::dist::ranks();
         let device = match opts.train.device.resolve()? {
@@ -263,7 +269,11 @@ impl Stage {
         meta.complete = false;
         meta.total_steps = opts.train.steps;
         meta.device = device_name(device);
+        meta.machine = Some(crate::provenance::Machine::detect());
+        meta.threads = Some(threads);
         meta.config = opts.config;
+        // A new run starts from 0 (its meta is new); a resumed one adds to its own.
+        let wall_before = meta.wall_secs;
         install_stop_flag();
         let stage = Stage {
             name: stage,
@@ -279,6 +289,8 @@ impl Stage {
             log,
             dist,
             _lock: lock,
+            opened,
+            wall_before,
         };
         Ok(Opened::Run {
             stage: Box::new(stage),
@@ -308,6 +320,7 @@ impl Stage {
         self.meta.step = st.step();
         self.meta.tokens_seen = st.tokens();
         self.meta.train_secs = st.secs();
+        self.meta.wall_secs = self.wall_before + self.opened.elapsed().as_secs_f64();
         let mut tensors = self.opt.state_tensors();
         let merged = crate::lora::save_parts(self.adapters.as_ref(), &self.vs, &self.model, &mut tensors)?;
         let state = TrainState {

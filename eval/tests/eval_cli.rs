@@ -10,6 +10,8 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     tiny_world(d)?;
+    // The ladder's first two rungs as untrained checkpoints (the report reads every stage's meta).
+    tiny_checkpoint(d, &d.join("run/pretrain"), "pretrain")?;
     tiny_checkpoint(d, &d.join("run/midtrain"), "midtrain")?;
     let args = CommonArgs {
         init: Some(d.join("run/midtrain")),
@@ -201,6 +203,10 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         "| model | 2 layers x 32 wide",
         "parameters**",
         "| wall time of the stages |",
+        "training steps alone",
+        "| library to annotator level (pretrain + midtrain + SFT) |",
+        "| trained on | cpu: ",
+        "threads",
         "## Summary",
         "| sft |",
         "| rl |",
@@ -211,6 +217,25 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
         md.find("## Summary") < md.find("## What each stage cost"),
         "the summary comes first"
     );
+    // Each stage's meta.json holds its whole wall time (at least its training steps') and
+    // the machine it ran on.
+    for stage in ["sft", "rl"] {
+        let m: common::meta::Meta =
+            serde_json::from_str(&std::fs::read_to_string(d.join("run").join(stage).join("meta.json"))?)?;
+        assert!(
+            m.wall_secs >= m.train_secs && m.train_secs > 0.0,
+            "{stage}: wall {} s, training {} s",
+            m.wall_secs,
+            m.train_secs
+        );
+        let machine = m.machine.as_ref().expect("the machine is recorded");
+        assert!(!machine.cpu.is_empty() && machine.cores >= 1, "{machine:?}");
+        assert!(m.threads.is_some_and(|t| t >= 1));
+        assert!(
+            md.contains(&machine.to_string()),
+            "{stage}'s machine is in the report: {md}"
+        );
+    }
     // No line that starts with a stray ";", and multi-line examples are fenced blocks.
     assert!(!md.lines().any(|l| l.starts_with(';')), "{md}");
     assert!(

@@ -164,8 +164,17 @@ fn killed_run_leaves_a_loadable_checkpoint_and_resume_equals_uninterrupted() -> 
     // Whatever moment the kill hit, the last complete save loads.
     let loaded = common::checkpoint::load(&b)?;
     assert!(loaded.meta.step >= 5, "a checkpoint was saved before the kill");
+    let (wall_before_kill, train_before_kill) = (loaded.meta.wall_secs, loaded.meta.train_secs);
+    assert!(wall_before_kill >= train_before_kill && wall_before_kill > 0.0);
+    // As if the killed run had been going for 1000 s: the resumed one counts on from there.
+    let meta_path = b.join("meta.json");
+    let mut meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?;
+    meta["wall_secs"] = (wall_before_kill + 1000.0).into();
+    std::fs::write(&meta_path, serde_json::to_string(&meta)?)?;
+    let wall_before_kill = wall_before_kill + 1000.0;
     let mut c = bin();
     save(&mut c);
+    let t_resume = Instant::now();
     let o = c
         .arg("--config")
         .arg(&cfg)
@@ -174,7 +183,18 @@ fn killed_run_leaves_a_loadable_checkpoint_and_resume_equals_uninterrupted() -> 
         .arg(&b)
         .arg("--resume")
         .output()?;
+    let resumed_for = t_resume.elapsed().as_secs_f64();
     assert!(o.status.success(), "{}", stderr(&o));
+    // The resumed run's wall time adds to the killed run's saved one: at least the resumed
+    // part's training on top of it, at most the resumed process's whole life.
+    let m = common::checkpoint::load(&b)?.meta;
+    assert!(
+        m.wall_secs >= wall_before_kill + (m.train_secs - train_before_kill)
+            && m.wall_secs <= wall_before_kill + resumed_for,
+        "wall {} s after the resume, {wall_before_kill} s saved before the kill, training {train_before_kill} -> {} s",
+        m.wall_secs,
+        m.train_secs
+    );
     let la = losses(&a.join("metrics.jsonl"))?;
     let lb = losses(&b.join("metrics.jsonl"))?;
     assert_eq!(la.len(), 60);

@@ -332,21 +332,61 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
             format_count(cfg.num_params() as f64)
         )?;
     }
-    let total: f64 = stages.iter().map(|s| s.meta.train_secs).sum();
+    let total: f64 = stages.iter().map(|s| wall_secs(&s.meta)).sum();
+    let steps: f64 = stages.iter().map(|s| s.meta.train_secs).sum();
     let parts: Vec<String> = stages
         .iter()
-        .map(|s| format!("{} {}", s.name, format_secs(s.meta.train_secs)))
+        .map(|s| format!("{} {}", s.name, format_secs(wall_secs(&s.meta))))
         .collect();
     writeln!(
         md,
-        "| wall time of the stages | **{}** ({}) |",
+        "| wall time of the stages | **{}** ({}; training steps alone {}) |",
         format_secs(total),
-        parts.join(", ")
+        parts.join(", "),
+        format_secs(steps)
     )?;
-    let mut devices: Vec<&str> = stages.iter().map(|s| s.meta.device.as_str()).collect();
-    devices.dedup();
-    writeln!(md, "| trained on | {} |", devices.join(", "))?;
+    let ladder: Vec<&Stage> = stages
+        .iter()
+        .filter(|s| matches!(s.name, "pretrain" | "midtrain" | "sft"))
+        .collect();
+    if ladder.len() == 3 {
+        writeln!(
+            md,
+            "| library to annotator level (pretrain + midtrain + SFT) | {} |",
+            format_secs(ladder.iter().map(|s| wall_secs(&s.meta)).sum())
+        )?;
+    }
+    // Where each stage trained: device, machine and threads, each distinct value once (a
+    // checkpoint that took no step, such as an imported or random one, trained nowhere).
+    let mut trained_on: Vec<String> = Vec::new();
+    for s in stages.iter().filter(|s| s.meta.step > 0) {
+        let m = &s.meta;
+        let mut where_ = m.device.clone();
+        if let Some(machine) = &m.machine {
+            where_ += &format!(": {machine}");
+        }
+        if let Some(t) = m.threads {
+            where_ += &format!(", {t} thread{}", if t == 1 { "" } else { "s" });
+        }
+        if let Some(w) = m.world_size {
+            where_ += &format!(" x {w} ranks");
+        }
+        if !trained_on.contains(&where_) {
+            trained_on.push(where_);
+        }
+    }
+    writeln!(md, "| trained on | {} |", trained_on.join("; "))?;
     Ok(())
+}
+
+/// The stage's wall time: recorded whole in `meta.json` since it was kept; the training steps'
+/// time for checkpoints written before (which leaves out evaluations, grading and saves).
+fn wall_secs(m: &common::meta::Meta) -> f64 {
+    if m.wall_secs > 0.0 {
+        m.wall_secs
+    } else {
+        m.train_secs
+    }
 }
 
 /// Mean held-out bits per byte over a stage's sources.
@@ -384,7 +424,7 @@ fn summary(md: &mut String, stages: &[Stage], eval_rl: Option<&EvalFile>) -> Res
             "| {} | {} | {} | {} | {} | {} | {} |",
             s.name,
             s.meta.step,
-            format_secs(s.meta.train_secs),
+            format_secs(wall_secs(&s.meta)),
             num3(bpb),
             change(acc(t0), acc(t1)),
             change(hall(t0), hall(t1)),
@@ -413,7 +453,7 @@ fn summary(md: &mut String, stages: &[Stage], eval_rl: Option<&EvalFile>) -> Res
 
 /// What each stage cost: steps, tokens, time, throughput, MFU, device.
 fn cost_table(md: &mut String, stages: &[Stage]) -> Result<()> {
-    writeln!(md, "## What each stage cost\n\n| stage | steps | tokens | time | tokens/s | MFU | device |\n|---|---|---|---|---|---|---|")?;
+    writeln!(md, "## What each stage cost\n\n| stage | steps | tokens | training steps | whole stage | tokens/s | MFU | device |\n|---|---|---|---|---|---|---|---|")?;
     for s in stages {
         let t = s.meta.metrics.train.as_ref();
         let rl = s.name == "rl";
@@ -423,11 +463,16 @@ fn cost_table(md: &mut String, stages: &[Stage]) -> Result<()> {
         };
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             s.name,
             s.meta.step,
             format_count(s.meta.tokens_seen as f64) + if rl { " sampled" } else { "" },
             format_secs(s.meta.train_secs),
+            if s.meta.wall_secs > 0.0 {
+                format_secs(s.meta.wall_secs)
+            } else {
+                "–".into()
+            },
             t.map_or("–".into(), |t| format_count(t.tok_per_s())) + if rl { " (sampling)" } else { "" },
             mfu.map_or("–".into(), |m| format!("{:.0}%", 100.0 * m)),
             s.meta.device
