@@ -101,6 +101,16 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The stage's wall time: [`Meta::wall_secs`], or for checkpoints written before it was
+    /// recorded the training steps' time (which leaves out evaluations, grading and saves).
+    pub fn stage_secs(&self) -> f64 {
+        if self.wall_secs > 0.0 {
+            self.wall_secs
+        } else {
+            self.train_secs
+        }
+    }
+
     /// Metadata for `stage` with everything else empty.
     pub fn new(stage: &str) -> Self {
         Meta {

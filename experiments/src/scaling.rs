@@ -169,7 +169,7 @@ fn correct(ckpt: &Path, tasks: &[common::verify::Task], cache: &Path, device: &D
 }
 
 fn stage_secs(dir: &Path) -> f64 {
-    read_meta(dir).map(|m| m.train_secs).unwrap_or(0.0)
+    read_meta(dir).map(|m| m.stage_secs()).unwrap_or(0.0)
 }
 
 /// Runs the experiment; returns the report's path.
@@ -262,7 +262,7 @@ pub fn run(ctx: &Ctx) -> Result<PathBuf> {
             })
             .collect();
         let none = || format!("{} has no held-out grades in its meta.json", rl.display());
-        let rl_secs = meta.train_secs;
+        let rl_secs = meta.stage_secs();
         rows.push(Row {
             size: size.clone(),
             params: model_config(&sft)?.num_params(),

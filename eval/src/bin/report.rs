@@ -332,11 +332,11 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
             format_count(cfg.num_params() as f64)
         )?;
     }
-    let total: f64 = stages.iter().map(|s| wall_secs(&s.meta)).sum();
+    let total: f64 = stages.iter().map(|s| s.meta.stage_secs()).sum();
     let steps: f64 = stages.iter().map(|s| s.meta.train_secs).sum();
     let parts: Vec<String> = stages
         .iter()
-        .map(|s| format!("{} {}", s.name, format_secs(wall_secs(&s.meta))))
+        .map(|s| format!("{} {}", s.name, format_secs(s.meta.stage_secs())))
         .collect();
     writeln!(
         md,
@@ -353,7 +353,7 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
         writeln!(
             md,
             "| library to annotator level (pretrain + midtrain + SFT) | {} |",
-            format_secs(ladder.iter().map(|s| wall_secs(&s.meta)).sum())
+            format_secs(ladder.iter().map(|s| s.meta.stage_secs()).sum())
         )?;
     }
     // Where each stage trained: device, machine and threads, each distinct value once (a
@@ -377,16 +377,6 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
     }
     writeln!(md, "| trained on | {} |", trained_on.join("; "))?;
     Ok(())
-}
-
-/// The stage's wall time: recorded whole in `meta.json` since it was kept; the training steps'
-/// time for checkpoints written before (which leaves out evaluations, grading and saves).
-fn wall_secs(m: &common::meta::Meta) -> f64 {
-    if m.wall_secs > 0.0 {
-        m.wall_secs
-    } else {
-        m.train_secs
-    }
 }
 
 /// Mean held-out bits per byte over a stage's sources.
@@ -424,7 +414,7 @@ fn summary(md: &mut String, stages: &[Stage], eval_rl: Option<&EvalFile>) -> Res
             "| {} | {} | {} | {} | {} | {} | {} |",
             s.name,
             s.meta.step,
-            format_secs(wall_secs(&s.meta)),
+            format_secs(s.meta.stage_secs()),
             num3(bpb),
             change(acc(t0), acc(t1)),
             change(hall(t0), hall(t1)),
