@@ -759,10 +759,11 @@ fn results_json(m: &Machine, o: &Ours, reference: &Value, paired: &Paired, servi
     let (ours, ours_bf16, big, sample, data) = (&o.default_fp32, &o.default_bf16, &o.d12_fp32, &o.sample, &o.data);
     let (rounds, sample_rounds) = (&paired.0, &paired.1);
     let sample_paired: Vec<Option<f64>> = sample_rounds.iter().map(|r| median(r)).collect();
+    let host = common::provenance::Machine::detect();
     json!({
-        "date": std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        "date": common::provenance::utc_now().get(..10),
         "device": m.device, "threads": m.threads,
-        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())),
+        "cpu": host.cpu, "bf16_matmul": host.bf16_matmul, "cores": host.cores, "gpu": host.gpu,
         "matmul_gflops": {"fp32": peaks.fp32, "bf16": peaks.bf16},
         "mfu_formula": "MFU = tokens/s x (6 N + 6 L T d) / measured peak; N = parameters in matrix products (blocks + output head, not the embedding lookup), L layers, T sequence length, d width",
         "train": {
