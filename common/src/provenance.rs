@@ -28,7 +28,7 @@ pub struct Provenance {
 }
 
 /// CPU model and cores, and the GPU when one is visible.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     /// `model name` of /proc/cpuinfo.
     pub cpu: String,
@@ -61,24 +61,18 @@ impl Provenance {
 impl Machine {
     /// Reads /proc/cpuinfo and asks libtorch for CUDA devices.
     pub fn detect() -> Self {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-        let bf16_matmul = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
-            let flags = s
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        // The first processor's `name: value` line (every processor lists the same).
+        let field = |name: &str| {
+            cpuinfo
                 .lines()
-                .find(|l| l.starts_with("flags"))?
-                .split_once(':')?
-                .1
-                .to_string();
-            bf16_matrix_unit(&flags.split_whitespace().collect::<Vec<_>>()).map(str::to_string)
-        });
+                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let cpu = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+        let bf16_matmul = field("flags")
+            .and_then(|f| bf16_matrix_unit(&f.split_whitespace().collect::<Vec<_>>()).map(str::to_string));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let gpu = tch::Cuda::is_available().then(|| {
             let n = tch::Cuda::device_count();

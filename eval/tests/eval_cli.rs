@@ -236,6 +236,20 @@ fn eval_reproduces_meta_and_chat_and_report_work() -> Result<()> {
             "{stage}'s machine is in the report: {md}"
         );
     }
+    assert!(!md.contains("counted by their training steps alone"), "{md}");
+    // A checkpoint written before whole-stage times were recorded is counted by its training
+    // steps, and the header says which.
+    let sft_meta = d.join("run/sft/meta.json");
+    let mut older: Value = serde_json::from_str(&std::fs::read_to_string(&sft_meta)?)?;
+    older.as_object_mut().map(|o| o.remove("wall_secs"));
+    std::fs::write(&sft_meta, serde_json::to_string(&older)?)?;
+    let o = bin(env!("CARGO_BIN_EXE_report")).arg(d.join("run")).output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let older_md = std::fs::read_to_string(d.join("run/report.md"))?;
+    assert!(
+        older_md.contains("; sft counted by their training steps alone"),
+        "{older_md}"
+    );
     // No line that starts with a stray ";", and multi-line examples are fenced blocks.
     assert!(!md.lines().any(|l| l.starts_with(';')), "{md}");
     assert!(

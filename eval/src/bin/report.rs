@@ -340,10 +340,11 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
         .collect();
     writeln!(
         md,
-        "| wall time of the stages | **{}** ({}; training steps alone {}) |",
+        "| wall time of the stages | **{}** ({}; training steps alone {}{}) |",
         format_secs(total),
         parts.join(", "),
-        format_secs(steps)
+        format_secs(steps),
+        steps_only(stages)
     )?;
     let ladder: Vec<&Stage> = stages
         .iter()
@@ -352,8 +353,9 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
     if ladder.len() == 3 {
         writeln!(
             md,
-            "| library to annotator level (pretrain + midtrain + SFT) | {} |",
-            format_secs(ladder.iter().map(|s| s.meta.stage_secs()).sum())
+            "| library to annotator level (pretrain + midtrain + SFT) | {}{} |",
+            format_secs(ladder.iter().map(|s| s.meta.stage_secs()).sum()),
+            steps_only(ladder.iter().copied())
         )?;
     }
     // Where each stage trained: device, machine and threads, each distinct value once (a
@@ -375,8 +377,28 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
             trained_on.push(where_);
         }
     }
+    if trained_on.is_empty() {
+        trained_on.push("– (no stage of this run took a training step)".into());
+    }
     writeln!(md, "| trained on | {} |", trained_on.join("; "))?;
     Ok(())
+}
+
+/// `; … counted by their training steps alone (…)` naming the trained stages whose checkpoints
+/// predate whole-stage wall times (their evaluations, grading and saves are not in the sums).
+fn steps_only<'a>(stages: impl IntoIterator<Item = &'a Stage>) -> String {
+    let older: Vec<&str> = stages
+        .into_iter()
+        .filter(|s| s.meta.step > 0 && s.meta.wall_secs <= 0.0)
+        .map(|s| s.name)
+        .collect();
+    if older.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; {} counted by their training steps alone (written before whole-stage times were recorded)",
+        older.join(", ")
+    )
 }
 
 /// Mean held-out bits per byte over a stage's sources.
