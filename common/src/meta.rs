@@ -101,14 +101,15 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// [`Meta::wall_secs`] where it was recorded (`None` in checkpoints written before).
+    pub fn recorded_wall_secs(&self) -> Option<f64> {
+        (self.wall_secs > 0.0).then_some(self.wall_secs)
+    }
+
     /// The stage's wall time: [`Meta::wall_secs`], or for checkpoints written before it was
     /// recorded the training steps' time (which leaves out evaluations, grading and saves).
     pub fn stage_secs(&self) -> f64 {
-        if self.wall_secs > 0.0 {
-            self.wall_secs
-        } else {
-            self.train_secs
-        }
+        self.recorded_wall_secs().unwrap_or(self.train_secs)
     }
 
     /// Metadata for `stage` with everything else empty.

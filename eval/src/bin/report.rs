@@ -389,7 +389,7 @@ fn header(md: &mut String, stages: &[Stage], run: &Path) -> Result<()> {
 fn steps_only<'a>(stages: impl IntoIterator<Item = &'a Stage>) -> String {
     let older: Vec<&str> = stages
         .into_iter()
-        .filter(|s| s.meta.step > 0 && s.meta.wall_secs <= 0.0)
+        .filter(|s| s.meta.step > 0 && s.meta.recorded_wall_secs().is_none())
         .map(|s| s.name)
         .collect();
     if older.is_empty() {
@@ -480,11 +480,7 @@ fn cost_table(md: &mut String, stages: &[Stage]) -> Result<()> {
             s.meta.step,
             format_count(s.meta.tokens_seen as f64) + if rl { " sampled" } else { "" },
             format_secs(s.meta.train_secs),
-            if s.meta.wall_secs > 0.0 {
-                format_secs(s.meta.wall_secs)
-            } else {
-                "–".into()
-            },
+            s.meta.recorded_wall_secs().map_or("–".into(), format_secs),
             t.map_or("–".into(), |t| format_count(t.tok_per_s())) + if rl { " (sampling)" } else { "" },
             mfu.map_or("–".into(), |m| format!("{:.0}%", 100.0 * m)),
             s.meta.device
